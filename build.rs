@@ -1,0 +1,28 @@
+//! Stamps the binary with its git commit and build date for `version`, `/version` and `build_info`.
+use std::process::Command;
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+fn main() {
+    // Container builds have no .git; they pass the commit in instead.
+    let commit = std::env::var("PROFILE_WORKER_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| output("git", &["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    let date = output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=PROFILE_WORKER_COMMIT={commit}");
+    println!("cargo:rustc-env=PROFILE_WORKER_BUILD_DATE={date}");
+    println!("cargo:rerun-if-env-changed=PROFILE_WORKER_GIT_COMMIT");
+    if let Some(git_dir) = output("git", &["rev-parse", "--git-common-dir"]) {
+        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+        println!("cargo:rerun-if-changed={git_dir}/refs/heads");
+    }
+    if let Some(head) = output("git", &["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={head}/HEAD");
+    }
+}

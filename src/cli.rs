@@ -1,0 +1,57 @@
+//! Command line: clap derive. `run` is what happens when no subcommand is given.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// SQS consumer daemon that generates entity profiles with Amazon Bedrock.
+#[derive(Debug, Parser)]
+#[command(name = "profile-worker", version = crate::build_info::VERSION, long_version = LONG_VERSION)]
+pub struct Cli {
+    /// Configuration file (TOML) layered over the built-in defaults.
+    #[arg(
+        long,
+        global = true,
+        env = "PROFILE_WORKER_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PROFILE_WORKER_COMMIT"),
+    ", built ",
+    env!("PROFILE_WORKER_BUILD_DATE"),
+    ")"
+);
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: consume the queue until SIGTERM (the default).
+    Run,
+    /// Print the effective configuration (TOML, secrets redacted) and exit.
+    Config,
+    /// GET the side server's /health; exit 0 when it answers 200, else 1 (for container health checks).
+    Healthcheck {
+        /// URL to probe; default: /health on the configured server.listen port of 127.0.0.1.
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+    /// Print version, git commit and build date.
+    Version,
+}
+
+impl Cli {
+    /// The subcommand, with `run` standing in when none was given.
+    pub fn command(&self) -> &Command {
+        self.command.as_ref().unwrap_or(&Command::Run)
+    }
+}

@@ -1,0 +1,26 @@
+//! profile-worker: a long-running SQS consumer that generates entity profiles for a rare-book
+//! collection with Amazon Bedrock, a drop-in replacement for the original Python Lambda.
+//!
+//! Data flow of one message: the consumer receives it (bounded concurrency, visibility
+//! heartbeat) → the pipeline checks the entity's qualifying books and the profile's staleness →
+//! loads the social-circles graph (in-process cache, then Redis, else built from `books`) →
+//! generates the profile → writes profile, AI connections and job progress in one transaction →
+//! the consumer deletes the message.
+//!
+//! Module map:
+//! - [`cli`]: command line; [`config`]: layered, validated configuration;
+//!   [`telemetry`]: logging; [`build_info`]: version stamps.
+//! - [`app`]: builds everything from the configuration, owns start-up and shutdown order;
+//!   [`shutdown`]: signals to a cancellation token.
+//! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
+//!   readiness state; [`metrics`]: every Prometheus metric.
+
+pub mod app;
+pub mod build_info;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

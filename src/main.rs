@@ -1,0 +1,73 @@
+//! `profile-worker`: parse the command line, load configuration, start telemetry, dispatch, exit.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use profile_worker::cli::{Cli, Command};
+use profile_worker::{app, build_info, config, server, shutdown, telemetry};
+
+/// Exit status for invalid configuration or usage (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Version = cli.command() {
+        println!("{}", build_info::long_version());
+        return ExitCode::SUCCESS;
+    }
+    let loaded = match config::load(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("profile-worker: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match cli.command() {
+        Command::Version => unreachable!("handled above"),
+        Command::Config => {
+            print!("{}", loaded.redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck { url, timeout } => {
+            let url = url.clone().unwrap_or_else(|| {
+                format!(
+                    "http://127.0.0.1:{}/health",
+                    loaded.config.server.listen.port()
+                )
+            });
+            match runtime.block_on(server::probe(&url, Duration::from_secs(*timeout))) {
+                Ok(200) => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("profile-worker: {url} answered {status}");
+                    ExitCode::FAILURE
+                }
+                Err(err) => {
+                    eprintln!("profile-worker: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run => {
+            telemetry::init(&loaded.config.log);
+            let result = runtime.block_on(async {
+                let token = shutdown::on_signals().map_err(anyhow::Error::from)?;
+                app::run(loaded.config, token)
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = format!("{err:#}"), "profile-worker failed");
+                    eprintln!("profile-worker: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
