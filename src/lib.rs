@@ -9,7 +9,7 @@
 //!
 //! Module map:
 //! - [`cli`]: command line; [`config`]: layered, validated configuration;
-//!   [`telemetry`]: logging; [`build_info`]: version stamps.
+//!   [`telemetry`]: logging; [`build_info`]: version stamps; [`model`]: domain types.
 //! - [`app`]: builds everything from the configuration, owns start-up and shutdown order;
 //!   [`shutdown`]: signals to a cancellation token.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod metrics;
+pub mod model;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,286 @@
+//! Domain types shared by the store, the graph, the pipeline and the CLI.
+//!
+//! They mirror the original system's tables (reference §1); the store fills them, everything
+//! else only reads them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The three kinds of entity that get profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntityType {
+    Author,
+    Publisher,
+    Binder,
+}
+
+impl EntityType {
+    /// All types in the order the original lists collection entities.
+    pub const ALL: [EntityType; 3] = [
+        EntityType::Author,
+        EntityType::Publisher,
+        EntityType::Binder,
+    ];
+
+    /// The string stored in the database and sent in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityType::Author => "author",
+            EntityType::Publisher => "publisher",
+            EntityType::Binder => "binder",
+        }
+    }
+}
+
+impl fmt::Display for EntityType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EntityType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "author" => Ok(EntityType::Author),
+            "publisher" => Ok(EntityType::Publisher),
+            "binder" => Ok(EntityType::Binder),
+            other => Err(format!(
+                "unknown entity type {other:?} (expected author, publisher or binder)"
+            )),
+        }
+    }
+}
+
+/// One entity, written `type:id` everywhere (graph node ids, error-log lines, CLI arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntityRef {
+    pub entity_type: EntityType,
+    pub id: i32,
+}
+
+impl EntityRef {
+    pub fn new(entity_type: EntityType, id: i32) -> Self {
+        Self { entity_type, id }
+    }
+}
+
+impl fmt::Display for EntityRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.entity_type, self.id)
+    }
+}
+
+impl FromStr for EntityRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (t, id) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not TYPE:ID"))?;
+        let id: i32 = id
+            .parse()
+            .map_err(|_| format!("{id:?} is not an integer id"))?;
+        if id < 1 {
+            return Err(format!("entity id must be positive, got {id}"));
+        }
+        Ok(Self {
+            entity_type: t.parse()?,
+            id,
+        })
+    }
+}
+
+/// Book statuses that make a book part of the collection (reference §1.1).
+pub const QUALIFYING_STATUSES: [&str; 2] = ["IN_TRANSIT", "ON_HAND"];
+
+/// A qualifying book's links, the graph builder's main input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookLink {
+    pub id: i32,
+    pub author_id: Option<i32>,
+    pub publisher_id: Option<i32>,
+    pub binder_id: Option<i32>,
+}
+
+/// The `authors` columns the graph and prompts use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorRow {
+    pub id: i32,
+    pub name: String,
+    pub birth_year: Option<i32>,
+    pub death_year: Option<i32>,
+    pub tier: Option<String>,
+    pub image_url: Option<String>,
+}
+
+/// The `publishers` / `binders` columns the graph and prompts use (publishers have no closed year).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRow {
+    pub id: i32,
+    pub name: String,
+    pub tier: Option<String>,
+    pub image_url: Option<String>,
+    pub founded_year: Option<i32>,
+    pub closed_year: Option<i32>,
+}
+
+/// One `ai_connections` row, in its stored (canonical) order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AiConnectionRow {
+    pub source_type: String,
+    pub source_id: i32,
+    pub target_type: String,
+    pub target_id: i32,
+    pub relationship: String,
+    pub sub_type: Option<String>,
+    pub confidence: f64,
+    pub evidence: Option<String>,
+}
+
+/// Everything the graph is built from, read in one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GraphRows {
+    /// Qualifying books ordered by id, at most `max_books` of them.
+    pub books: Vec<BookLink>,
+    /// Authors referenced by `books`, ordered by id.
+    pub authors: Vec<AuthorRow>,
+    /// Publishers referenced by `books`, ordered by id.
+    pub publishers: Vec<OrgRow>,
+    /// Binders referenced by `books`, ordered by id (empty when binders are excluded).
+    pub binders: Vec<OrgRow>,
+    /// All `ai_connections` rows, ordered by id.
+    pub ai_connections: Vec<AiConnectionRow>,
+}
+
+/// An entity as the prompts need it: name and the years the original's prompts mention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entity {
+    pub entity: EntityRef,
+    pub name: String,
+    pub birth_year: Option<i32>,
+    pub death_year: Option<i32>,
+    pub founded_year: Option<i32>,
+    pub closed_year: Option<i32>,
+}
+
+/// A qualifying book of an entity, in prompt order (`year_start` NULLS LAST, then id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Book {
+    pub id: i32,
+    pub title: String,
+    pub year_start: Option<i32>,
+}
+
+/// A collection entity as listed for generate-all and the discovery prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionEntity {
+    pub entity: EntityRef,
+    pub name: String,
+}
+
+/// Status of a batch job (reference §1.8); the strings are the stored values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::InProgress => "in_progress",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Completed, failed and cancelled never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(JobStatus::Pending),
+            "in_progress" => Ok(JobStatus::InProgress),
+            "completed" => Ok(JobStatus::Completed),
+            "failed" => Ok(JobStatus::Failed),
+            "cancelled" => Ok(JobStatus::Cancelled),
+            other => Err(format!("unknown job status {other:?}")),
+        }
+    }
+}
+
+/// A `profile_generation_jobs` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub status: JobStatus,
+    pub owner_id: i32,
+    pub total_entities: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub error_log: Option<String>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The parts of an `entity_profiles` row the daemon reads back (staleness, merge).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredProfile {
+    pub entity: EntityRef,
+    pub bio_summary: Option<String>,
+    pub personal_stories: Option<serde_json::Value>,
+    pub connection_narratives: Option<serde_json::Value>,
+    pub relationship_stories: Option<serde_json::Value>,
+    pub ai_connections: Option<serde_json::Value>,
+    pub generated_at: Option<DateTime<Utc>>,
+    pub model_version: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_ref_round_trips() {
+        let e: EntityRef = "publisher:12".parse().unwrap();
+        assert_eq!(e, EntityRef::new(EntityType::Publisher, 12));
+        assert_eq!(e.to_string(), "publisher:12");
+        assert!("author:0".parse::<EntityRef>().is_err());
+        assert!("editor:3".parse::<EntityRef>().is_err());
+        assert!("author".parse::<EntityRef>().is_err());
+    }
+
+    #[test]
+    fn job_status_strings_match_the_database() {
+        for s in ["pending", "in_progress", "completed", "failed", "cancelled"] {
+            assert_eq!(s.parse::<JobStatus>().unwrap().as_str(), s);
+        }
+        assert!(JobStatus::Cancelled.is_terminal());
+        assert!(!JobStatus::InProgress.is_terminal());
+    }
+}
