@@ -1,0 +1,179 @@
+//! The binary as a user meets it: help, version, configuration errors, `config`, `healthcheck`.
+
+mod support;
+
+use std::io::Write;
+
+use support::daemon::{self, command};
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = command();
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run profile-worker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for sub in ["run", "config", "healthcheck", "version"] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub} missing from:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn version_prints_version_and_commit() {
+    let (code, out, _) = run(&["version"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!(
+            "profile-worker {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{out}"
+    );
+    let commit = out
+        .split("(commit ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert!(!commit.is_empty());
+}
+
+#[test]
+fn out_of_range_env_value_exits_64_naming_key_and_variable() {
+    let (code, _, err) = run(
+        &["config"],
+        &[("PROFILE_WORKER_CONSUMER__CONCURRENCY", "0")],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(
+            "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_file_value_exits_64_naming_key_and_file() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[consumer]\nwait_seconds = 25").unwrap();
+    let path = file.path().to_str().unwrap();
+    let (code, _, err) = run(&["--config", path, "config"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!(
+            "consumer.wait_seconds = 25 (from {path}): must be 0..=20"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_in_files_and_environment() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[consumer]\nconcurency = 3").unwrap();
+    let path = file.path().to_str().unwrap();
+    let (code, _, err) = run(&["--config", path, "config"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("consumer.concurency") && err.contains(path) && err.contains("unknown key"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&["config"], &[("PROFILE_WORKER_QUEUE__NAMEE", "x")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("queue.namee") && err.contains("PROFILE_WORKER_QUEUE__NAMEE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unparsable_url_and_bad_type_are_rejected() {
+    let (code, _, err) = run(&["config"], &[("DATABASE_URL", "not a url")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("database.url") && err.contains("(from DATABASE_URL)"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(
+        &["config"],
+        &[("PROFILE_WORKER_SERVER__LISTEN", "localhost-8080")],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("server.listen") && err.contains("PROFILE_WORKER_SERVER__LISTEN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_file_from_environment_variable_is_used() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[consumer]\nconcurrency = 3").unwrap();
+    let (code, out, err) = run(
+        &["config"],
+        &[("PROFILE_WORKER_CONFIG", file.path().to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "{err}");
+    let printed: toml::Value = toml::from_str(&out).expect("config prints TOML");
+    assert_eq!(printed["consumer"]["concurrency"].as_integer(), Some(3));
+}
+
+#[test]
+fn config_output_never_contains_planted_passwords() {
+    let (code, out, err) = run(
+        &["config"],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://app:pl4nted-db-pw@db.internal:5432/bluemoxon",
+            ),
+            ("BMX_REDIS_URL", "redis://:pl4nted-redis-pw@cache:6379/0"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("pl4nted"), "{out}");
+    assert!(
+        out.contains("postgres://app:***@db.internal:5432/bluemoxon"),
+        "{out}"
+    );
+    assert!(out.contains("redis://:***@cache:6379/0"), "{out}");
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("http://127.0.0.1:{port}/health");
+    let (code, _, err) = run(&["healthcheck", "--url", &url], &[]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn healthcheck_passes_against_a_running_daemon() {
+    let mut d = daemon::Daemon::start(&[]);
+    let (code, _, err) = run(&["healthcheck", "--url", &d.url("/health")], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = run(&["healthcheck", "--url", &d.url("/nope")], &[]);
+    assert_eq!(code, 1);
+    d.signal("TERM");
+    assert!(d.wait(std::time::Duration::from_secs(30)).success());
+}
