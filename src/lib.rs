@@ -22,6 +22,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,3 @@
+//! One message, start to finish: parse, guard, staleness, graph, generate, persist, progress.
+
+pub mod staleness;
