@@ -15,8 +15,10 @@ fn main() {
         .or_else(|| output("git", &["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
     let date = output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=PROFILE_WORKER_COMMIT={commit}");
-    println!("cargo:rustc-env=PROFILE_WORKER_BUILD_DATE={date}");
+    // Named PW_BUILD_* because cargo also exports these to test processes, where a PROFILE_WORKER_*
+    // name would be read as a configuration key.
+    println!("cargo:rustc-env=PW_BUILD_COMMIT={commit}");
+    println!("cargo:rustc-env=PW_BUILD_DATE={date}");
     println!("cargo:rerun-if-env-changed=PROFILE_WORKER_GIT_COMMIT");
     if let Some(git_dir) = output("git", &["rev-parse", "--git-common-dir"]) {
         println!("cargo:rerun-if-changed={git_dir}/HEAD");

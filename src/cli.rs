@@ -24,9 +24,9 @@ pub struct Cli {
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("PROFILE_WORKER_COMMIT"),
+    env!("PW_BUILD_COMMIT"),
     ", built ",
-    env!("PROFILE_WORKER_BUILD_DATE"),
+    env!("PW_BUILD_DATE"),
     ")"
 );
 

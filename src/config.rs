@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 /// Prefix of the daemon's own environment variables.
 pub const ENV_PREFIX: &str = "PROFILE_WORKER_";
+/// `PROFILE_WORKER_*` variables that are not configuration keys: the config file path, and the
+/// commit that container builds hand to `build.rs`.
+const NOT_KEYS: &[&str] = &["PROFILE_WORKER_CONFIG", "PROFILE_WORKER_GIT_COMMIT"];
 const ENV_NAME: &str = "`PROFILE_WORKER_` environment variable(s)";
 
 /// Environment variables of the original system, mapped to our keys. Later entries win, so the
@@ -459,7 +462,7 @@ pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded
     figment = figment.merge(PrefixedEnv {
         vars: env
             .iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != "PROFILE_WORKER_CONFIG")
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NOT_KEYS.contains(&k.as_str()))
             .cloned()
             .collect(),
     });
