@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
