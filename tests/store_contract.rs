@@ -11,8 +11,8 @@ use profile_worker::model::{
     AiConnectionRow, AuthorRow, EntityRef, EntityType, Job, JobStatus, OrgRow,
 };
 use profile_worker::store::{
-    BookRecord, CancelOutcome, GenerationUsage, MemoryStore, Outcome, OutcomeRecord,
-    ProfileUnit, ProfileWrite, Recorded, Store,
+    BookRecord, CancelOutcome, GenerationUsage, MemoryStore, Outcome, OutcomeRecord, ProfileUnit,
+    ProfileWrite, Recorded, Store,
 };
 use serde_json::json;
 use support::db::TestDb;
@@ -30,8 +30,10 @@ const AUTHORS: &[(i32, &str, Option<i32>, Option<i32>)] = &[
     (3, "Nobody Owned", None, None),
 ];
 /// (id, name, founded, closed)
-const PUBLISHERS: &[(i32, &str, Option<i32>)] =
-    &[(1, "Chapman & Hall", Some(1830)), (2, "Smith, Elder & Co.", Some(1816))];
+const PUBLISHERS: &[(i32, &str, Option<i32>)] = &[
+    (1, "Chapman & Hall", Some(1830)),
+    (2, "Smith, Elder & Co.", Some(1816)),
+];
 const BINDERS: &[(i32, &str, Option<i32>, Option<i32>)] = &[
     (1, "Riviere", Some(1829), Some(1939)),
     (2, "Zaehnsdorf", None, None),
@@ -48,17 +50,99 @@ type SampleBook = (
     &'static str,
 );
 const BOOKS: &[SampleBook] = &[
-    (10, "Bleak House", Some(1), Some(1), Some(1), "ON_HAND", Some(1853), T1),
-    (11, "Oliver Twist", Some(1), Some(2), None, "IN_TRANSIT", Some(1838), T2),
-    (12, "Sketches by Boz", Some(1), Some(1), None, "ON_HAND", None, T1),
-    (13, "Middlemarch", Some(2), Some(2), Some(1), "ON_HAND", Some(1871), T1),
-    (14, "Sold Copy", Some(3), Some(1), Some(2), "SOLD", Some(1850), T3),
-    (15, "Under Evaluation", Some(1), None, Some(2), "EVALUATING", Some(1800), T3),
+    (
+        10,
+        "Bleak House",
+        Some(1),
+        Some(1),
+        Some(1),
+        "ON_HAND",
+        Some(1853),
+        T1,
+    ),
+    (
+        11,
+        "Oliver Twist",
+        Some(1),
+        Some(2),
+        None,
+        "IN_TRANSIT",
+        Some(1838),
+        T2,
+    ),
+    (
+        12,
+        "Sketches by Boz",
+        Some(1),
+        Some(1),
+        None,
+        "ON_HAND",
+        None,
+        T1,
+    ),
+    (
+        13,
+        "Middlemarch",
+        Some(2),
+        Some(2),
+        Some(1),
+        "ON_HAND",
+        Some(1871),
+        T1,
+    ),
+    (
+        14,
+        "Sold Copy",
+        Some(3),
+        Some(1),
+        Some(2),
+        "SOLD",
+        Some(1850),
+        T3,
+    ),
+    (
+        15,
+        "Under Evaluation",
+        Some(1),
+        None,
+        Some(2),
+        "EVALUATING",
+        Some(1800),
+        T3,
+    ),
 ];
 /// (source type, id, target type, id, relationship, sub_type, confidence, evidence)
-const AI: &[(&str, i32, &str, i32, &str, Option<&str>, f64, &str)] = &[
-    ("author", 1, "author", 2, "friendship", Some("MENTOR"), 0.6, "old evidence"),
-    ("author", 1, "publisher", 1, "collaboration", None, 0.9, "published him"),
+type SampleAi = (
+    &'static str,
+    i32,
+    &'static str,
+    i32,
+    &'static str,
+    Option<&'static str>,
+    f64,
+    &'static str,
+);
+const AI: &[SampleAi] = &[
+    (
+        "author",
+        1,
+        "author",
+        2,
+        "friendship",
+        Some("MENTOR"),
+        0.6,
+        "old evidence",
+    ),
+    (
+        "author",
+        1,
+        "publisher",
+        1,
+        "collaboration",
+        None,
+        0.9,
+        "published him",
+    ),
 ];
 /// (id, status, total, created seconds ago, updated seconds ago)
 const JOBS: &[(&str, &str, i32, i64, i64)] = &[
@@ -81,7 +165,8 @@ fn sql_str(v: Option<&str>) -> String {
 }
 
 fn sample_sql() -> String {
-    let mut sql = String::from("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin', 'admin');\n");
+    let mut sql =
+        String::from("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin', 'admin');\n");
     for (id, name, birth, death) in AUTHORS {
         sql += &format!(
             "INSERT INTO authors (id, name, birth_year, death_year) VALUES ({id}, {}, {}, {});\n",
@@ -349,27 +434,40 @@ const NOTHING: Recorded = Recorded {
 async fn entities_by_type_and_id(store: Arc<dyn Store>) {
     let dickens = store.entity(author(1)).await.unwrap().unwrap();
     assert_eq!(dickens.name, "Charles Dickens");
-    assert_eq!((dickens.birth_year, dickens.death_year), (Some(1812), Some(1870)));
+    assert_eq!(
+        (dickens.birth_year, dickens.death_year),
+        (Some(1812), Some(1870))
+    );
     let publisher = store
         .entity(EntityRef::new(EntityType::Publisher, 1))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(publisher.name, "Chapman & Hall");
-    assert_eq!((publisher.founded_year, publisher.closed_year), (Some(1830), None));
+    assert_eq!(
+        (publisher.founded_year, publisher.closed_year),
+        (Some(1830), None)
+    );
     let binder = store
         .entity(EntityRef::new(EntityType::Binder, 1))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((binder.founded_year, binder.closed_year), (Some(1829), Some(1939)));
+    assert_eq!(
+        (binder.founded_year, binder.closed_year),
+        (Some(1829), Some(1939))
+    );
     assert!(store.entity(author(99)).await.unwrap().is_none());
 }
 
 async fn qualifying_books_in_prompt_order(store: Arc<dyn Store>) {
-    let ids = |books: Vec<profile_worker::model::Book>| books.iter().map(|b| b.id).collect::<Vec<_>>();
+    let ids =
+        |books: Vec<profile_worker::model::Book>| books.iter().map(|b| b.id).collect::<Vec<_>>();
     // year_start ascending, NULL last; SOLD and EVALUATING excluded.
-    assert_eq!(ids(store.qualifying_books(author(1)).await.unwrap()), [11, 10, 12]);
+    assert_eq!(
+        ids(store.qualifying_books(author(1)).await.unwrap()),
+        [11, 10, 12]
+    );
     assert_eq!(
         ids(store
             .qualifying_books(EntityRef::new(EntityType::Binder, 1))
@@ -378,18 +476,23 @@ async fn qualifying_books_in_prompt_order(store: Arc<dyn Store>) {
         [10, 13]
     );
     assert!(store.qualifying_books(author(3)).await.unwrap().is_empty());
-    assert!(store
-        .qualifying_books(EntityRef::new(EntityType::Binder, 2))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        store
+            .qualifying_books(EntityRef::new(EntityType::Binder, 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let books = store.qualifying_books(author(2)).await.unwrap();
     assert_eq!(books[0].title, "Middlemarch");
     assert_eq!(books[0].year_start, Some(1871));
 }
 
 async fn latest_book_update_ignores_non_qualifying_books(store: Arc<dyn Store>) {
-    assert_eq!(store.latest_book_update(author(1)).await.unwrap(), Some(ts(T2)));
+    assert_eq!(
+        store.latest_book_update(author(1)).await.unwrap(),
+        Some(ts(T2))
+    );
     assert_eq!(
         store
             .latest_book_update(EntityRef::new(EntityType::Publisher, 1))
@@ -423,7 +526,10 @@ async fn collection_entities_in_type_then_id_order(store: Arc<dyn Store>) {
 async fn graph_rows_are_ordered_limited_and_referenced(store: Arc<dyn Store>) {
     let rows = store.graph_rows(true, 5000).await.unwrap();
     let ids = |v: Vec<i32>| v;
-    assert_eq!(ids(rows.books.iter().map(|b| b.id).collect()), [10, 11, 12, 13]);
+    assert_eq!(
+        ids(rows.books.iter().map(|b| b.id).collect()),
+        [10, 11, 12, 13]
+    );
     assert_eq!(rows.books[0].binder_id, Some(1));
     assert_eq!(ids(rows.authors.iter().map(|a| a.id).collect()), [1, 2]);
     assert_eq!(rows.authors[0].birth_year, Some(1812));
@@ -437,7 +543,10 @@ async fn graph_rows_are_ordered_limited_and_referenced(store: Arc<dyn Store>) {
     let limited = store.graph_rows(true, 2).await.unwrap();
     assert_eq!(ids(limited.books.iter().map(|b| b.id).collect()), [10, 11]);
     assert_eq!(ids(limited.authors.iter().map(|a| a.id).collect()), [1]);
-    assert_eq!(ids(limited.publishers.iter().map(|p| p.id).collect()), [1, 2]);
+    assert_eq!(
+        ids(limited.publishers.iter().map(|p| p.id).collect()),
+        [1, 2]
+    );
 
     let no_binders = store.graph_rows(false, 5000).await.unwrap();
     assert!(no_binders.binders.is_empty());
@@ -445,7 +554,10 @@ async fn graph_rows_are_ordered_limited_and_referenced(store: Arc<dyn Store>) {
 }
 
 async fn model_setting_comes_from_app_config(store: Arc<dyn Store>) {
-    assert_eq!(store.model_setting().await.unwrap().as_deref(), Some("sonnet"));
+    assert_eq!(
+        store.model_setting().await.unwrap().as_deref(),
+        Some("sonnet")
+    );
 }
 
 // ---- jobs -----------------------------------------------------------------------------
@@ -454,7 +566,12 @@ async fn job_create_read_cancel(store: Arc<dyn Store>) {
     let created = store.create_job(1, 3, JobStatus::Pending).await.unwrap();
     assert!(uuid::Uuid::parse_str(&created.id).is_ok(), "{}", created.id);
     assert_eq!(
-        (created.status, created.total_entities, created.succeeded, created.failed),
+        (
+            created.status,
+            created.total_entities,
+            created.succeeded,
+            created.failed
+        ),
         (JobStatus::Pending, 3, 0, 0)
     );
     assert_eq!(job(&*store, &created.id).await, created);
@@ -480,7 +597,10 @@ async fn job_create_read_cancel(store: Arc<dyn Store>) {
         store.cancel_job(&created.id).await.unwrap(),
         CancelOutcome::AlreadyTerminal(JobStatus::Cancelled)
     );
-    assert_eq!(store.cancel_job("no-such-job").await.unwrap(), CancelOutcome::NotFound);
+    assert_eq!(
+        store.cancel_job("no-such-job").await.unwrap(),
+        CancelOutcome::NotFound
+    );
     assert_ne!(store.active_job().await.unwrap().unwrap().id, created.id);
 }
 
@@ -488,24 +608,54 @@ async fn same_outcome_twice_counts_once(store: Arc<dyn Store>) {
     let j = new_job(&*store, 3).await;
     let e2 = author(2);
     let p1 = EntityRef::new(EntityType::Publisher, 1);
-    assert_eq!(store.record_outcome(outcome(&j.id, author(1), None)).await.unwrap(), COUNTED);
-    assert_eq!(store.record_outcome(outcome(&j.id, author(1), None)).await.unwrap(), NOTHING);
     assert_eq!(
-        store.record_outcome(outcome(&j.id, e2, Some("Bedrock error"))).await.unwrap(),
+        store
+            .record_outcome(outcome(&j.id, author(1), None))
+            .await
+            .unwrap(),
         COUNTED
     );
     assert_eq!(
-        store.record_outcome(outcome(&j.id, e2, Some("again"))).await.unwrap(),
+        store
+            .record_outcome(outcome(&j.id, author(1), None))
+            .await
+            .unwrap(),
+        NOTHING
+    );
+    assert_eq!(
+        store
+            .record_outcome(outcome(&j.id, e2, Some("Bedrock error")))
+            .await
+            .unwrap(),
+        COUNTED
+    );
+    assert_eq!(
+        store
+            .record_outcome(outcome(&j.id, e2, Some("again")))
+            .await
+            .unwrap(),
         NOTHING
     );
     // A success after a counted failure of the same entity does not count either.
-    assert_eq!(store.record_outcome(outcome(&j.id, e2, None)).await.unwrap(), NOTHING);
+    assert_eq!(
+        store
+            .record_outcome(outcome(&j.id, e2, None))
+            .await
+            .unwrap(),
+        NOTHING
+    );
     let mid = job(&*store, &j.id).await;
-    assert_eq!((mid.succeeded, mid.failed, mid.status), (1, 1, JobStatus::InProgress));
+    assert_eq!(
+        (mid.succeeded, mid.failed, mid.status),
+        (1, 1, JobStatus::InProgress)
+    );
     assert_eq!(mid.error_log.as_deref(), Some("author:2: Bedrock error"));
 
     assert_eq!(
-        store.record_outcome(outcome(&j.id, p1, Some("boom"))).await.unwrap(),
+        store
+            .record_outcome(outcome(&j.id, p1, Some("boom")))
+            .await
+            .unwrap(),
         COMPLETED
     );
     let done = job(&*store, &j.id).await;
@@ -520,24 +670,45 @@ async fn same_outcome_twice_counts_once(store: Arc<dyn Store>) {
 
 async fn unknown_job_records_nothing(store: Arc<dyn Store>) {
     assert_eq!(
-        store.record_outcome(outcome("prod-test-001", author(1), Some("x"))).await.unwrap(),
+        store
+            .record_outcome(outcome("prod-test-001", author(1), Some("x")))
+            .await
+            .unwrap(),
         NOTHING
     );
-    store.record_retry("prod-test-001", author(1), 1, "throttled").await.unwrap();
+    store
+        .record_retry("prod-test-001", author(1), 1, "throttled")
+        .await
+        .unwrap();
     let recorded = store
-        .commit_profile(unit(author(1), Some("an-unknown-job-id-that-is-longer-than-36-chars")))
+        .commit_profile(unit(
+            author(1),
+            Some("an-unknown-job-id-that-is-longer-than-36-chars"),
+        ))
         .await
         .unwrap();
     assert_eq!(recorded, NOTHING);
-    assert!(store.profile(author(1)).await.unwrap().is_some(), "profile still written");
+    assert!(
+        store.profile(author(1)).await.unwrap().is_some(),
+        "profile still written"
+    );
     assert!(store.job("prod-test-001").await.unwrap().is_none());
 }
 
 async fn cancelled_job_stays_cancelled(store: Arc<dyn Store>) {
     // Reference §10.1 W5: counting continues, the status does not change.
     let j = new_job(&*store, 1).await;
-    assert!(matches!(store.cancel_job(&j.id).await.unwrap(), CancelOutcome::Cancelled(_)));
-    assert_eq!(store.record_outcome(outcome(&j.id, author(1), None)).await.unwrap(), COUNTED);
+    assert!(matches!(
+        store.cancel_job(&j.id).await.unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    assert_eq!(
+        store
+            .record_outcome(outcome(&j.id, author(1), None))
+            .await
+            .unwrap(),
+        COUNTED
+    );
     let after = job(&*store, &j.id).await;
     assert_eq!((after.status, after.succeeded), (JobStatus::Cancelled, 1));
 }
@@ -545,11 +716,20 @@ async fn cancelled_job_stays_cancelled(store: Arc<dyn Store>) {
 async fn completed_job_is_never_reopened(store: Arc<dyn Store>) {
     // Reference §10.1 W6, and completion happens once.
     let j = new_job(&*store, 1).await;
-    assert_eq!(store.record_outcome(outcome(&j.id, author(1), None)).await.unwrap(), COMPLETED);
+    assert_eq!(
+        store
+            .record_outcome(outcome(&j.id, author(1), None))
+            .await
+            .unwrap(),
+        COMPLETED
+    );
     let completed_at = job(&*store, &j.id).await.completed_at;
     assert!(completed_at.is_some());
     assert_eq!(
-        store.record_outcome(outcome(&j.id, author(2), Some("late"))).await.unwrap(),
+        store
+            .record_outcome(outcome(&j.id, author(2), Some("late")))
+            .await
+            .unwrap(),
         COUNTED
     );
     assert!(matches!(
@@ -557,19 +737,43 @@ async fn completed_job_is_never_reopened(store: Arc<dyn Store>) {
         CancelOutcome::AlreadyTerminal(JobStatus::Completed)
     ));
     let after = job(&*store, &j.id).await;
-    assert_eq!((after.status, after.succeeded, after.failed), (JobStatus::Completed, 1, 1));
+    assert_eq!(
+        (after.status, after.succeeded, after.failed),
+        (JobStatus::Completed, 1, 1)
+    );
     assert_eq!(after.completed_at, completed_at);
 }
 
 async fn retries_do_not_count_and_never_undo_a_terminal_outcome(store: Arc<dyn Store>) {
     let j = new_job(&*store, 2).await;
-    store.record_retry(&j.id, author(1), 1, "throttled").await.unwrap();
-    store.record_retry(&j.id, author(1), 2, "throttled again").await.unwrap();
+    store
+        .record_retry(&j.id, author(1), 1, "throttled")
+        .await
+        .unwrap();
+    store
+        .record_retry(&j.id, author(1), 2, "throttled again")
+        .await
+        .unwrap();
     let after_retries = job(&*store, &j.id).await;
     assert_eq!((after_retries.succeeded, after_retries.failed), (0, 0));
-    assert_eq!(store.record_outcome(outcome(&j.id, author(1), None)).await.unwrap(), COUNTED);
-    store.record_retry(&j.id, author(1), 3, "redelivered").await.unwrap();
-    assert_eq!(store.record_outcome(outcome(&j.id, author(1), None)).await.unwrap(), NOTHING);
+    assert_eq!(
+        store
+            .record_outcome(outcome(&j.id, author(1), None))
+            .await
+            .unwrap(),
+        COUNTED
+    );
+    store
+        .record_retry(&j.id, author(1), 3, "redelivered")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .record_outcome(outcome(&j.id, author(1), None))
+            .await
+            .unwrap(),
+        NOTHING
+    );
     assert_eq!(job(&*store, &j.id).await.succeeded, 1);
 }
 
@@ -589,10 +793,22 @@ async fn commit_profile_writes_profile_usage_and_progress(store: Arc<dyn Store>)
     let p = store.profile(author(1)).await.unwrap().unwrap();
     assert_eq!(p.bio_summary.as_deref(), Some("Biography of author:1."));
     assert_eq!(p.personal_stories, Some(u.profile.personal_stories.clone()));
-    assert_eq!(p.connection_narratives, Some(u.profile.connection_narratives.clone()));
-    assert_eq!(p.relationship_stories, Some(json!({"author:1:author:2": {"summary": "Friends."}})));
-    assert_eq!(p.ai_connections.as_ref().unwrap().as_array().unwrap().len(), 1);
-    assert_eq!(p.model_version.as_deref(), Some("anthropic.claude-3-5-haiku-20241022-v1:0"));
+    assert_eq!(
+        p.connection_narratives,
+        Some(u.profile.connection_narratives.clone())
+    );
+    assert_eq!(
+        p.relationship_stories,
+        Some(json!({"author:1:author:2": {"summary": "Friends."}}))
+    );
+    assert_eq!(
+        p.ai_connections.as_ref().unwrap().as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        p.model_version.as_deref(),
+        Some("anthropic.claude-3-5-haiku-20241022-v1:0")
+    );
     let generated = p.generated_at.expect("generated_at set");
     assert!(generated > before && generated > ts(T2), "{generated}");
 
@@ -607,13 +823,19 @@ async fn commit_profile_writes_profile_usage_and_progress(store: Arc<dyn Store>)
     again.profile.bio_summary = None;
     assert_eq!(store.commit_profile(again).await.unwrap(), NOTHING);
     let p = store.profile(author(1)).await.unwrap().unwrap();
-    assert_eq!(p.ai_connections, None, "empty AI connections are stored as NULL");
+    assert_eq!(
+        p.ai_connections, None,
+        "empty AI connections are stored as NULL"
+    );
     assert_eq!(p.bio_summary, None);
     assert_eq!(store.job_usage(&j.id).await.unwrap().profiles, 2);
     assert_eq!(job(&*store, &j.id).await.succeeded, 1);
 
     // Ad-hoc message: no job.
-    assert_eq!(store.commit_profile(unit(author(2), None)).await.unwrap(), NOTHING);
+    assert_eq!(
+        store.commit_profile(unit(author(2), None)).await.unwrap(),
+        NOTHING
+    );
     assert!(store.profile(author(2)).await.unwrap().is_some());
 
     assert_eq!(
@@ -628,14 +850,26 @@ async fn commit_profile_writes_profile_usage_and_progress(store: Arc<dyn Store>)
 async fn relationship_stories_keep_old_keys(store: Arc<dyn Store>) {
     // Reference §10.4: regeneration keeps pre-existing relationship-story keys and adds new ones.
     let mut first = unit(author(1), None);
-    first.profile.relationship_stories.insert("author:1:author:2".into(), json!({"summary": "old"}));
-    first.profile.relationship_stories.insert("author:1:publisher:1".into(), json!({"summary": "kept"}));
+    first
+        .profile
+        .relationship_stories
+        .insert("author:1:author:2".into(), json!({"summary": "old"}));
+    first
+        .profile
+        .relationship_stories
+        .insert("author:1:publisher:1".into(), json!({"summary": "kept"}));
     store.commit_profile(first).await.unwrap();
 
     let mut second = unit(author(1), None);
     second.profile.connection_narratives = json!({});
-    second.profile.relationship_stories.insert("author:1:author:2".into(), json!({"summary": "new"}));
-    second.profile.relationship_stories.insert("author:1:binder:1".into(), json!({"summary": "added"}));
+    second
+        .profile
+        .relationship_stories
+        .insert("author:1:author:2".into(), json!({"summary": "new"}));
+    second
+        .profile
+        .relationship_stories
+        .insert("author:1:binder:1".into(), json!({"summary": "added"}));
     store.commit_profile(second).await.unwrap();
 
     let p = store.profile(author(1)).await.unwrap().unwrap();
@@ -647,7 +881,11 @@ async fn relationship_stories_keep_old_keys(store: Arc<dyn Store>) {
             "author:1:binder:1": {"summary": "added"},
         }))
     );
-    assert_eq!(p.connection_narratives, Some(json!({})), "narratives are replaced");
+    assert_eq!(
+        p.connection_narratives,
+        Some(json!({})),
+        "narratives are replaced"
+    );
 
     // A new row with no stories stores an empty object.
     store.commit_profile(unit(author(2), None)).await.unwrap();
@@ -680,9 +918,34 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
     assert!(new_ai_rows(store).await.is_empty());
 
     // New row.
-    store_ai(store, vec![ai("author", 50, "author", 51, "family", Some("MARRIAGE"), 0.7, "e1")]).await;
+    store_ai(
+        store,
+        vec![ai(
+            "author",
+            50,
+            "author",
+            51,
+            "family",
+            Some("MARRIAGE"),
+            0.7,
+            "e1",
+        )],
+    )
+    .await;
     let rows = new_ai_rows(store).await;
-    assert_eq!(rows, [ai("author", 50, "author", 51, "family", Some("MARRIAGE"), 0.7, "e1")]);
+    assert_eq!(
+        rows,
+        [ai(
+            "author",
+            50,
+            "author",
+            51,
+            "family",
+            Some("MARRIAGE"),
+            0.7,
+            "e1"
+        )]
+    );
 
     // Canonical swap: publisher:100 / author:5 is stored as author 5 -> publisher 100; and
     // "author:100" < "author:55" as strings.
@@ -695,16 +958,91 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
     )
     .await;
     let rows = new_ai_rows(store).await;
-    assert!(rows.contains(&ai("author", 55, "publisher", 100, "influence", None, 0.5, "e")), "{rows:?}");
-    assert!(rows.contains(&ai("author", 100, "author", 55, "friendship", None, 0.5, "e")), "{rows:?}");
+    assert!(
+        rows.contains(&ai(
+            "author",
+            55,
+            "publisher",
+            100,
+            "influence",
+            None,
+            0.5,
+            "e"
+        )),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&ai(
+            "author",
+            100,
+            "author",
+            55,
+            "friendship",
+            None,
+            0.5,
+            "e"
+        )),
+        "{rows:?}"
+    );
 
     // Higher confidence (given in reverse order) replaces confidence, evidence and sub_type.
-    store_ai(store, vec![ai("author", 51, "author", 50, "family", Some("SIBLING"), 0.9, "e2")]).await;
+    store_ai(
+        store,
+        vec![ai(
+            "author",
+            51,
+            "author",
+            50,
+            "family",
+            Some("SIBLING"),
+            0.9,
+            "e2",
+        )],
+    )
+    .await;
     // Lower, and equal, confidence change nothing.
-    store_ai(store, vec![ai("author", 50, "author", 51, "family", Some("RIVALS"), 0.3, "e3")]).await;
-    store_ai(store, vec![ai("author", 50, "author", 51, "family", Some("RIVALS"), 0.9, "e4")]).await;
+    store_ai(
+        store,
+        vec![ai(
+            "author",
+            50,
+            "author",
+            51,
+            "family",
+            Some("RIVALS"),
+            0.3,
+            "e3",
+        )],
+    )
+    .await;
+    store_ai(
+        store,
+        vec![ai(
+            "author",
+            50,
+            "author",
+            51,
+            "family",
+            Some("RIVALS"),
+            0.9,
+            "e4",
+        )],
+    )
+    .await;
     let rows = new_ai_rows(store).await;
-    assert_eq!(rows[0], ai("author", 50, "author", 51, "family", Some("SIBLING"), 0.9, "e2"));
+    assert_eq!(
+        rows[0],
+        ai(
+            "author",
+            50,
+            "author",
+            51,
+            "family",
+            Some("SIBLING"),
+            0.9,
+            "e2"
+        )
+    );
 
     // Another relationship for the same pair coexists; incomplete rows are skipped; several
     // rows at once; duplicates within one batch collapse to the highest confidence; confidence
@@ -719,60 +1057,170 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
             ai("author", 80, "author", 81, "friendship", None, 0.6, "low"),
             ai("author", 81, "author", 80, "friendship", None, 0.8, "high"),
             ai("author", 80, "author", 81, "friendship", None, 0.7, "mid"),
-            ai("binder", 90, "author", 91, "collaboration", None, 2.5, "clamped"),
+            ai(
+                "binder",
+                90,
+                "author",
+                91,
+                "collaboration",
+                None,
+                2.5,
+                "clamped",
+            ),
         ],
     )
     .await;
     let rows = new_ai_rows(store).await;
     assert_eq!(rows.len(), 6, "{rows:?}");
     assert!(rows.contains(&ai("author", 50, "author", 51, "scandal", None, 0.4, "s")));
-    assert!(rows.contains(&ai("author", 50, "author", 51, "family", Some("SIBLING"), 0.9, "e2")));
-    assert!(rows.contains(&ai("author", 80, "author", 81, "friendship", None, 0.8, "high")));
-    assert!(rows.contains(&ai("author", 91, "binder", 90, "collaboration", None, 1.0, "clamped")));
+    assert!(rows.contains(&ai(
+        "author",
+        50,
+        "author",
+        51,
+        "family",
+        Some("SIBLING"),
+        0.9,
+        "e2"
+    )));
+    assert!(rows.contains(&ai(
+        "author",
+        80,
+        "author",
+        81,
+        "friendship",
+        None,
+        0.8,
+        "high"
+    )));
+    assert!(rows.contains(&ai(
+        "author",
+        91,
+        "binder",
+        90,
+        "collaboration",
+        None,
+        1.0,
+        "clamped"
+    )));
     assert!(!rows.iter().any(|r| r.source_id == 70));
 
     // Re-storing a batch with higher confidence updates.
-    store_ai(store, vec![ai("author", 80, "author", 81, "friendship", None, 0.95, "higher")]).await;
-    assert!(new_ai_rows(store)
-        .await
-        .contains(&ai("author", 80, "author", 81, "friendship", None, 0.95, "higher")));
+    store_ai(
+        store,
+        vec![ai(
+            "author",
+            80,
+            "author",
+            81,
+            "friendship",
+            None,
+            0.95,
+            "higher",
+        )],
+    )
+    .await;
+    assert!(new_ai_rows(store).await.contains(&ai(
+        "author",
+        80,
+        "author",
+        81,
+        "friendship",
+        None,
+        0.95,
+        "higher"
+    )));
 
     // The sample's rows are untouched by all of this.
     let all = store.graph_rows(true, 5000).await.unwrap().ai_connections;
-    assert_eq!(all[0], ai("author", 1, "author", 2, "friendship", Some("MENTOR"), 0.6, "old evidence"));
+    assert_eq!(
+        all[0],
+        ai(
+            "author",
+            1,
+            "author",
+            2,
+            "friendship",
+            Some("MENTOR"),
+            0.6,
+            "old evidence"
+        )
+    );
 }
 
 // ---- job maintenance ------------------------------------------------------------------
 
 async fn reduce_job_total_can_complete_a_job(store: Arc<dyn Store>) {
     let j = new_job(&*store, 3).await;
-    store.record_outcome(outcome(&j.id, author(1), None)).await.unwrap();
-    store.record_outcome(outcome(&j.id, author(2), None)).await.unwrap();
+    store
+        .record_outcome(outcome(&j.id, author(1), None))
+        .await
+        .unwrap();
+    store
+        .record_outcome(outcome(&j.id, author(2), None))
+        .await
+        .unwrap();
     let after = store
         .reduce_job_total(&j.id, 1, "1 message could not be sent")
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((after.total_entities, after.status), (2, JobStatus::Completed));
-    assert_eq!(after.error_log.as_deref(), Some("1 message could not be sent"));
-    assert!(store.reduce_job_total("no-such-job", 1, "x").await.unwrap().is_none());
+    assert_eq!(
+        (after.total_entities, after.status),
+        (2, JobStatus::Completed)
+    );
+    assert_eq!(
+        after.error_log.as_deref(),
+        Some("1 message could not be sent")
+    );
+    assert!(
+        store
+            .reduce_job_total("no-such-job", 1, "x")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let k = new_job(&*store, 5).await;
-    let after = store.reduce_job_total(&k.id, 2, "2 not sent").await.unwrap().unwrap();
-    assert_eq!((after.total_entities, after.status), (3, JobStatus::InProgress));
+    let after = store
+        .reduce_job_total(&k.id, 2, "2 not sent")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.total_entities, after.status),
+        (3, JobStatus::InProgress)
+    );
 }
 
 async fn stuck_jobs_are_failed_once_unless_a_retry_is_pending(store: Arc<dyn Store>) {
-    store.record_retry("stuck-retry", author(1), 2, "throttled").await.unwrap();
-    let failed = store.fail_stuck_jobs(Duration::from_secs(3600)).await.unwrap();
+    store
+        .record_retry("stuck-retry", author(1), 2, "throttled")
+        .await
+        .unwrap();
+    let failed = store
+        .fail_stuck_jobs(Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert_eq!(failed, ["stuck-old"]);
     let stuck = job(&*store, "stuck-old").await;
     assert_eq!(stuck.status, JobStatus::Failed);
-    assert!(stuck.error_log.unwrap().starts_with("stuck: no progress for 3600s"));
+    assert!(
+        stuck
+            .error_log
+            .unwrap()
+            .starts_with("stuck: no progress for 3600s")
+    );
     for id in ["stuck-retry", "pending-old", "fresh"] {
         assert_ne!(job(&*store, id).await.status, JobStatus::Failed, "{id}");
     }
-    assert!(store.fail_stuck_jobs(Duration::from_secs(3600)).await.unwrap().is_empty());
+    assert!(
+        store
+            .fail_stuck_jobs(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn concurrent_duplicate_outcomes_count_exactly_once(store: Arc<dyn Store>) {
@@ -812,15 +1260,27 @@ async fn concurrent_duplicate_outcomes_count_exactly_once(store: Arc<dyn Store>)
     }
     let mut all = Vec::new();
     for task in tasks {
-        all.extend(tokio::time::timeout(Duration::from_secs(120), task).await.unwrap().unwrap());
+        all.extend(
+            tokio::time::timeout(Duration::from_secs(120), task)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     assert_eq!(all.len(), 600);
     assert_eq!(all.iter().filter(|r| r.counted).count(), ENTITIES as usize);
-    assert_eq!(all.iter().filter(|r| r.completed).count(), 1, "one transition to completed");
+    assert_eq!(
+        all.iter().filter(|r| r.completed).count(),
+        1,
+        "one transition to completed"
+    );
     let done = job(&*store, &j.id).await;
     assert_eq!((done.succeeded, done.failed), (450, 50));
     assert_eq!(done.status, JobStatus::Completed);
     let log = done.error_log.unwrap();
     assert_eq!(log.lines().count(), 50);
-    assert!(log.lines().all(|l| l.starts_with("author:") && l.ends_with(": failed")));
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with("author:") && l.ends_with(": failed"))
+    );
 }

@@ -183,7 +183,10 @@ async fn migrations_leave_an_alembic_database_and_its_rows_untouched() {
     assert!(table_exists(&db, "profile_generations").await);
     let store = db.store();
     store.check_schema().await.expect("schema complete");
-    assert_eq!(store.model_setting().await.unwrap().as_deref(), Some("sonnet"));
+    assert_eq!(
+        store.model_setting().await.unwrap().as_deref(),
+        Some("sonnet")
+    );
     assert_eq!(store.job("job-1").await.unwrap().unwrap().total_entities, 3);
 }
 
@@ -192,7 +195,11 @@ async fn concurrent_migrate_runs_both_succeed() {
     let db = TestDb::empty().await;
     let (a, b) = tokio::join!(run_migrations(&db.url), run_migrations(&db.url));
     let (a, b) = (a.expect("first run"), b.expect("second run"));
-    assert_eq!(a.len() + b.len(), 2, "each migration applied once: {a:?} {b:?}");
+    assert_eq!(
+        a.len() + b.len(),
+        2,
+        "each migration applied once: {a:?} {b:?}"
+    );
     db.store().check_schema().await.expect("schema complete");
 }
 
@@ -212,7 +219,8 @@ async fn schema_check_names_what_is_missing_or_wrong() {
     assert!(message.contains("books.year_start"), "{message}");
     assert!(message.contains("profile-worker migrate"), "{message}");
 
-    db.exec("ALTER TABLE books ADD COLUMN year_start INTEGER").await;
+    db.exec("ALTER TABLE books ADD COLUMN year_start INTEGER")
+        .await;
     db.exec("ALTER TABLE entity_profiles ALTER COLUMN personal_stories TYPE jsonb")
         .await;
     let err = store.check_schema().await.expect_err("jsonb is not json");
@@ -269,11 +277,15 @@ async fn migrate_subcommand_applies_migrations_and_needs_a_database_url() {
     .await
     .unwrap();
     let (first, second, missing) = out;
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(String::from_utf8_lossy(&first.stdout).contains(&format!(
-        "applied {} migration(s)",
-        MIGRATIONS_COUNT
-    )));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stdout)
+            .contains(&format!("applied {} migration(s)", MIGRATIONS_COUNT))
+    );
     assert!(String::from_utf8_lossy(&second.stdout).contains("applied 0 migration(s)"));
     assert_eq!(missing.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("database.url"));

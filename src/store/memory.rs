@@ -352,13 +352,21 @@ impl Store for MemoryStore {
         let mut out = Vec::new();
         for t in EntityType::ALL {
             let names: Vec<(i32, &str)> = match t {
-                EntityType::Author => s.authors.values().map(|a| (a.id, a.name.as_str())).collect(),
+                EntityType::Author => s
+                    .authors
+                    .values()
+                    .map(|a| (a.id, a.name.as_str()))
+                    .collect(),
                 EntityType::Publisher => s
                     .publishers
                     .values()
                     .map(|p| (p.id, p.name.as_str()))
                     .collect(),
-                EntityType::Binder => s.binders.values().map(|b| (b.id, b.name.as_str())).collect(),
+                EntityType::Binder => s
+                    .binders
+                    .values()
+                    .map(|b| (b.id, b.name.as_str()))
+                    .collect(),
             };
             for (id, name) in names {
                 let entity = EntityRef::new(t, id);
@@ -374,11 +382,7 @@ impl Store for MemoryStore {
     }
 
     async fn model_setting(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .lock()
-            .app_config
-            .get("model.entity_profiles")
-            .cloned())
+        Ok(self.lock().app_config.get("model.entity_profiles").cloned())
     }
 
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -466,8 +470,8 @@ impl Store for MemoryStore {
     async fn fail_stuck_jobs(&self, stale_after: Duration) -> Result<Vec<String>, StoreError> {
         let mut s = self.lock();
         let now = Utc::now();
-        let threshold = now
-            - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+        let threshold =
+            now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
         let live_retry: BTreeSet<String> = s
             .items
             .iter()
@@ -505,13 +509,10 @@ impl Store for MemoryStore {
             return Ok(());
         }
         let now = Utc::now();
-        let item = s
-            .items
-            .entry((job_id.to_owned(), entity))
-            .or_insert(Item {
-                outcome: ItemOutcome::Retry,
-                updated_at: now,
-            });
+        let item = s.items.entry((job_id.to_owned(), entity)).or_insert(Item {
+            outcome: ItemOutcome::Retry,
+            updated_at: now,
+        });
         if item.outcome == ItemOutcome::Retry {
             item.updated_at = now;
         }

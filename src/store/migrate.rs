@@ -51,7 +51,8 @@ fn migrate_blocking(url: &str) -> Result<Vec<String>, MigrateError> {
 
     let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
         .map_err(MigrateError::Connect)?;
-    let lock = diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK_KEY);
+    let lock =
+        diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK_KEY);
     diesel::RunQueryDsl::execute(lock, &mut conn).map_err(MigrateError::Lock)?;
     let applied = conn
         .run_pending_migrations(MIGRATIONS)

@@ -293,11 +293,12 @@ const SUB_TYPE_MAX_CHARS: usize = 50;
 /// keeping the highest confidence (the first on ties). The result is sorted by key so that
 /// concurrent upserts lock rows in the same order.
 pub fn canonical_ai_connections(rows: &[AiConnectionRow]) -> Vec<AiConnectionRow> {
-    let mut by_key: std::collections::BTreeMap<(String, i32, String, i32, String), AiConnectionRow> =
-        std::collections::BTreeMap::new();
+    let mut by_key: std::collections::BTreeMap<
+        (String, i32, String, i32, String),
+        AiConnectionRow,
+    > = std::collections::BTreeMap::new();
     for row in rows {
-        if row.source_type.is_empty() || row.target_type.is_empty() || row.relationship.is_empty()
-        {
+        if row.source_type.is_empty() || row.target_type.is_empty() || row.relationship.is_empty() {
             continue;
         }
         let mut row = row.clone();
@@ -369,7 +370,12 @@ mod tests {
         ]);
         let ends: Vec<_> = out
             .iter()
-            .map(|r| (end_key(&r.source_type, r.source_id), end_key(&r.target_type, r.target_id)))
+            .map(|r| {
+                (
+                    end_key(&r.source_type, r.source_id),
+                    end_key(&r.target_type, r.target_id),
+                )
+            })
             .collect();
         assert!(ends.contains(&("author:5".into(), "publisher:100".into())));
         // "author:10" < "author:9" as strings.

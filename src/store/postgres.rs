@@ -190,6 +190,25 @@ type ProfileTuple = (
     Option<String>,
 );
 
+type LinkTuple = (i32, Option<i32>, Option<i32>, Option<i32>);
+type AuthorTuple = (
+    i32,
+    String,
+    Option<i32>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+);
+type PublisherTuple = (i32, String, Option<String>, Option<String>, Option<i32>);
+type BinderTuple = (
+    i32,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<i32>,
+);
+
 type AiTuple = (
     String,
     i32,
@@ -419,7 +438,7 @@ async fn load_graph_rows(
     include_binders: bool,
     max_books: i64,
 ) -> QueryResult<GraphRows> {
-    let links: Vec<(i32, Option<i32>, Option<i32>, Option<i32>)> = books::table
+    let links: Vec<LinkTuple> = books::table
         .filter(books::status.eq_any(QUALIFYING_STATUSES))
         .order(books::id.asc())
         .limit(max_books)
@@ -431,7 +450,7 @@ async fn load_graph_rows(
         ))
         .load(conn)
         .await?;
-    let ids = |pick: fn(&(i32, Option<i32>, Option<i32>, Option<i32>)) -> Option<i32>| {
+    let ids = |pick: fn(&LinkTuple) -> Option<i32>| {
         let mut v: Vec<i32> = links.iter().filter_map(pick).collect();
         v.sort_unstable();
         v.dedup();
@@ -439,43 +458,37 @@ async fn load_graph_rows(
     };
     let author_ids = ids(|b| b.1);
     let publisher_ids = ids(|b| b.2);
-    let binder_ids = if include_binders { ids(|b| b.3) } else { Vec::new() };
+    let binder_ids = if include_binders {
+        ids(|b| b.3)
+    } else {
+        Vec::new()
+    };
 
-    let authors: Vec<(i32, String, Option<i32>, Option<i32>, Option<String>, Option<String>)> =
-        authors::table
-            .filter(authors::id.eq_any(&author_ids))
-            .order(authors::id.asc())
-            .select((
-                authors::id,
-                authors::name,
-                authors::birth_year,
-                authors::death_year,
-                authors::tier,
-                authors::image_url,
-            ))
-            .load(conn)
-            .await?;
-    let publishers: Vec<(i32, String, Option<String>, Option<String>, Option<i32>)> =
-        publishers::table
-            .filter(publishers::id.eq_any(&publisher_ids))
-            .order(publishers::id.asc())
-            .select((
-                publishers::id,
-                publishers::name,
-                publishers::tier,
-                publishers::image_url,
-                publishers::founded_year,
-            ))
-            .load(conn)
-            .await?;
-    type BinderTuple = (
-        i32,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<i32>,
-        Option<i32>,
-    );
+    let authors: Vec<AuthorTuple> = authors::table
+        .filter(authors::id.eq_any(&author_ids))
+        .order(authors::id.asc())
+        .select((
+            authors::id,
+            authors::name,
+            authors::birth_year,
+            authors::death_year,
+            authors::tier,
+            authors::image_url,
+        ))
+        .load(conn)
+        .await?;
+    let publishers: Vec<PublisherTuple> = publishers::table
+        .filter(publishers::id.eq_any(&publisher_ids))
+        .order(publishers::id.asc())
+        .select((
+            publishers::id,
+            publishers::name,
+            publishers::tier,
+            publishers::image_url,
+            publishers::founded_year,
+        ))
+        .load(conn)
+        .await?;
     let binders: Vec<BinderTuple> = if binder_ids.is_empty() {
         Vec::new()
     } else {
@@ -560,8 +573,16 @@ async fn load_graph_rows(
 }
 
 fn ai_row(t: AiTuple) -> AiConnectionRow {
-    let (source_type, source_id, target_type, target_id, relationship, sub_type, confidence, evidence) =
-        t;
+    let (
+        source_type,
+        source_id,
+        target_type,
+        target_id,
+        relationship,
+        sub_type,
+        confidence,
+        evidence,
+    ) = t;
     AiConnectionRow {
         source_type,
         source_id,
