@@ -441,7 +441,7 @@ async fn load_graph_rows(
     let links: Vec<LinkTuple> = books::table
         .filter(books::status.eq_any(QUALIFYING_STATUSES))
         .order(books::id.asc())
-        .limit(max_books)
+        .limit(max_books.max(0))
         .select((
             books::id,
             books::author_id,
