@@ -34,6 +34,8 @@ const LONG_VERSION: &str = concat!(
 pub enum Command {
     /// Run the daemon: consume the queue until SIGTERM (the default).
     Run,
+    /// Apply pending database migrations (under an advisory lock; safe to run from several hosts).
+    Migrate,
     /// Print the effective configuration (TOML, secrets redacted) and exit.
     Config,
     /// GET the side server's /health; exit 0 when it answers 200, else 1 (for container health checks).

@@ -14,6 +14,8 @@
 //!   [`shutdown`]: signals to a cancellation token.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
 //!   readiness state; [`metrics`]: every Prometheus metric.
+//! - [`store`]: the `Store` port (PostgreSQL and in-memory adapters), embedded migrations and
+//!   the start-up schema check.
 
 pub mod app;
 pub mod build_info;
@@ -25,4 +27,5 @@ pub mod model;
 pub mod pipeline;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;

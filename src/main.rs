@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use profile_worker::cli::{Cli, Command};
-use profile_worker::{app, build_info, config, server, shutdown, telemetry};
+use profile_worker::config::Needs;
+use profile_worker::{app, build_info, config, server, shutdown, store, telemetry};
 
 /// Exit status for invalid configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -45,6 +46,26 @@ fn main() -> ExitCode {
                 Ok(status) => {
                     eprintln!("profile-worker: {url} answered {status}");
                     ExitCode::FAILURE
+                }
+                Err(err) => {
+                    eprintln!("profile-worker: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Migrate => {
+            if let Err(err) = loaded.require(Needs {
+                database: true,
+                ..Needs::default()
+            }) {
+                eprintln!("profile-worker: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            telemetry::init(&loaded.config.log);
+            match runtime.block_on(store::migrate::migrate(&loaded.config.database)) {
+                Ok(applied) => {
+                    println!("applied {} migration(s)", applied.len());
+                    ExitCode::SUCCESS
                 }
                 Err(err) => {
                     eprintln!("profile-worker: {err}");

@@ -1,2 +1,5 @@
 #![allow(dead_code)]
+//! Helpers shared by the integration tests; each test binary uses only some of them.
+
 pub mod daemon;
+pub mod db;

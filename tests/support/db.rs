@@ -1,0 +1,126 @@
+//! A fresh PostgreSQL database per test: `pw_<random>` created from `PW_TEST_DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped `WITH (FORCE)` on drop.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use profile_worker::config::{DatabaseConfig, SecretUrl};
+use profile_worker::store::PgStore;
+use profile_worker::store::migrate::run_migrations;
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The collection the original's graph fixture was built from (INSERTs only).
+pub const FIXTURE_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/reference/fixtures/collection-small.sql"
+);
+
+/// One throw-away database.
+pub struct TestDb {
+    /// URL of the test database itself.
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("PW_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
+}
+
+impl TestDb {
+    /// A new, empty database (no migrations applied).
+    pub async fn empty() -> Self {
+        let admin_url = admin_url();
+        let name = format!("pw_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = AsyncPgConnection::establish(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {admin_url} (run scripts/test?): {e}"));
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url).expect("PW_TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        Self {
+            url: url.to_string(),
+            name,
+            admin_url,
+        }
+    }
+
+    /// A new database with every migration applied.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        run_migrations(&db.url).await.expect("migrations apply");
+        db
+    }
+
+    /// A migrated database holding the fixture collection.
+    pub async fn with_fixture() -> Self {
+        let db = Self::migrated().await;
+        load_fixture(&db).await;
+        db
+    }
+
+    /// A direct connection (not pooled).
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+
+    /// Runs one or more SQL statements.
+    pub async fn exec(&self, sql: &str) {
+        self.conn()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("SQL failed: {e}\n{sql}"));
+    }
+
+    /// Database settings pointing at this database.
+    pub fn config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            url: SecretUrl::new(self.url.clone()),
+            pool_size: 12,
+            statement_timeout_ms: 30_000,
+            migrate_on_start: false,
+        }
+    }
+
+    /// A `PgStore` on this database.
+    pub fn store(&self) -> PgStore {
+        PgStore::connect(&self.config()).expect("pool builds")
+    }
+}
+
+/// Loads `reference/fixtures/collection-small.sql` into a migrated database.
+pub async fn load_fixture(db: &TestDb) {
+    let sql = std::fs::read_to_string(FIXTURE_PATH)
+        .unwrap_or_else(|e| panic!("cannot read {FIXTURE_PATH}: {e}"));
+    db.exec(&sql).await;
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop may run inside a runtime, which cannot be blocked on; use a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut admin = AsyncPgConnection::establish(&admin_url).await?;
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(_))) {
+            eprintln!("warning: test database {} was not dropped", self.name);
+        }
+    }
+}
