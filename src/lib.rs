@@ -14,14 +14,18 @@
 //!   [`shutdown`]: signals to a cancellation token.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
 //!   readiness state; [`metrics`]: every Prometheus metric.
+//! - [`queue`]: the `Queue` port (SQS, in-memory); [`consumer`]: receive loop, concurrency,
+//!   visibility heartbeat, outcome handling, graceful drain.
 
 pub mod app;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
