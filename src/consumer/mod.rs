@@ -349,6 +349,9 @@ async fn poll_loop(
                 reach.ok();
                 let label = if messages.is_empty() { "empty" } else { "messages" };
                 ctx.metrics.receive_requests.with_label_values(&[label]).inc();
+                let n = messages.len() as u64;
+                ctx.stats.received.fetch_add(n, Ordering::Relaxed);
+                ctx.metrics.messages_received.inc_by(n);
                 if shutdown.is_cancelled() {
                     release_all(ctx, messages).await;
                     break;
@@ -385,8 +388,6 @@ async fn start_all(
 ) {
     let mut surplus = Vec::new();
     for message in messages {
-        ctx.stats.received.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.messages_received.inc();
         match held.pop() {
             Some(permit) => {
                 tasks.spawn(process(ctx.clone(), message, permit));
