@@ -178,7 +178,13 @@ where
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().unwrap_or_default().to_string();
-    let text = format!("{context}: {}", DisplayErrorContext(&err));
+    let text = match &err {
+        // The service's own code and message say it all; the raw response is noise.
+        SdkError::ServiceError(_) => {
+            format!("{context}: {code}: {}", err.message().unwrap_or_default())
+        }
+        _ => format!("{context}: {}", DisplayErrorContext(&err)),
+    };
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             QueueError::Transient(text)

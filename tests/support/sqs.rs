@@ -59,8 +59,14 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub async fn create(endpoint: &str, max_receive_count: u32) -> Self {
-        let client = client(endpoint).await;
         let name = format!("pw-test-{}", uuid::Uuid::new_v4().simple());
+        Self::create_named(endpoint, &name, max_receive_count).await
+    }
+
+    /// Creates (or re-creates after a server restart) the queue `name` and `name-dlq`.
+    pub async fn create_named(endpoint: &str, name: &str, max_receive_count: u32) -> Self {
+        let client = client(endpoint).await;
+        let name = name.to_string();
         let dlq_url = create_queue(&client, &format!("{name}-dlq"), None).await;
         let dlq_arn = client
             .get_queue_attributes()
@@ -248,5 +254,64 @@ where
             "gave up waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A moto server of a test's own, for tests that stop and restart SQS. The binary comes from
+/// `PW_TEST_MOTO_BIN`, else `tools/moto/bin/moto_server` of the checkout (scripts/services).
+pub struct OwnMoto {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl OwnMoto {
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind port 0")
+            .local_addr()
+            .expect("local addr")
+            .port()
+    }
+
+    /// Starts moto on `port` and waits until it answers.
+    pub async fn start(port: u16) -> Self {
+        let bin = std::env::var("PW_TEST_MOTO_BIN").unwrap_or_else(|_| {
+            format!("{}/tools/moto/bin/moto_server", env!("CARGO_MANIFEST_DIR"))
+        });
+        assert!(
+            std::path::Path::new(&bin).is_file(),
+            "moto_server not found at {bin}: run scripts/services start or set PW_TEST_MOTO_BIN"
+        );
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Self { child, port };
+        let sdk = client(&moto.url()).await;
+        eventually("moto answers", Duration::from_secs(60), || {
+            let sdk = sdk.clone();
+            async move { sdk.list_queues().send().await.is_ok() }
+        })
+        .await;
+        moto
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
