@@ -36,9 +36,6 @@ pub async fn run(
     handler: Arc<dyn Handler>,
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
-    metrics
-        .concurrency_limit
-        .set(config.consumer.concurrency.into());
     let health = Health::new();
 
     let addr = config.server.listen;

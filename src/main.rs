@@ -66,10 +66,13 @@ fn main() -> ExitCode {
             // The profile pipeline is not wired in yet; until it is, `run` needs the diagnostic
             // handler (hidden flag) and refuses to consume otherwise rather than lose messages.
             let Some(hold_ms) = cli.diagnostic_hold_ms else {
-                eprintln!("profile-worker: no message handler is available in this build (the profile pipeline is not wired in yet)");
+                eprintln!(
+                    "profile-worker: no message handler is available in this build (the profile pipeline is not wired in yet)"
+                );
                 return ExitCode::FAILURE;
             };
-            let handler: Arc<dyn Handler> = Arc::new(HoldHandler::new(Duration::from_millis(hold_ms)));
+            let handler: Arc<dyn Handler> =
+                Arc::new(HoldHandler::new(Duration::from_millis(hold_ms)));
             telemetry::init(&loaded.config.log);
             let result = runtime.block_on(async {
                 let token = shutdown::on_signals().map_err(anyhow::Error::from)?;

@@ -82,7 +82,10 @@ impl Worker {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "profile-worker did not exit within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "profile-worker did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -101,15 +104,28 @@ async fn kill_9_mid_message_is_processed_again_after_restart() {
     let id = test.send(r#"{"entity_type":"author","entity_id":3}"#).await;
 
     let mut first = Worker::start(&test, 600_000, &[]);
-    let line = first.wait_for("diagnostic handler holding message", Duration::from_secs(60));
+    let line = first.wait_for(
+        "diagnostic handler holding message",
+        Duration::from_secs(60),
+    );
     assert!(line.contains(&id), "{line}");
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(10));
-    assert_eq!(test.counts().await, (0, 1), "the killed worker's message is in flight");
+    assert_eq!(
+        test.counts().await,
+        (0, 1),
+        "the killed worker's message is in flight"
+    );
 
     let second = Worker::start(&test, 0, &[]);
-    let line = second.wait_for("diagnostic handler holding message", Duration::from_secs(60));
-    assert!(line.contains(&id) && line.contains("\"attempt\":2"), "{line}");
+    let line = second.wait_for(
+        "diagnostic handler holding message",
+        Duration::from_secs(60),
+    );
+    assert!(
+        line.contains(&id) && line.contains("\"attempt\":2"),
+        "{line}"
+    );
     second.wait_for("diagnostic handler done", Duration::from_secs(30));
     eventually("message deleted", Duration::from_secs(30), || async {
         test.counts().await == (0, 0)

@@ -92,11 +92,19 @@ async fn two_hundred_messages_keep_every_permit_busy_and_never_exceed_the_limit(
     let started = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let h = {
-        let (events, in_flight, started, finished) =
-            (events.clone(), in_flight.clone(), started.clone(), finished.clone());
+        let (events, in_flight, started, finished) = (
+            events.clone(),
+            in_flight.clone(),
+            started.clone(),
+            finished.clone(),
+        );
         handler(move |_d| {
-            let (events, in_flight, started, finished) =
-                (events.clone(), in_flight.clone(), started.clone(), finished.clone());
+            let (events, in_flight, started, finished) = (
+                events.clone(),
+                in_flight.clone(),
+                started.clone(),
+                finished.clone(),
+            );
             async move {
                 {
                     let mut ev = events.lock().unwrap();
@@ -136,11 +144,17 @@ async fn two_hundred_messages_keep_every_permit_busy_and_never_exceed_the_limit(
         .expect("consumer stops")
         .expect("consumer task");
     assert_eq!(summary.done, MESSAGES as u64);
-    assert_eq!(summary.received, MESSAGES as u64, "no message delivered twice");
+    assert_eq!(
+        summary.received, MESSAGES as u64,
+        "no message delivered twice"
+    );
 
     let events = events.lock().unwrap().clone();
     let max_in_flight = events.iter().map(|e| e.1).max().unwrap();
-    assert_eq!(max_in_flight, LIMIT, "in-flight must reach but never exceed the limit");
+    assert_eq!(
+        max_in_flight, LIMIT,
+        "in-flight must reach but never exceed the limit"
+    );
 
     // A permit is free from the moment in-flight drops below the limit until it is back at the
     // limit; while messages were still waiting (fewer than 200 started) that must take no more
@@ -152,10 +166,10 @@ async fn two_hundred_messages_keep_every_permit_busy_and_never_exceed_the_limit(
     for (at, now, started) in &events {
         if *now < LIMIT && *started < MESSAGES {
             below_since.get_or_insert(*at);
-        } else if *now == LIMIT {
-            if let Some(since) = below_since.take() {
-                longest = longest.max(at.duration_since(since));
-            }
+        } else if *now == LIMIT
+            && let Some(since) = below_since.take()
+        {
+            longest = longest.max(at.duration_since(since));
         }
     }
     eprintln!("longest free-permit gap {longest:?}; slowest receive round-trip {rtt:?}");

@@ -39,11 +39,15 @@ async fn a_handler_longer_than_the_visibility_timeout_is_not_delivered_twice() {
     let consumer = Consumer::new(queue, h, s, metrics.clone(), Health::new());
     let stop = CancellationToken::new();
     let run = tokio::spawn(consumer.run(stop.clone()));
-    eventually("handler finished and message deleted", Duration::from_secs(60), || {
-        let finished = finished.clone();
-        let test = &test;
-        async move { finished.load(Ordering::SeqCst) == 1 && test.counts().await == (0, 0) }
-    })
+    eventually(
+        "handler finished and message deleted",
+        Duration::from_secs(60),
+        || {
+            let finished = finished.clone();
+            let test = &test;
+            async move { finished.load(Ordering::SeqCst) == 1 && test.counts().await == (0, 0) }
+        },
+    )
     .await;
     stop.cancel();
     let summary = tokio::time::timeout(Duration::from_secs(30), run)
@@ -52,5 +56,11 @@ async fn a_handler_longer_than_the_visibility_timeout_is_not_delivered_twice() {
         .expect("consumer task");
     assert_eq!(deliveries.load(Ordering::SeqCst), 1);
     assert_eq!((summary.received, summary.done), (1, 1));
-    assert!(metrics.visibility_extensions.with_label_values(&["ok"]).get() >= 3);
+    assert!(
+        metrics
+            .visibility_extensions
+            .with_label_values(&["ok"])
+            .get()
+            >= 3
+    );
 }

@@ -52,7 +52,9 @@ impl Queue for Recording {
     async fn change_visibility(&self, r: &str, t: Duration) -> Result<(), QueueError> {
         self.visibility.lock().unwrap().push(t);
         if self.lose_receipts {
-            return Err(QueueError::ReceiptInvalid("received by another consumer".into()));
+            return Err(QueueError::ReceiptInvalid(
+                "received by another consumer".into(),
+            ));
         }
         self.inner.change_visibility(r, t).await
     }
@@ -116,9 +118,13 @@ async fn transient_failures_back_off_then_fail_on_the_last_attempt_into_the_dead
             async move {
                 seen.lock().unwrap().push((d.attempt, d.is_last_attempt));
                 if d.is_last_attempt {
-                    Outcome::Failed { reason: "bedrock kept throttling".into() }
+                    Outcome::Failed {
+                        reason: "bedrock kept throttling".into(),
+                    }
                 } else {
-                    Outcome::Retry { reason: "throttled".into() }
+                    Outcome::Retry {
+                        reason: "throttled".into(),
+                    }
                 }
             }
         })
@@ -146,7 +152,10 @@ async fn transient_failures_back_off_then_fail_on_the_last_attempt_into_the_dead
 
     let dead = test.drain_dead_letters().await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].body(), Some(r#"{"entity_type":"author","entity_id":1}"#));
+    assert_eq!(
+        dead[0].body(),
+        Some(r#"{"entity_type":"author","entity_id":1}"#)
+    );
     assert_eq!(attr(&dead[0], "outcome"), "failed");
     assert_eq!(attr(&dead[0], "reason"), "bedrock kept throttling");
     assert_eq!(attr(&dead[0], "original_message_id"), id);
@@ -166,11 +175,19 @@ async fn poison_goes_to_the_dead_letter_queue_once_with_its_reason() {
             let deliveries = deliveries.clone();
             async move {
                 deliveries.fetch_add(1, Ordering::SeqCst);
-                Outcome::Poison { reason: "body is not JSON".into() }
+                Outcome::Poison {
+                    reason: "body is not JSON".into(),
+                }
             }
         })
     };
-    let consumer = Consumer::new(queue, h, settings(2), Arc::new(Metrics::new()), Health::new());
+    let consumer = Consumer::new(
+        queue,
+        h,
+        settings(2),
+        Arc::new(Metrics::new()),
+        Health::new(),
+    );
     let summary = run_until(consumer, || async { test.counts().await == (0, 0) }).await;
     assert_eq!(deliveries.load(Ordering::SeqCst), 1);
     assert_eq!(summary.poison, 1);
@@ -188,8 +205,18 @@ async fn poison_goes_to_the_dead_letter_queue_once_with_its_reason() {
 async fn poison_without_a_dead_letter_queue_is_deleted() {
     let queue = Arc::new(MemoryQueue::new());
     queue.send(&OutgoingMessage::new("<xml/>")).await.unwrap();
-    let h = handler(|_d| async { Outcome::Poison { reason: "not JSON".into() } });
-    let consumer = Consumer::new(queue.clone(), h, settings(1), Arc::new(Metrics::new()), Health::new());
+    let h = handler(|_d| async {
+        Outcome::Poison {
+            reason: "not JSON".into(),
+        }
+    });
+    let consumer = Consumer::new(
+        queue.clone(),
+        h,
+        settings(1),
+        Arc::new(Metrics::new()),
+        Health::new(),
+    );
     let summary = run_until(consumer, || {
         let queue = queue.clone();
         async move { queue.approximate_depth().await.unwrap() == QueueDepth::default() }
@@ -209,10 +236,22 @@ async fn a_panicking_handler_is_retried_like_a_transient_failure() {
         Outcome::Done
     });
     let metrics = Arc::new(Metrics::new());
-    let consumer = Consumer::new(queue.clone(), h, settings(1), metrics.clone(), Health::new());
+    let consumer = Consumer::new(
+        queue.clone(),
+        h,
+        settings(1),
+        metrics.clone(),
+        Health::new(),
+    );
     let summary = run_until(consumer, || {
         let metrics = metrics.clone();
-        async move { metrics.messages_processed.with_label_values(&["done"]).get() == 1 }
+        async move {
+            metrics
+                .messages_processed
+                .with_label_values(&["done"])
+                .get()
+                == 1
+        }
     })
     .await;
     assert_eq!((summary.retried, summary.done, summary.received), (1, 1, 2));
@@ -241,7 +280,13 @@ async fn lost_visibility_cancels_the_handler_and_records_nothing() {
     let consumer = Consumer::new(queue.clone(), h, s, metrics.clone(), Health::new());
     let summary = run_until(consumer, || {
         let metrics = metrics.clone();
-        async move { metrics.visibility_extensions.with_label_values(&["lost"]).get() == 1 }
+        async move {
+            metrics
+                .visibility_extensions
+                .with_label_values(&["lost"])
+                .get()
+                == 1
+        }
     })
     .await;
     assert_eq!(summary.lost, 1);

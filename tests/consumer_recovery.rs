@@ -54,20 +54,38 @@ async fn consumer_recovers_when_the_endpoint_comes_back_and_readiness_follows() 
 
     eventually("ready", Duration::from_secs(30), ready(true)).await;
     test.send("before").await;
-    eventually("first message handled", Duration::from_secs(30), handled_n(1)).await;
+    eventually(
+        "first message handled",
+        Duration::from_secs(30),
+        handled_n(1),
+    )
+    .await;
 
     moto.stop();
-    eventually("unready while SQS is down", Duration::from_secs(60), ready(false)).await;
+    eventually(
+        "unready while SQS is down",
+        Duration::from_secs(60),
+        ready(false),
+    )
+    .await;
     let detail = health.readiness().checks["queue"].detail.clone();
     assert!(detail.contains("consecutive queue errors"), "{detail}");
-    assert!(health.liveness().is_ok(), "the poll loop stays alive while SQS is down");
+    assert!(
+        health.liveness().is_ok(),
+        "the poll loop stays alive while SQS is down"
+    );
 
     let _moto = OwnMoto::start(port).await;
     // moto keeps no state across restarts: re-create the same queue (same URL).
     let again = TestQueue::create_named(&test.endpoint, &name, 5).await;
     assert_eq!(again.url, test.url);
     again.send("after").await;
-    eventually("message handled after recovery", Duration::from_secs(60), handled_n(2)).await;
+    eventually(
+        "message handled after recovery",
+        Duration::from_secs(60),
+        handled_n(2),
+    )
+    .await;
     eventually("ready again", Duration::from_secs(30), ready(true)).await;
 
     stop.cancel();

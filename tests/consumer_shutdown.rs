@@ -99,7 +99,11 @@ async fn shutdown_during_a_long_poll_leaves_nothing_invisible() {
         .await
         .expect("consumer stops after its receive returns")
         .expect("consumer task");
-    assert_eq!(handled.load(Ordering::SeqCst), 0, "nothing handled after shutdown");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        0,
+        "nothing handled after shutdown"
+    );
     assert_eq!(summary.released, summary.received);
     assert_eq!(test.counts().await, (3, 0));
 }

@@ -65,8 +65,14 @@ contract!(send_then_receive_round_trips, 5);
 async fn received_message_stays_hidden_until_released(q: Arc<dyn Queue>) {
     q.send(&OutgoingMessage::new("hidden")).await.expect("send");
     let first = receive_n(q.as_ref(), 1).await.remove(0);
-    let again = q.receive(10, Duration::from_secs(1), HIDE).await.expect("receive");
-    assert!(again.is_empty(), "a hidden message was delivered again: {again:?}");
+    let again = q
+        .receive(10, Duration::from_secs(1), HIDE)
+        .await
+        .expect("receive");
+    assert!(
+        again.is_empty(),
+        "a hidden message was delivered again: {again:?}"
+    );
     q.change_visibility(&first.receipt_handle, Duration::ZERO)
         .await
         .expect("release");
@@ -78,7 +84,9 @@ async fn received_message_stays_hidden_until_released(q: Arc<dyn Queue>) {
 contract!(received_message_stays_hidden_until_released, 5);
 
 async fn deleted_messages_are_gone(q: Arc<dyn Queue>) {
-    let batch: Vec<_> = (0..3).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..3)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     assert_eq!(q.send_batch(&batch).await.expect("send_batch"), vec![]);
     let got = receive_n(q.as_ref(), 3).await;
     let receipts: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
@@ -95,10 +103,18 @@ async fn deleted_messages_are_gone(q: Arc<dyn Queue>) {
 contract!(deleted_messages_are_gone, 5);
 
 async fn batches_over_ten_are_refused(q: Arc<dyn Queue>) {
-    let eleven: Vec<_> = (0..11).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
-    assert!(matches!(q.send_batch(&eleven).await, Err(QueueError::Rejected(_))));
+    let eleven: Vec<_> = (0..11)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
+    assert!(matches!(
+        q.send_batch(&eleven).await,
+        Err(QueueError::Rejected(_))
+    ));
     let receipts: Vec<String> = (0..11).map(|i| format!("r{i}")).collect();
-    assert!(matches!(q.delete_batch(&receipts).await, Err(QueueError::Rejected(_))));
+    assert!(matches!(
+        q.delete_batch(&receipts).await,
+        Err(QueueError::Rejected(_))
+    ));
     assert_eq!(q.approximate_depth().await.expect("depth").visible, 0);
 }
 contract!(batches_over_ten_are_refused, 5);
@@ -126,14 +142,19 @@ async fn depth_counts_visible_and_in_flight(q: Arc<dyn Queue>) {
 contract!(depth_counts_visible_and_in_flight, 5);
 
 async fn visibility_batch_releases_each_entry(q: Arc<dyn Queue>) {
-    let batch: Vec<_> = (0..2).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..2)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     q.send_batch(&batch).await.expect("send_batch");
     let got = receive_n(q.as_ref(), 2).await;
     let entries: Vec<_> = got
         .iter()
         .map(|m| (m.receipt_handle.clone(), Duration::ZERO))
         .collect();
-    assert_eq!(q.change_visibility_batch(&entries).await.expect("batch"), vec![]);
+    assert_eq!(
+        q.change_visibility_batch(&entries).await.expect("batch"),
+        vec![]
+    );
     let again = receive_n(q.as_ref(), 2).await;
     assert!(again.iter().all(|m| m.receive_count == 2));
 }
@@ -150,8 +171,14 @@ async fn redrives_to_the_dead_letter_queue_after_max_receives(q: Arc<dyn Queue>)
             .await
             .expect("release");
     }
-    let third = q.receive(1, Duration::from_secs(1), HIDE).await.expect("receive");
-    assert!(third.is_empty(), "redriven message delivered again: {third:?}");
+    let third = q
+        .receive(1, Duration::from_secs(1), HIDE)
+        .await
+        .expect("receive");
+    assert!(
+        third.is_empty(),
+        "redriven message delivered again: {third:?}"
+    );
     let dead = receive_n(dlq.as_ref(), 1).await.remove(0);
     assert_eq!(dead.body, "doomed");
 }

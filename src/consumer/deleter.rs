@@ -61,7 +61,11 @@ impl Deleter {
     }
 }
 
-async fn run(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Entry>, stop: CancellationToken) {
+async fn run(
+    queue: Arc<dyn Queue>,
+    mut rx: mpsc::UnboundedReceiver<Entry>,
+    stop: CancellationToken,
+) {
     let calls = TaskTracker::new();
     loop {
         let first = tokio::select! {

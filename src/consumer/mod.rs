@@ -248,7 +248,9 @@ impl Consumer {
             hard_stop: CancellationToken::new(),
         });
         if ctx.dead_letter.is_none() {
-            tracing::warn!("no dead-letter queue: poison messages will be logged whole, then deleted");
+            tracing::warn!(
+                "no dead-letter queue: poison messages will be logged whole, then deleted"
+            );
         }
         tracing::info!(
             concurrency,
@@ -275,7 +277,10 @@ impl Consumer {
         poll_loop(&ctx, &reach, &beat, &tasks, concurrency, &shutdown).await;
 
         tasks.close();
-        tracing::info!(in_flight = tasks.len(), "receiving stopped; draining in-flight messages");
+        tracing::info!(
+            in_flight = tasks.len(),
+            "receiving stopped; draining in-flight messages"
+        );
         tasks.wait().await;
         grace.abort();
         depth_stop.cancel();
@@ -347,8 +352,15 @@ async fn poll_loop(
             Ok(messages) => {
                 errors = 0;
                 reach.ok();
-                let label = if messages.is_empty() { "empty" } else { "messages" };
-                ctx.metrics.receive_requests.with_label_values(&[label]).inc();
+                let label = if messages.is_empty() {
+                    "empty"
+                } else {
+                    "messages"
+                };
+                ctx.metrics
+                    .receive_requests
+                    .with_label_values(&[label])
+                    .inc();
                 let n = messages.len() as u64;
                 ctx.stats.received.fetch_add(n, Ordering::Relaxed);
                 ctx.metrics.messages_received.inc_by(n);
@@ -362,7 +374,10 @@ async fn poll_loop(
                 drop(held);
                 errors += 1;
                 reach.failed(&err);
-                ctx.metrics.receive_requests.with_label_values(&["error"]).inc();
+                ctx.metrics
+                    .receive_requests
+                    .with_label_values(&["error"])
+                    .inc();
                 let delay = poll_backoff(errors);
                 tracing::warn!(error = %err, consecutive = errors, retry_in_ms = delay.as_millis() as u64, "receive failed");
                 tokio::select! {
@@ -376,7 +391,9 @@ async fn poll_loop(
 
 fn poll_backoff(consecutive: u32) -> Duration {
     let factor = 2u32.saturating_pow(consecutive.saturating_sub(1).min(16));
-    POLL_BACKOFF_BASE.saturating_mul(factor).min(POLL_BACKOFF_CAP)
+    POLL_BACKOFF_BASE
+        .saturating_mul(factor)
+        .min(POLL_BACKOFF_CAP)
 }
 
 /// Starts one task per message, each owning one permit; any surplus is released.
@@ -405,7 +422,10 @@ async fn release_all(ctx: &Ctx, messages: Vec<ReceivedMessage>) {
     if messages.is_empty() {
         return;
     }
-    tracing::info!(count = messages.len(), "releasing messages received during shutdown");
+    tracing::info!(
+        count = messages.len(),
+        "releasing messages received during shutdown"
+    );
     for chunk in messages.chunks(MAX_BATCH) {
         let entries: Vec<_> = chunk
             .iter()
@@ -417,7 +437,9 @@ async fn release_all(ctx: &Ctx, messages: Vec<ReceivedMessage>) {
                     tracing::warn!(message_id = %chunk[f.index].message_id, code = %f.code, "release refused");
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "release failed; messages reappear after their visibility timeout"),
+            Err(err) => {
+                tracing::warn!(error = %err, "release failed; messages reappear after their visibility timeout")
+            }
         }
         let n = chunk.len() as u64;
         ctx.stats.released.fetch_add(n, Ordering::Relaxed);
@@ -677,7 +699,8 @@ async fn poll_depth(ctx: Arc<Ctx>, reach: Arc<Reachability>, stop: CancellationT
                 reach.ok();
                 let g = &ctx.metrics.queue_messages;
                 g.with_label_values(&["visible"]).set(depth.visible as i64);
-                g.with_label_values(&["in_flight"]).set(depth.in_flight as i64);
+                g.with_label_values(&["in_flight"])
+                    .set(depth.in_flight as i64);
                 g.with_label_values(&["delayed"]).set(depth.delayed as i64);
             }
             Err(err) => {

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{BatchFailure, MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage};
+use super::{
+    BatchFailure, MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
+};
 
 /// An in-memory queue; clones share the same messages.
 #[derive(Clone, Default)]
@@ -87,11 +89,11 @@ impl MemoryQueue {
                     i += 1;
                     continue;
                 }
-                if let Some((limit, _)) = &self.shared.redrive {
-                    if state.messages[i].receive_count >= *limit {
-                        dead.push(state.messages.remove(i));
-                        continue;
-                    }
+                if let Some((limit, _)) = &self.shared.redrive
+                    && state.messages[i].receive_count >= *limit
+                {
+                    dead.push(state.messages.remove(i));
+                    continue;
                 }
                 let m = &mut state.messages[i];
                 m.receive_count += 1;
@@ -244,7 +246,11 @@ impl Queue for MemoryQueue {
     async fn approximate_depth(&self) -> Result<QueueDepth, QueueError> {
         let now = Instant::now();
         let state = self.lock();
-        let visible = state.messages.iter().filter(|m| m.visible_at <= now).count() as u64;
+        let visible = state
+            .messages
+            .iter()
+            .filter(|m| m.visible_at <= now)
+            .count() as u64;
         Ok(QueueDepth {
             visible,
             in_flight: state.messages.len() as u64 - visible,

@@ -18,7 +18,9 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 
-use super::{BatchFailure, MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage};
+use super::{
+    BatchFailure, MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
+};
 use crate::config::{AwsConfig, QueueConfig};
 
 /// Margin of the per-attempt timeout over the long-poll wait: a client timeout shorter than the
@@ -115,7 +117,11 @@ impl SqsQueue {
     }
 }
 
-async fn resolve_url(client: &Client, name: &str, owner: Option<&str>) -> Result<String, QueueError> {
+async fn resolve_url(
+    client: &Client,
+    name: &str,
+    owner: Option<&str>,
+) -> Result<String, QueueError> {
     let out = client
         .get_queue_url()
         .queue_name(name)
@@ -172,7 +178,10 @@ fn split_arn(arn: &str) -> Option<(&str, &str)> {
 }
 
 /// Maps an SDK error onto what the caller must do.
-fn classify<E>(context: &str, err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>) -> QueueError
+fn classify<E>(
+    context: &str,
+    err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> QueueError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -228,7 +237,9 @@ fn failures(entries: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<BatchF
 }
 
 fn too_many(what: &str, n: usize) -> QueueError {
-    QueueError::Rejected(format!("{what} of {n} entries; SQS accepts at most {MAX_BATCH}"))
+    QueueError::Rejected(format!(
+        "{what} of {n} entries; SQS accepts at most {MAX_BATCH}"
+    ))
 }
 
 fn attribute_values(
@@ -470,11 +481,15 @@ mod tests {
             max_receive_count: 5,
         });
         assert_eq!(
-            parse_redrive(r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:dlq","maxReceiveCount":5}"#),
+            parse_redrive(
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:dlq","maxReceiveCount":5}"#
+            ),
             expected
         );
         assert_eq!(
-            parse_redrive(r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:dlq","maxReceiveCount":"5"}"#),
+            parse_redrive(
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:dlq","maxReceiveCount":"5"}"#
+            ),
             expected
         );
         assert_eq!(parse_redrive(r#"{"maxReceiveCount":5}"#), None);

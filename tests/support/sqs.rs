@@ -28,7 +28,9 @@ pub fn fauxqs_url() -> String {
 fn required_env(name: &str) -> String {
     for var in [name, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
         if std::env::var(var).map_or(true, |v| v.is_empty()) {
-            panic!("{var} is unset: run scripts/test (it starts the local SQS servers and exports their URLs and dummy credentials)");
+            panic!(
+                "{var} is unset: run scripts/test (it starts the local SQS servers and exports their URLs and dummy credentials)"
+            );
         }
     }
     std::env::var(name).expect("checked above")
