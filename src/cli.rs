@@ -17,6 +17,11 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Diagnostics only: `run` holds each message this many milliseconds and reports it done,
+    /// instead of running the profile pipeline. Lets end-to-end tests drive the real binary.
+    #[arg(long, global = true, hide = true, value_name = "MS")]
+    pub diagnostic_hold_ms: Option<u64>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

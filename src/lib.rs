@@ -16,15 +16,19 @@
 //!   readiness state; [`metrics`]: every Prometheus metric.
 //! - [`store`]: the `Store` port (PostgreSQL and in-memory adapters), embedded migrations and
 //!   the start-up schema check.
+//! - [`queue`]: the `Queue` port (SQS, in-memory); [`consumer`]: receive loop, concurrency,
+//!   visibility heartbeat, outcome handling, graceful drain.
 
 pub mod app;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod store;

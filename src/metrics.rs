@@ -64,7 +64,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "messages_processed_total",
-                        "Messages handled, by outcome (done, skipped, retry, failed, poison, released).",
+                        "Messages handled, by outcome (done, skipped, retry, failed, poison, released, lost).",
                     ),
                     &["outcome"],
                 ),

@@ -1,0 +1,526 @@
+//! `SqsQueue`: the [`Queue`] port on Amazon SQS (aws-sdk-sqs), also used against moto, fauxqs and
+//! LocalStack through an endpoint override.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::Region;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+
+use super::{
+    BatchFailure, MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
+};
+use crate::config::{AwsConfig, QueueConfig};
+
+/// Margin of the per-attempt timeout over the long-poll wait: a client timeout shorter than the
+/// wait abandons receives the server still fulfils (ghost receive, see reference/local-aws.md).
+const ATTEMPT_MARGIN: Duration = Duration::from_secs(10);
+/// The SDK's own connect timeout under `BehaviorVersion::latest()`, restated because setting a
+/// timeout config replaces the defaults.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
+
+/// An SQS queue, with its dead-letter queue and redrive limit read once at start-up.
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+    max_receive_count: Option<u32>,
+    dead_letter: Option<Arc<SqsQueue>>,
+}
+
+/// The queue's `RedrivePolicy` attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Redrive {
+    dead_letter_arn: String,
+    max_receive_count: u32,
+}
+
+impl SqsQueue {
+    /// Builds the SDK client (region and endpoint from config, else the standard chain) and
+    /// resolves the queue, its redrive policy and its dead-letter queue. `wait` is the longest
+    /// long poll the caller will ask for; every call's attempt timeout stays above it.
+    pub async fn connect(
+        queue: &QueueConfig,
+        aws: &AwsConfig,
+        wait: Duration,
+    ) -> Result<Self, QueueError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if !aws.region.is_empty() {
+            loader = loader.region(Region::new(aws.region.clone()));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_sqs::config::Builder::from(&shared).timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(wait + ATTEMPT_MARGIN)
+                .build(),
+        );
+        if !queue.endpoint_url.is_empty() {
+            builder = builder.endpoint_url(&queue.endpoint_url);
+        }
+        let client = Client::from_conf(builder.build());
+
+        let url = if queue.url.is_empty() {
+            resolve_url(&client, &queue.name, None).await?
+        } else {
+            queue.url.clone()
+        };
+        let redrive = read_redrive(&client, &url).await?;
+        let dead_letter_url = if !queue.dead_letter_url.is_empty() {
+            Some(queue.dead_letter_url.clone())
+        } else if let Some(r) = &redrive {
+            let (account, name) = split_arn(&r.dead_letter_arn).ok_or_else(|| {
+                QueueError::Rejected(format!(
+                    "RedrivePolicy of {url} names an invalid dead-letter ARN {:?}",
+                    r.dead_letter_arn
+                ))
+            })?;
+            Some(resolve_url(&client, name, Some(account)).await?)
+        } else {
+            None
+        };
+        let dead_letter = dead_letter_url.map(|dl| {
+            Arc::new(SqsQueue {
+                client: client.clone(),
+                url: dl,
+                max_receive_count: None,
+                dead_letter: None,
+            })
+        });
+        Ok(Self {
+            client,
+            url,
+            max_receive_count: redrive.map(|r| r.max_receive_count),
+            dead_letter,
+        })
+    }
+
+    /// The queue URL in use.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The dead-letter queue URL, when there is one.
+    pub fn dead_letter_url(&self) -> Option<&str> {
+        self.dead_letter.as_deref().map(SqsQueue::url)
+    }
+}
+
+async fn resolve_url(
+    client: &Client,
+    name: &str,
+    owner: Option<&str>,
+) -> Result<String, QueueError> {
+    let out = client
+        .get_queue_url()
+        .queue_name(name)
+        .set_queue_owner_aws_account_id(owner.filter(|a| !a.is_empty()).map(str::to_string))
+        .send()
+        .await
+        .map_err(|e| classify(&format!("GetQueueUrl {name}"), e))?;
+    out.queue_url()
+        .map(str::to_string)
+        .ok_or_else(|| QueueError::NotFound(format!("GetQueueUrl {name} returned no URL")))
+}
+
+async fn read_redrive(client: &Client, url: &str) -> Result<Option<Redrive>, QueueError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| classify(&format!("GetQueueAttributes {url}"), e))?;
+    let Some(raw) = out
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+    else {
+        return Ok(None);
+    };
+    parse_redrive(raw).map(Some).ok_or_else(|| {
+        QueueError::Rejected(format!("RedrivePolicy of {url} is not understood: {raw}"))
+    })
+}
+
+/// Parses `{"deadLetterTargetArn": "...", "maxReceiveCount": 5}` (the count may be a string).
+fn parse_redrive(raw: &str) -> Option<Redrive> {
+    let v: serde_json::Value = serde_json::from_str(raw).ok()?;
+    let arn = v.get("deadLetterTargetArn")?.as_str()?.to_string();
+    let count = match v.get("maxReceiveCount")? {
+        serde_json::Value::Number(n) => u32::try_from(n.as_u64()?).ok()?,
+        serde_json::Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    Some(Redrive {
+        dead_letter_arn: arn,
+        max_receive_count: count,
+    })
+}
+
+/// `arn:aws:sqs:region:account:name` → (account, name).
+fn split_arn(arn: &str) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    match parts.as_slice() {
+        ["arn", _, "sqs", _, account, name] if !name.is_empty() => Some((account, name)),
+        _ => None,
+    }
+}
+
+/// Maps an SDK error onto what the caller must do.
+fn classify<E>(
+    context: &str,
+    err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().unwrap_or_default().to_string();
+    let text = match &err {
+        // The service's own code and message say it all; the raw response is noise.
+        SdkError::ServiceError(_) => {
+            format!("{context}: {code}: {}", err.message().unwrap_or_default())
+        }
+        _ => format!("{context}: {}", DisplayErrorContext(&err)),
+    };
+    match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            QueueError::Transient(text)
+        }
+        SdkError::ServiceError(_) => classify_code(&code, status, text),
+        _ => QueueError::Rejected(text),
+    }
+}
+
+fn classify_code(code: &str, status: Option<u16>, text: String) -> QueueError {
+    if code.contains("ReceiptHandleIsInvalid") || code.contains("MessageNotInflight") {
+        QueueError::ReceiptInvalid(text)
+    } else if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
+        QueueError::NotFound(text)
+    } else if code.contains("Throttl")
+        || code == "RequestThrottled"
+        || code.contains("ServiceUnavailable")
+        || code.contains("InternalError")
+        || status.is_some_and(|s| s >= 500 || s == 429)
+    {
+        QueueError::Transient(text)
+    } else {
+        QueueError::Rejected(text)
+    }
+}
+
+fn failures(entries: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<BatchFailure> {
+    let mut out: Vec<BatchFailure> = entries
+        .iter()
+        .filter_map(|e| {
+            Some(BatchFailure {
+                index: e.id().parse().ok()?,
+                code: e.code().to_string(),
+                message: e.message().unwrap_or_default().to_string(),
+                sender_fault: e.sender_fault(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|f| f.index);
+    out
+}
+
+fn too_many(what: &str, n: usize) -> QueueError {
+    QueueError::Rejected(format!(
+        "{what} of {n} entries; SQS accepts at most {MAX_BATCH}"
+    ))
+}
+
+fn attribute_values(
+    attributes: &BTreeMap<String, String>,
+) -> Result<Option<std::collections::HashMap<String, MessageAttributeValue>>, QueueError> {
+    if attributes.is_empty() {
+        return Ok(None);
+    }
+    attributes
+        .iter()
+        .map(|(k, v)| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .map(|value| (k.clone(), value))
+                .map_err(|e| QueueError::Rejected(format!("message attribute {k}: {e}")))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+fn secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
+            .wait_time_seconds(secs(wait))
+            .visibility_timeout(secs(visibility))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names("All")
+            .customize()
+            // One attempt: a retried receive after a lost reply strands what the first one took.
+            .config_override(
+                aws_sdk_sqs::config::Builder::default()
+                    .retry_config(RetryConfig::standard().with_max_attempts(1)),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("ReceiveMessage", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| ReceivedMessage {
+                message_id: m.message_id().unwrap_or_default().to_string(),
+                receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
+                body: m.body().unwrap_or_default().to_string(),
+                receive_count: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1),
+                attributes: m
+                    .message_attributes()
+                    .map(|attrs| {
+                        attrs
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<BatchFailure>, QueueError> {
+        if receipts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if receipts.len() > MAX_BATCH {
+            return Err(too_many("DeleteMessageBatch", receipts.len()));
+        }
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .build()
+                    .map_err(|e| QueueError::Rejected(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify("DeleteMessageBatch", e))?;
+        Ok(failures(out.failed()))
+    }
+
+    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .visibility_timeout(secs(timeout))
+            .send()
+            .await
+            .map_err(|e| classify("ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        entries: &[(String, Duration)],
+    ) -> Result<Vec<BatchFailure>, QueueError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        if entries.len() > MAX_BATCH {
+            return Err(too_many("ChangeMessageVisibilityBatch", entries.len()));
+        }
+        let request = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (receipt, timeout))| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(secs(*timeout))
+                    .build()
+                    .map_err(|e| QueueError::Rejected(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(request))
+            .send()
+            .await
+            .map_err(|e| classify("ChangeMessageVisibilityBatch", e))?;
+        Ok(failures(out.failed()))
+    }
+
+    async fn send(&self, message: &OutgoingMessage) -> Result<String, QueueError> {
+        let out = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(&message.body)
+            .set_message_attributes(attribute_values(&message.attributes)?)
+            .send()
+            .await
+            .map_err(|e| classify("SendMessage", e))?;
+        Ok(out.message_id().unwrap_or_default().to_string())
+    }
+
+    async fn send_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<BatchFailure>, QueueError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        if messages.len() > MAX_BATCH {
+            return Err(too_many("SendMessageBatch", messages.len()));
+        }
+        let entries = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&m.body)
+                    .set_message_attributes(attribute_values(&m.attributes)?)
+                    .build()
+                    .map_err(|e| QueueError::Rejected(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify("SendMessageBatch", e))?;
+        Ok(failures(out.failed()))
+    }
+
+    async fn approximate_depth(&self) -> Result<QueueDepth, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        let get = |name: QueueAttributeName| -> u64 {
+            out.attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueDepth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+
+    fn max_receive_count(&self) -> Option<u32> {
+        self.max_receive_count
+    }
+
+    fn dead_letter_queue(&self) -> Option<Arc<dyn Queue>> {
+        self.dead_letter.clone().map(|q| q as Arc<dyn Queue>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_policy_parses_number_or_string_counts() {
+        let expected = Some(Redrive {
+            dead_letter_arn: "arn:aws:sqs:us-east-1:123456789012:dlq".into(),
+            max_receive_count: 5,
+        });
+        assert_eq!(
+            parse_redrive(
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:dlq","maxReceiveCount":5}"#
+            ),
+            expected
+        );
+        assert_eq!(
+            parse_redrive(
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:dlq","maxReceiveCount":"5"}"#
+            ),
+            expected
+        );
+        assert_eq!(parse_redrive(r#"{"maxReceiveCount":5}"#), None);
+    }
+
+    #[test]
+    fn arn_splits_into_account_and_name() {
+        assert_eq!(
+            split_arn("arn:aws:sqs:eu-west-1:123456789012:jobs-dlq"),
+            Some(("123456789012", "jobs-dlq"))
+        );
+        assert_eq!(split_arn("arn:aws:sns:eu-west-1:1:topic"), None);
+        assert_eq!(split_arn("jobs-dlq"), None);
+    }
+
+    #[test]
+    fn error_codes_map_to_caller_actions() {
+        let t = || "x".to_string();
+        assert!(matches!(
+            classify_code("ReceiptHandleIsInvalid", Some(400), t()),
+            QueueError::ReceiptInvalid(_)
+        ));
+        assert!(matches!(
+            classify_code("AWS.SimpleQueueService.NonExistentQueue", Some(400), t()),
+            QueueError::NotFound(_)
+        ));
+        assert!(classify_code("ThrottlingException", Some(400), t()).is_transient());
+        assert!(classify_code("", Some(503), t()).is_transient());
+        assert!(matches!(
+            classify_code("InvalidParameterValue", Some(400), t()),
+            QueueError::Rejected(_)
+        ));
+    }
+}
