@@ -14,11 +14,15 @@
 //!   [`shutdown`]: signals to a cancellation token.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
 //!   readiness state; [`metrics`]: every Prometheus metric.
+//! - [`graph`]: the social-circles graph, built from rows, in the Python cache's JSON;
+//!   [`cache`]: its in-process and Redis cache.
 
 pub mod app;
 pub mod build_info;
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod graph;
 pub mod health;
 pub mod metrics;
 pub mod model;
