@@ -32,8 +32,7 @@ const POOL_SIZE: usize = 4;
 const POLL_FIRST: Duration = Duration::from_millis(20);
 const POLL_MAX: Duration = Duration::from_millis(200);
 /// Compare-and-delete, so a replica never releases a lock that expired and was retaken.
-const UNLOCK_SCRIPT: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+const UNLOCK_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 /// Why the cache could not be set up (bad configuration: fix it and restart).
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +218,10 @@ impl GraphCache {
         let Some(redis) = &self.inner.redis else {
             return 0;
         };
-        match redis.delete_matching(&format!("{}*", self.inner.prefix)).await {
+        match redis
+            .delete_matching(&format!("{}*", self.inner.prefix))
+            .await
+        {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "graph cache invalidation failed");
@@ -261,11 +263,9 @@ impl GraphCache {
         let lock_key = format!("{key}:lock");
         let token = uuid::Uuid::new_v4().to_string();
         let locked = redis.try_lock(&lock_key, &token).await;
-        if !locked {
-            if let Some(graph) = redis.wait_for(key, &lock_key).await {
-                self.count("redis", "hit");
-                return Ok(Arc::new(graph));
-            }
+        if !locked && let Some(graph) = redis.wait_for(key, &lock_key).await {
+            self.count("redis", "hit");
+            return Ok(Arc::new(graph));
         }
         self.count(
             "redis",
@@ -468,7 +468,10 @@ mod tests {
         ];
         let mut keys: Vec<String> = variants.iter().map(cache_key).collect();
         keys.push(cache_key(&base));
-        assert!(keys.iter().all(|k| k.starts_with(KEY_PREFIX) && k.len() == KEY_PREFIX.len() + 32));
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with(KEY_PREFIX) && k.len() == KEY_PREFIX.len() + 32)
+        );
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), 5);
@@ -478,6 +481,9 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(cache_key(&empty), cache_key(&base));
-        assert_eq!(key_with_prefix("t:", &base), "t:4f76c609972adf607938651101654b9e");
+        assert_eq!(
+            key_with_prefix("t:", &base),
+            "t:4f76c609972adf607938651101654b9e"
+        );
     }
 }

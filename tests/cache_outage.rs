@@ -33,7 +33,11 @@ async fn redis_stopped_then_restarted() {
     assert!(!replica.redis_check().0);
 
     server.restart();
-    assert_eq!(replica.cache.invalidate().await, 0, "the restarted server is empty");
+    assert_eq!(
+        replica.cache.invalidate().await,
+        0,
+        "the restarted server is empty"
+    );
     replica.get(&builds).await;
     assert_eq!(builds.count(), 3);
     let mut conn = raw(&server.url()).await;
@@ -57,7 +61,10 @@ async fn a_hanging_redis_times_out_and_the_graph_is_built() {
     let mut conn = raw(&server.url()).await;
     // A valid entry that a working Redis would serve...
     let cached = sample_graph();
-    let _: () = conn.set_ex(&key, to_python_json(&cached), 300).await.unwrap();
+    let _: () = conn
+        .set_ex(&key, to_python_json(&cached), 300)
+        .await
+        .unwrap();
     // ...but it hangs for far longer than cache.redis_timeout_ms.
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -80,5 +87,9 @@ async fn a_hanging_redis_times_out_and_the_graph_is_built() {
         .await
         .unwrap();
     let stored: String = conn.get(&key).await.unwrap();
-    assert_eq!(from_json(&stored).unwrap(), cached, "nothing was written while degraded");
+    assert_eq!(
+        from_json(&stored).unwrap(),
+        cached,
+        "nothing was written while degraded"
+    );
 }

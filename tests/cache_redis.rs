@@ -9,7 +9,9 @@ use std::time::Duration;
 use deadpool_redis::redis::AsyncCommands;
 use profile_worker::cache::{MAX_CACHED_LEN, cache_key};
 use profile_worker::graph::{Graph, GraphParams, from_json, to_python_json};
-use support::redis::{Builds, Replica, cache_config, guard, raw, sample_graph, shared_url, unique_prefix};
+use support::redis::{
+    Builds, Replica, cache_config, guard, raw, sample_graph, shared_url, unique_prefix,
+};
 
 fn same_content(a: &Graph, b: &Graph) {
     assert_eq!(a.nodes, b.nodes);
@@ -119,7 +121,11 @@ async fn an_invalid_value_is_rebuilt_and_overwritten() {
         assert_eq!(builds.count(), 1);
         assert_eq!(replica.requests("redis", "invalid"), 1);
         let stored: String = conn.get(&key).await.unwrap();
-        assert_eq!(from_json(&stored).unwrap(), *graph, "overwritten with a valid value");
+        assert_eq!(
+            from_json(&stored).unwrap(),
+            *graph,
+            "overwritten with a valid value"
+        );
     }
 }
 
@@ -132,11 +138,10 @@ async fn oversize_graphs_are_returned_but_not_cached() {
     huge.nodes[0].name = "x".repeat(MAX_CACHED_LEN);
     let expected = huge.clone();
     let graph = guard(
-        replica
-            .cache
-            .get_or_build(&GraphParams::default(), || async move {
-                Ok::<_, String>(huge)
-            }),
+        replica.cache.get_or_build(
+            &GraphParams::default(),
+            || async move { Ok::<_, String>(huge) },
+        ),
     )
     .await
     .unwrap();
@@ -253,7 +258,7 @@ async fn without_redis_every_replica_builds_and_nothing_is_shared() {
     b.get(&builds).await;
     assert_eq!(builds.count(), 2, "L1 still serves the second call of a");
     assert_eq!(a.requests("redis", "miss") + a.requests("redis", "hit"), 0);
-    assert_eq!(a.redis_check().0, true);
+    assert!(a.redis_check().0);
     assert_eq!(a.cache.invalidate().await, 0);
     a.get(&builds).await;
     assert_eq!(builds.count(), 3, "invalidate clears L1");
@@ -268,7 +273,10 @@ async fn unreachable_redis_degrades_to_building() {
         .local_addr()
         .unwrap()
         .port();
-    let replica = Replica::new(&cache_config(&format!("redis://127.0.0.1:{port}")), &unique_prefix());
+    let replica = Replica::new(
+        &cache_config(&format!("redis://127.0.0.1:{port}")),
+        &unique_prefix(),
+    );
     let builds = Builds::default();
     let graph = replica.get(&builds).await;
     same_content(&graph, &sample_graph());

@@ -92,10 +92,19 @@ fn node_fields_per_type() {
     assert_eq!(p.entity_type, EntityType::Publisher);
     assert_eq!((p.book_count, p.book_ids.clone()), (3, vec![1, 2, 3]));
     assert_eq!(p.tier.as_deref(), Some("TIER_1"));
-    assert_eq!(p.image_url.as_deref(), Some("https://cdn.example.com/o/1.jpg"));
+    assert_eq!(
+        p.image_url.as_deref(),
+        Some("https://cdn.example.com/o/1.jpg")
+    );
     // The rows have founded/closed years; the original never copies them (nor an era).
     assert_eq!(
-        (p.birth_year, p.death_year, p.era, p.founded_year, p.closed_year),
+        (
+            p.birth_year,
+            p.death_year,
+            p.era,
+            p.founded_year,
+            p.closed_year
+        ),
         (None, None, None, None, None)
     );
     assert_eq!(g.meta.generated_at, at);
@@ -122,7 +131,10 @@ fn books_without_author_only_count_in_total_books() {
 fn book_derived_edges() {
     let g = built(&small());
     let e = edge(&g, "e:author:1:publisher:1");
-    assert_eq!((e.source.as_str(), e.target.as_str()), ("author:1", "publisher:1"));
+    assert_eq!(
+        (e.source.as_str(), e.target.as_str()),
+        ("author:1", "publisher:1")
+    );
     assert_eq!(e.edge_type, ConnectionType::Publisher);
     assert_eq!(e.strength, 4);
     assert_eq!(e.evidence.as_deref(), Some("Published 2 work(s)"));
@@ -130,7 +142,10 @@ fn book_derived_edges() {
     assert_eq!((e.start_year, e.end_year), (None, None));
 
     let one = edge(&g, "e:author:2:publisher:2");
-    assert_eq!((one.strength, one.evidence.as_deref()), (2, Some("Published 1 work(s)")));
+    assert_eq!(
+        (one.strength, one.evidence.as_deref()),
+        (2, Some("Published 1 work(s)"))
+    );
 
     let shared = edge(&g, "e:author:1:author:2");
     assert_eq!(shared.edge_type, ConnectionType::SharedPublisher);
@@ -140,7 +155,10 @@ fn book_derived_edges() {
 
     let bound = edge(&g, "e:author:1:binder:1");
     assert_eq!(bound.edge_type, ConnectionType::Binder);
-    assert_eq!((bound.strength, bound.evidence.as_deref()), (2, Some("Bound 1 work(s)")));
+    assert_eq!(
+        (bound.strength, bound.evidence.as_deref()),
+        (2, Some("Bound 1 work(s)"))
+    );
     assert_eq!(bound.shared_book_ids, Some(vec![1]));
 
     let kinds: Vec<ConnectionType> = g.edges.iter().map(|e| e.edge_type).collect();
@@ -160,7 +178,9 @@ fn book_derived_edges() {
 #[test]
 fn strength_saturates_at_five_shared_books() {
     let rows = GraphRows {
-        books: (1..=7).map(|i| book(i, Some(1), Some(1), Some(1))).collect(),
+        books: (1..=7)
+            .map(|i| book(i, Some(1), Some(1), Some(1)))
+            .collect(),
         authors: vec![author(1, None, None)],
         publishers: vec![org(1)],
         binders: vec![org(1)],
@@ -189,7 +209,11 @@ fn binders_can_be_left_out() {
     };
     let g = build(&rows, &params, Utc::now());
     assert!(g.nodes.iter().all(|n| n.entity_type != EntityType::Binder));
-    assert!(g.edges.iter().all(|e| e.edge_type != ConnectionType::Binder));
+    assert!(
+        g.edges
+            .iter()
+            .all(|e| e.edge_type != ConnectionType::Binder)
+    );
     assert_eq!(g.meta.total_binders, 0);
     assert!(g.node("publisher:1").is_some());
 }
@@ -280,7 +304,9 @@ fn era_filter_applies_to_authors_only() {
 #[test]
 fn book_ids_are_capped_at_ten() {
     let rows = GraphRows {
-        books: (1..=50).map(|i| book(i, Some(1), Some(1), Some(1))).collect(),
+        books: (1..=50)
+            .map(|i| book(i, Some(1), Some(1), Some(1)))
+            .collect(),
         authors: vec![author(1, None, None)],
         publishers: vec![org(1)],
         binders: vec![org(1)],
@@ -372,7 +398,11 @@ fn shared_publisher_keeps_the_most_prolific_twenty() {
         190
     );
     assert_eq!(built(&rows).edges, g.edges, "deterministic across builds");
-    for e in g.edges.iter().filter(|e| e.edge_type == ConnectionType::SharedPublisher) {
+    for e in g
+        .edges
+        .iter()
+        .filter(|e| e.edge_type == ConnectionType::SharedPublisher)
+    {
         assert!(e.source < e.target, "{} ordered by string", e.id);
         assert_eq!(e.id, format!("e:{}:{}", e.source, e.target));
     }
@@ -411,8 +441,14 @@ fn shared_publisher_ids_use_string_order_and_first_publisher_wins() {
         .collect();
     assert_eq!(shared.len(), 1);
     assert_eq!(shared[0].id, "e:author:10:author:9");
-    assert_eq!((shared[0].source.as_str(), shared[0].target.as_str()), ("author:10", "author:9"));
-    assert_eq!(shared[0].evidence.as_deref(), Some("Both published by Org 5"));
+    assert_eq!(
+        (shared[0].source.as_str(), shared[0].target.as_str()),
+        ("author:10", "author:9")
+    );
+    assert_eq!(
+        shared[0].evidence.as_deref(),
+        Some("Both published by Org 5")
+    );
 }
 
 #[test]
@@ -437,7 +473,10 @@ fn ai_edges_merge_into_the_graph() {
     assert_eq!(edge(&g, "e:author:1:publisher:1:influence").strength, 2);
     assert_eq!(edge(&g, "e:author:1:author:2:scandal").strength, 10);
     // Book-derived edge for the same pair survives alongside.
-    assert_eq!(edge(&g, "e:author:1:author:2").edge_type, ConnectionType::SharedPublisher);
+    assert_eq!(
+        edge(&g, "e:author:1:author:2").edge_type,
+        ConnectionType::SharedPublisher
+    );
     // Endpoint missing, unknown relationship: dropped.
     assert!(g.edges.iter().all(|e| !e.id.contains("author:99")));
     assert!(g.edges.iter().all(|e| !e.id.contains("rivalry")));
@@ -461,11 +500,23 @@ fn ai_edges_merge_into_the_graph() {
 
 #[test]
 fn ai_strength_truncates_toward_zero() {
-    for (confidence, strength) in [(0.0, 2), (0.25, 2), (0.3, 3), (0.59, 5), (0.7, 7), (1.0, 10), (1.5, 10)] {
+    for (confidence, strength) in [
+        (0.0, 2),
+        (0.25, 2),
+        (0.3, 3),
+        (0.59, 5),
+        (0.7, 7),
+        (1.0, 10),
+        (1.5, 10),
+    ] {
         let mut rows = small();
         rows.ai_connections = vec![ai("author:1", "author:2", "family", confidence)];
         let g = built(&rows);
-        assert_eq!(edge(&g, "e:author:1:author:2:family").strength, strength, "{confidence}");
+        assert_eq!(
+            edge(&g, "e:author:1:author:2:family").strength,
+            strength,
+            "{confidence}"
+        );
     }
 }
 
@@ -504,5 +555,10 @@ fn neighbours_are_strongest_first_with_edge_order_ties() {
     partial.nodes.retain(|n| n.id != "publisher:2");
     assert_eq!(partial.source_connection_count("author:1"), 5);
     assert_eq!(partial.neighbours("author:1").len(), 4);
-    assert!(partial.neighbours("author:1").iter().all(|(_, n)| n.id != "publisher:2"));
+    assert!(
+        partial
+            .neighbours("author:1")
+            .iter()
+            .all(|(_, n)| n.id != "publisher:2")
+    );
 }

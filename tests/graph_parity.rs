@@ -65,7 +65,12 @@ fn books_by_entity(rows: &GraphRows) -> HashMap<String, BTreeSet<i32>> {
 fn check_book_ids(graph: &Graph, books: &HashMap<String, BTreeSet<i32>>, who: &str) {
     for n in &graph.nodes {
         let ids: BTreeSet<i32> = n.book_ids.iter().copied().collect();
-        assert_eq!(ids.len(), n.book_ids.len(), "{who}: {} book_ids repeat", n.id);
+        assert_eq!(
+            ids.len(),
+            n.book_ids.len(),
+            "{who}: {} book_ids repeat",
+            n.id
+        );
         assert_eq!(
             n.book_ids.len(),
             (n.book_count as usize).min(10),
@@ -130,7 +135,10 @@ fn graph_of_the_golden_collection_matches_the_original() {
 
     // Node set with every field but book_ids, which are checked for what they may be.
     let node_map = |g: &Graph| -> BTreeMap<String, NodeKey> {
-        g.nodes.iter().map(|n| (n.id.clone(), node_key(n))).collect()
+        g.nodes
+            .iter()
+            .map(|n| (n.id.clone(), node_key(n)))
+            .collect()
     };
     let (our_nodes, golden_nodes) = (node_map(&ours), node_map(&golden));
     assert_eq!(our_nodes.len(), ours.nodes.len(), "node ids are unique");

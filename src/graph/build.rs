@@ -212,7 +212,12 @@ fn author_node(
         closed_year: None,
         image_url: row.image_url.clone(),
         book_count,
-        book_ids: links.books.iter().take(MAX_NODE_BOOK_IDS).copied().collect(),
+        book_ids: links
+            .books
+            .iter()
+            .take(MAX_NODE_BOOK_IDS)
+            .copied()
+            .collect(),
     })
 }
 
@@ -472,7 +477,9 @@ mod tests {
                     .collect(),
                 ..GraphRows::default()
             };
-            build(&rows, &GraphParams::default(), Utc::now()).meta.date_range
+            build(&rows, &GraphParams::default(), Utc::now())
+                .meta
+                .date_range
         };
         assert_eq!(with_years(&[(Some(1800), Some(1850))]), [1800, 1850]);
         assert_eq!(

@@ -33,11 +33,7 @@ pub fn to_python_json(graph: &Graph) -> String {
 /// Parses a cached graph written by either implementation, validating what Pydantic validates.
 pub fn from_json(text: &str) -> Result<Graph, GraphJsonError> {
     let graph: Graph = serde_json::from_str(text)?;
-    if let Some(edge) = graph
-        .edges
-        .iter()
-        .find(|e| !(2..=10).contains(&e.strength))
-    {
+    if let Some(edge) = graph.edges.iter().find(|e| !(2..=10).contains(&e.strength)) {
         return Err(GraphJsonError::Strength {
             id: edge.id.clone(),
             strength: edge.strength,
@@ -192,14 +188,20 @@ mod tests {
         assert!(json.is_ascii());
         assert!(json.contains(r#""book_count": 1, "book_ids": [1, 2]}], "edges": ["#));
         assert!(json.contains(r#""generated_at": "2026-01-31T12:00:00Z""#));
-        assert_eq!(from_json(&json).unwrap(), graph("Brontë \"Currer\" \\ \u{7f}\t𝔊", 0));
+        assert_eq!(
+            from_json(&json).unwrap(),
+            graph("Brontë \"Currer\" \\ \u{7f}\t𝔊", 0)
+        );
     }
 
     #[test]
     fn microseconds_only_when_non_zero() {
         let json = to_python_json(&graph("x", 42));
         assert!(json.contains(r#""generated_at": "2026-01-31T12:00:00.000042Z""#));
-        assert_eq!(from_json(&json).unwrap().meta.generated_at, graph("x", 42).meta.generated_at);
+        assert_eq!(
+            from_json(&json).unwrap().meta.generated_at,
+            graph("x", 42).meta.generated_at
+        );
     }
 
     #[test]
@@ -226,7 +228,10 @@ mod tests {
             base.replace(r#""type": "author""#, r#""type": "editor""#),
             base.replace("[1800, 1900]", "[1800]"),
             base.replace("[1800, 1900]", "[1800, 1900, 2000]"),
-            base.replace(r#""generated_at": "2026-01-31T12:00:00Z""#, r#""generated_at": "soon""#),
+            base.replace(
+                r#""generated_at": "2026-01-31T12:00:00Z""#,
+                r#""generated_at": "soon""#,
+            ),
             "[]".to_string(),
             "not json".to_string(),
         ];

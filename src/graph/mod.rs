@@ -308,8 +308,8 @@ impl Graph {
             .into_iter()
             .filter_map(|(e, other)| found.get(other).map(|n| (e, *n)))
             .collect();
-        // `sort_by` is stable, which is the original's tie-break.
-        out.sort_by(|a, b| b.0.strength.cmp(&a.0.strength));
+        // `sort_by_key` is stable, which is the original's tie-break.
+        out.sort_by_key(|(e, _)| std::cmp::Reverse(e.strength));
         out
     }
 }

@@ -25,7 +25,10 @@ pub fn shared_url() -> String {
 
 /// A key prefix no other test uses, ending like the original's.
 pub fn unique_prefix() -> String {
-    format!("test:{}:social_circles:graph:", uuid::Uuid::new_v4().simple())
+    format!(
+        "test:{}:social_circles:graph:",
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// The default cache settings pointed at `url` (empty = no Redis).
@@ -127,7 +130,10 @@ pub fn sample_graph() -> Graph {
             book(1, Some(1), Some(1), Some(1)),
             book(2, Some(2), Some(1), None),
         ],
-        authors: vec![author(1, Some(1850), Some(1900)), author(2, Some(1812), None)],
+        authors: vec![
+            author(1, Some(1850), Some(1900)),
+            author(2, Some(1812), None),
+        ],
         publishers: vec![org(1)],
         binders: vec![org(1)],
         ai_connections: vec![super::graph::ai("author:1", "author:2", "friendship", 0.8)],
