@@ -18,12 +18,16 @@
 //!   the start-up schema check.
 //! - [`queue`]: the `Queue` port (SQS, in-memory); [`consumer`]: receive loop, concurrency,
 //!   visibility heartbeat, outcome handling, graceful drain.
+//! - [`graph`]: the social-circles graph, built from rows, in the Python cache's JSON;
+//!   [`cache`]: its in-process and Redis cache.
 
 pub mod app;
 pub mod build_info;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod graph;
 pub mod health;
 pub mod metrics;
 pub mod model;

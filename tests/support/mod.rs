@@ -3,4 +3,6 @@
 
 pub mod daemon;
 pub mod db;
+pub mod graph;
+pub mod redis;
 pub mod sqs;
