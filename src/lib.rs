@@ -12,6 +12,8 @@
 //!   [`telemetry`]: logging; [`build_info`]: version stamps; [`model`]: domain types.
 //! - [`app`]: builds everything from the configuration, owns start-up and shutdown order;
 //!   [`shutdown`]: signals to a cancellation token.
+//! - [`pipeline`]: one message (its [`pipeline::message`] contract); [`generate`]: the
+//!   generator port, Bedrock and offline adapters, prompts, output hygiene, narrative classifier.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
 //!   readiness state; [`metrics`]: every Prometheus metric.
 
@@ -19,9 +21,11 @@ pub mod app;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod generate;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,3 @@
+//! One message end to end: parse, guard, staleness, graph, generate, persist, progress.
+
+pub mod message;
