@@ -646,10 +646,10 @@ fn validate(loaded: &Loaded) -> Vec<Problem> {
             "must name a model (haiku, sonnet, opus) or a Bedrock model id",
         );
     }
-    if let Some(t) = c.generator.temperature {
-        if !(0.0..=1.0).contains(&t) {
-            checks.fail("generator.temperature", "must be within 0.0..=1.0");
-        }
+    if let Some(t) = c.generator.temperature
+        && !(0.0..=1.0).contains(&t)
+    {
+        checks.fail("generator.temperature", "must be within 0.0..=1.0");
     }
     checks.url(
         "generator.endpoint_url",

@@ -111,7 +111,10 @@ fn requests_total(m: &Metrics, call: &str, result: &str) -> u64 {
 #[tokio::test]
 async fn converse_request_has_system_one_user_message_and_per_call_budgets() {
     let h = harness().await;
-    let universe = vec![ce("author:5", "Charles Dickens"), ce("author:8", "Wilkie Collins")];
+    let universe = vec![
+        ce("author:5", "Charles Dickens"),
+        ce("author:8", "Wilkie Collins"),
+    ];
     h.generator
         .discover_connections(&DiscoveryRequest {
             model: HAIKU.into(),
@@ -185,8 +188,15 @@ async fn each_retryable_error_is_retried_then_succeeds() {
         assert!(reply.value.is_usable());
         assert_eq!(h.fake.requests().len(), 2, "{error:?}");
         assert_eq!(reply.usage.calls, 2);
-        assert_eq!((reply.usage.input_tokens, reply.usage.output_tokens), (100, 20));
-        assert_eq!(requests_total(&h.metrics, "biography", result), 1, "{error:?}");
+        assert_eq!(
+            (reply.usage.input_tokens, reply.usage.output_tokens),
+            (100, 20)
+        );
+        assert_eq!(
+            requests_total(&h.metrics, "biography", result),
+            1,
+            "{error:?}"
+        );
         assert_eq!(requests_total(&h.metrics, "biography", "ok"), 1);
     }
 }
@@ -194,7 +204,8 @@ async fn each_retryable_error_is_retried_then_succeeds() {
 #[tokio::test]
 async fn persistent_throttling_spends_max_attempts_then_is_transient() {
     let h = harness_with(|c| c.max_attempts = 4).await;
-    h.fake.set_default(CallKind::Narrative, FakeReply::throttling());
+    h.fake
+        .set_default(CallKind::Narrative, FakeReply::throttling());
     let err = h
         .generator
         .connection_narrative(&pair(&[], vec![]))
@@ -278,8 +289,18 @@ async fn usage_tokens_and_cost_are_captured() {
     assert_eq!(reply.usage.input_tokens, 1_000_000);
     assert_eq!(reply.usage.output_tokens, 250_000);
     let m = &h.metrics;
-    assert_eq!(m.generator_tokens.with_label_values(&[HAIKU, "input"]).get(), 1_000_000);
-    assert_eq!(m.generator_tokens.with_label_values(&[HAIKU, "output"]).get(), 250_000);
+    assert_eq!(
+        m.generator_tokens
+            .with_label_values(&[HAIKU, "input"])
+            .get(),
+        1_000_000
+    );
+    assert_eq!(
+        m.generator_tokens
+            .with_label_values(&[HAIKU, "output"])
+            .get(),
+        250_000
+    );
     let cost = m.generator_cost_usd.with_label_values(&[HAIKU]).get();
     assert!((cost - 1.8).abs() < 1e-9, "{cost}");
     assert_eq!(
@@ -294,7 +315,11 @@ async fn bio_reply(text: &str) -> profile_worker::generate::Biography {
     let h = harness().await;
     h.fake.push(CallKind::Biography, [FakeReply::text(text)]);
     h.generator
-        .biography(&bio_request(dickens(), &[], vec![ce("author:32", "Robert Browning")]))
+        .biography(&bio_request(
+            dickens(),
+            &[],
+            vec![ce("author:32", "Robert Browning")],
+        ))
         .await
         .unwrap()
         .value
@@ -317,7 +342,8 @@ async fn biography_parsing_cases() {
     assert_eq!(valid.personal_stories.len(), 1);
     assert_eq!(valid.dropped_stories, 1);
 
-    let fenced = bio_reply("```json\n{\"biography\": \"Fenced.\", \"personal_stories\": []}\n```").await;
+    let fenced =
+        bio_reply("```json\n{\"biography\": \"Fenced.\", \"personal_stories\": []}\n```").await;
     assert_eq!(fenced.biography.as_deref(), Some("Fenced."));
 
     for unusable in ["{not json", "[\"a list\"]", "{\"personal_stories\": []}"] {
@@ -373,7 +399,8 @@ async fn narrative_is_trimmed_and_mentions_various_works() {
 
 async fn story_reply(text: &str) -> Option<profile_worker::generate::RelationshipStory> {
     let h = harness().await;
-    h.fake.push(CallKind::RelationshipStory, [FakeReply::text(text)]);
+    h.fake
+        .push(CallKind::RelationshipStory, [FakeReply::text(text)]);
     h.generator
         .relationship_story(&story(&["Pickwick"], vec![]))
         .await
@@ -399,11 +426,15 @@ async fn relationship_story_cases() {
     assert_eq!(story_reply("not json").await, None);
     assert_eq!(story_reply("[1]").await, None);
 
-    let no_details = story_reply("{\"summary\": \"S.\", \"details\": 3}").await.unwrap();
+    let no_details = story_reply("{\"summary\": \"S.\", \"details\": 3}")
+        .await
+        .unwrap();
     assert!(no_details.details.is_empty());
     assert_eq!(no_details.narrative_style, NarrativeStyle::ProseParagraph);
 
-    let fenced = story_reply("```json\n{\"summary\": \"F.\"}\n```").await.unwrap();
+    let fenced = story_reply("```json\n{\"summary\": \"F.\"}\n```")
+        .await
+        .unwrap();
     assert_eq!(fenced.summary, "F.");
 }
 
@@ -415,8 +446,14 @@ async fn story_prompt_has_dates_trigger_and_various_works() {
         .await
         .unwrap();
     let user = &h.fake.requests()[0].user;
-    assert!(user.contains("Charles Dickens (author, 1812-1870)"), "{user}");
-    assert!(user.contains("Chapman & Hall (publisher, dates unknown)"), "{user}");
+    assert!(
+        user.contains("Charles Dickens (author, 1812-1870)"),
+        "{user}"
+    );
+    assert!(
+        user.contains("Chapman & Hall (publisher, dates unknown)"),
+        "{user}"
+    );
     assert!(user.contains("cross_era_bridge"));
     assert!(user.contains("various works"));
 }
@@ -424,12 +461,21 @@ async fn story_prompt_has_dates_trigger_and_various_works() {
 #[tokio::test]
 async fn cross_link_block_is_present_only_with_connections() {
     let h = harness().await;
-    let links = vec![ce("author:32", "Robert Browning"), ce("publisher:7", "Smith, Elder")];
+    let links = vec![
+        ce("author:32", "Robert Browning"),
+        ce("publisher:7", "Smith, Elder"),
+    ];
     let g = &h.generator;
-    g.biography(&bio_request(dickens(), &[], links.clone())).await.unwrap();
-    g.connection_narrative(&pair(&[], links.clone())).await.unwrap();
+    g.biography(&bio_request(dickens(), &[], links.clone()))
+        .await
+        .unwrap();
+    g.connection_narrative(&pair(&[], links.clone()))
+        .await
+        .unwrap();
     g.relationship_story(&story(&[], links)).await.unwrap();
-    g.biography(&bio_request(dickens(), &[], vec![])).await.unwrap();
+    g.biography(&bio_request(dickens(), &[], vec![]))
+        .await
+        .unwrap();
     g.connection_narrative(&pair(&[], vec![])).await.unwrap();
     g.relationship_story(&story(&[], vec![])).await.unwrap();
     let users: Vec<String> = h.fake.requests().into_iter().map(|r| r.user).collect();
@@ -446,7 +492,10 @@ async fn cross_link_block_is_present_only_with_connections() {
 #[tokio::test]
 async fn discovery_is_validated_and_skipped_for_an_empty_universe() {
     let h = harness().await;
-    let universe = vec![ce("author:5", "Charles Dickens"), ce("author:8", "Wilkie Collins")];
+    let universe = vec![
+        ce("author:5", "Charles Dickens"),
+        ce("author:8", "Wilkie Collins"),
+    ];
     let request = DiscoveryRequest {
         model: HAIKU.into(),
         entity: universe[0].clone(),
@@ -468,7 +517,10 @@ async fn discovery_is_validated_and_skipped_for_an_empty_universe() {
     );
     let first = h.generator.discover_connections(&request).await.unwrap();
     assert_eq!(first.value.connections.len(), 1);
-    assert_eq!(first.value.connections[0].sub_type.as_deref(), Some("CLOSE FRIENDS"));
+    assert_eq!(
+        first.value.connections[0].sub_type.as_deref(),
+        Some("CLOSE FRIENDS")
+    );
     assert_eq!(first.value.dropped, 2);
     let second = h.generator.discover_connections(&request).await.unwrap();
     assert!(second.value.connections.is_empty());
@@ -481,5 +533,9 @@ async fn discovery_is_validated_and_skipped_for_an_empty_universe() {
     let none = h.generator.discover_connections(&empty).await.unwrap();
     assert_eq!(none.usage.calls, 0);
     assert_eq!(h.fake.requests().len(), 2, "empty universe makes no call");
-    assert!(h.fake.requests()[0].user.contains("- author:8 \"Wilkie Collins\""));
+    assert!(
+        h.fake.requests()[0]
+            .user
+            .contains("- author:8 \"Wilkie Collins\"")
+    );
 }

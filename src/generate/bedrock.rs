@@ -67,8 +67,8 @@ impl BedrockGenerator {
     /// Builds the client from an already loaded AWS configuration (region, credentials, the
     /// `AWS_ENDPOINT_URL_BEDROCK_RUNTIME` override); `generator.endpoint_url` wins when set.
     pub fn new(sdk: &SdkConfig, config: &GeneratorConfig, metrics: Arc<Metrics>) -> Self {
-        let mut builder =
-            aws_sdk_bedrockruntime::config::Builder::from(sdk).retry_config(RetryConfig::disabled());
+        let mut builder = aws_sdk_bedrockruntime::config::Builder::from(sdk)
+            .retry_config(RetryConfig::disabled());
         if !config.endpoint_url.is_empty() {
             builder = builder.endpoint_url(&config.endpoint_url);
         }
@@ -224,7 +224,9 @@ impl BedrockGenerator {
             ..Usage::default()
         };
         if let Some(cost) = super::estimate_cost_usd(&self.prices, model, &usage) {
-            m.generator_cost_usd.with_label_values(&[model]).inc_by(cost);
+            m.generator_cost_usd
+                .with_label_values(&[model])
+                .inc_by(cost);
         }
         (input, out)
     }

@@ -182,9 +182,8 @@ pub fn parse_json_lenient(text: &str) -> Option<Value> {
     serde_json::from_str(&stripped[start..=end]).ok()
 }
 
-static MARKER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\{\{entity:(\w+):(\d+)\|([^}]+)\}\}").expect("valid regex")
-});
+static MARKER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\{\{entity:(\w+):(\d+)\|([^}]+)\}\}").expect("valid regex"));
 
 /// `entity:TYPE:Name` written without braces: capitalised words, Unicode letters, straight or
 /// U+2019 apostrophes and hyphens, joined by whitespace and at most one lowercase particle
@@ -458,7 +457,10 @@ mod tests {
 
     #[test]
     fn fence_with_surrounding_whitespace() {
-        assert_eq!(strip_fences("  \n```json\n{\"a\": 1}\n```  \n"), "{\"a\": 1}");
+        assert_eq!(
+            strip_fences("  \n```json\n{\"a\": 1}\n```  \n"),
+            "{\"a\": 1}"
+        );
     }
 
     #[test]
@@ -500,7 +502,10 @@ mod tests {
     #[test]
     fn marker_invalid_becomes_its_name() {
         assert_eq!(
-            sanitize_markers("Met {{entity:author:99|John Ruskin}}.", &valid(&["author:32"])),
+            sanitize_markers(
+                "Met {{entity:author:99|John Ruskin}}.",
+                &valid(&["author:32"])
+            ),
             "Met John Ruskin."
         );
     }
@@ -541,7 +546,10 @@ mod tests {
     #[test]
     fn marker_unwrapped_reference() {
         assert_eq!(
-            sanitize_markers("She admired entity:author:Elizabeth Gaskell deeply.", &valid(&[])),
+            sanitize_markers(
+                "She admired entity:author:Elizabeth Gaskell deeply.",
+                &valid(&[])
+            ),
             "She admired Elizabeth Gaskell deeply."
         );
     }
@@ -579,7 +587,10 @@ mod tests {
     #[test]
     fn marker_unwrapped_with_particle() {
         assert_eq!(
-            sanitize_markers("printed by entity:binder:Riviere du Maurier in 1860", &valid(&[])),
+            sanitize_markers(
+                "printed by entity:binder:Riviere du Maurier in 1860",
+                &valid(&[])
+            ),
             "printed by Riviere du Maurier in 1860"
         );
         assert_eq!(
@@ -675,8 +686,15 @@ mod tests {
 
     #[test]
     fn biography_safe_defaults() {
-        for text in ["not json", "[1, 2]", "\"just a string\"", "", "{\"personal_stories\": []}",
-                     "{\"biography\": \"   \"}", "{\"biography\": {\"nested\": 1}}"] {
+        for text in [
+            "not json",
+            "[1, 2]",
+            "\"just a string\"",
+            "",
+            "{\"personal_stories\": []}",
+            "{\"biography\": \"   \"}",
+            "{\"biography\": {\"nested\": 1}}",
+        ] {
             let b = parse_biography(text, &valid(&[]));
             assert_eq!(b.biography, None, "{text}");
             assert!(!b.is_usable());
@@ -720,9 +738,11 @@ mod tests {
         let no_details = parse_relationship_story(r#"{"summary": "S"}"#, &v).unwrap();
         assert_eq!(no_details.details, vec![]);
         assert_eq!(no_details.narrative_style, NarrativeStyle::ProseParagraph);
-        let bad_details =
-            parse_relationship_story(r#"{"summary": "S", "details": "x", "narrative_style": "poem"}"#, &v)
-                .unwrap();
+        let bad_details = parse_relationship_story(
+            r#"{"summary": "S", "details": "x", "narrative_style": "poem"}"#,
+            &v,
+        )
+        .unwrap();
         assert_eq!(bad_details.details, vec![]);
         assert_eq!(bad_details.narrative_style, NarrativeStyle::ProseParagraph);
         let fenced = parse_relationship_story("```json\n{\"summary\": \"S\"}\n```", &v);
@@ -759,8 +779,10 @@ mod tests {
 
     #[test]
     fn valid_entry_passes_unchanged() {
-        let d = validate(json!([{"target_type": "author", "target_id": 2, "relationship": "family",
-            "sub_type": "MARRIAGE", "confidence": 0.9, "evidence": "Married in 1846."}]));
+        let d = validate(
+            json!([{"target_type": "author", "target_id": 2, "relationship": "family",
+            "sub_type": "MARRIAGE", "confidence": 0.9, "evidence": "Married in 1846."}]),
+        );
         assert_eq!(d.dropped, 0);
         assert_eq!(
             d.connections,
@@ -831,7 +853,11 @@ mod tests {
             {"target_type": "publisher", "target_id": "3", "relationship": "influence"},
             {"target_type": "binder", "target_id": 4.9, "relationship": "influence"}
         ]));
-        let targets: Vec<String> = d.connections.iter().map(|c| c.target().to_string()).collect();
+        let targets: Vec<String> = d
+            .connections
+            .iter()
+            .map(|c| c.target().to_string())
+            .collect();
         assert_eq!(targets, ["publisher:3", "binder:4"]);
     }
 
@@ -844,7 +870,10 @@ mod tests {
             {"target_type": "binder", "target_id": 4, "relationship": "family", "sub_type": 7}
         ]));
         assert_eq!(d.connections[0].sub_type.as_deref(), Some("MARRIAGE"));
-        assert_eq!(d.connections[1].sub_type.as_ref().unwrap().chars().count(), 50);
+        assert_eq!(
+            d.connections[1].sub_type.as_ref().unwrap().chars().count(),
+            50
+        );
         assert_eq!(d.connections[2].sub_type, None);
     }
 
@@ -874,13 +903,19 @@ mod tests {
         );
         assert_eq!(ok.connections.len(), 1);
         for bad in ["garbage", "[]", "{\"connections\": {}}", "{}"] {
-            assert_eq!(parse_discovery(bad, source(), &u), Discovery::default(), "{bad}");
+            assert_eq!(
+                parse_discovery(bad, source(), &u),
+                Discovery::default(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn ai_connection_serialises_to_the_legacy_shape() {
-        let d = validate(json!([{"target_type": "publisher", "target_id": 3, "relationship": "collaboration"}]));
+        let d = validate(
+            json!([{"target_type": "publisher", "target_id": 3, "relationship": "collaboration"}]),
+        );
         assert_eq!(
             serde_json::to_value(&d.connections[0]).unwrap(),
             json!({"source_type": "author", "source_id": 1, "target_type": "publisher", "target_id": 3,

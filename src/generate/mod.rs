@@ -366,10 +366,17 @@ mod tests {
 
     #[test]
     fn raw_ids_are_used_as_is() {
-        let r = resolve_model(Some("us.anthropic.claude-3-7-sonnet-20250219-v1:0"), "haiku", &registry());
+        let r = resolve_model(
+            Some("us.anthropic.claude-3-7-sonnet-20250219-v1:0"),
+            "haiku",
+            &registry(),
+        );
         assert_eq!(r.id, "us.anthropic.claude-3-7-sonnet-20250219-v1:0");
         assert_eq!(r.warning, None);
-        assert_eq!(resolve_model(None, "custom:model", &registry()).id, "custom:model");
+        assert_eq!(
+            resolve_model(None, "custom:model", &registry()).id,
+            "custom:model"
+        );
     }
 
     #[test]

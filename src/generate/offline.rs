@@ -12,9 +12,9 @@ use crate::metrics::Metrics;
 use crate::model::{CollectionEntity, Entity};
 
 use super::{
-    Biography, BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator,
-    GeneratorError, NarrativeStyle, PairRequest, RelationshipStory, RelationshipStoryRequest,
-    Reply, Significance, Story, Tone, Usage,
+    Biography, BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator, GeneratorError,
+    NarrativeStyle, PairRequest, RelationshipStory, RelationshipStoryRequest, Reply, Significance,
+    Story, Tone, Usage,
 };
 
 /// The `model_version` stored for offline profiles.
@@ -107,8 +107,16 @@ fn compose_biography(request: &BiographyRequest) -> Biography {
     let e = &request.entity;
     let kind = e.entity.entity_type;
     let mut bio = match dates(e) {
-        Some(d) => format!("{} ({d}) is {} {kind} in the collection", e.name, article(kind.as_str())),
-        None => format!("{} is {} {kind} in the collection", e.name, article(kind.as_str())),
+        Some(d) => format!(
+            "{} ({d}) is {} {kind} in the collection",
+            e.name,
+            article(kind.as_str())
+        ),
+        None => format!(
+            "{} is {} {kind} in the collection",
+            e.name,
+            article(kind.as_str())
+        ),
     };
     let titles: Vec<&str> = request.books.iter().map(|b| b.title.as_str()).collect();
     match titles.len() {
@@ -135,7 +143,10 @@ fn compose_biography(request: &BiographyRequest) -> Biography {
     }
     if !neighbours.is_empty() {
         let names: Vec<String> = neighbours.iter().map(|c| marker(c)).collect();
-        bio.push_str(&format!(" Its closest links in the collection are with {}.", join_names(&names)));
+        bio.push_str(&format!(
+            " Its closest links in the collection are with {}.",
+            join_names(&names)
+        ));
     }
 
     let mut stories = Vec::new();
@@ -198,7 +209,12 @@ fn compose_story(r: &RelationshipStoryRequest) -> RelationshipStory {
     let details = p
         .shared_titles
         .iter()
-        .map(|t| fact(format!("{} and {} share {t}.", p.source.name, p.target.name), None))
+        .map(|t| {
+            fact(
+                format!("{} and {} share {t}.", p.source.name, p.target.name),
+                None,
+            )
+        })
         .collect();
     RelationshipStory {
         summary: compose_narrative(p),
@@ -286,9 +302,21 @@ mod tests {
             model: "ignored".into(),
             entity: dickens(),
             books: vec![
-                Book { id: 2, title: "Bleak House".into(), year_start: Some(1853) },
-                Book { id: 1, title: "Pickwick Papers".into(), year_start: Some(1837) },
-                Book { id: 3, title: "Undated".into(), year_start: None },
+                Book {
+                    id: 2,
+                    title: "Bleak House".into(),
+                    year_start: Some(1853),
+                },
+                Book {
+                    id: 1,
+                    title: "Pickwick Papers".into(),
+                    year_start: Some(1837),
+                },
+                Book {
+                    id: 3,
+                    title: "Undated".into(),
+                    year_start: None,
+                },
             ],
             connections: vec![
                 ce("publisher:2", "Chapman & Hall"),
@@ -305,7 +333,10 @@ mod tests {
         let b = g.biography(&bio_request()).await.unwrap();
         assert_eq!(a, b);
         assert_eq!(a.model, "offline");
-        assert_eq!((a.usage.calls, a.usage.input_tokens, a.usage.output_tokens), (1, 0, 0));
+        assert_eq!(
+            (a.usage.calls, a.usage.input_tokens, a.usage.output_tokens),
+            (1, 0, 0)
+        );
         let bio = a.value.biography.clone().unwrap();
         assert_eq!(
             bio,
@@ -314,7 +345,11 @@ mod tests {
              {{entity:publisher:2|Chapman & Hall}} and {{entity:author:8|Wilkie Collins}}."
         );
         let valid = hygiene::valid_marker_ids(&bio_request().connections);
-        assert_eq!(hygiene::sanitize_markers(&bio, &valid), bio, "markers are all valid");
+        assert_eq!(
+            hygiene::sanitize_markers(&bio, &valid),
+            bio,
+            "markers are all valid"
+        );
         let years: Vec<_> = a.value.personal_stories.iter().map(|s| s.year).collect();
         assert_eq!(years, [Some(1812), Some(1837)]);
     }
@@ -345,7 +380,10 @@ mod tests {
         );
         let story = g
             .relationship_story(&RelationshipStoryRequest {
-                pair: PairRequest { shared_titles: vec!["Pickwick".into()], ..pair },
+                pair: PairRequest {
+                    shared_titles: vec!["Pickwick".into()],
+                    ..pair
+                },
                 trigger: NarrativeTrigger::HubFigure,
             })
             .await

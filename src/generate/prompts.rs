@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use crate::model::{CollectionEntity, Entity};
 
 use super::{
-    BiographyRequest, DiscoveryRequest, MAX_DISCOVERY_ENTITIES, MAX_PROMPT_CONNECTIONS, PairRequest,
-    RelationshipStoryRequest,
+    BiographyRequest, DiscoveryRequest, MAX_DISCOVERY_ENTITIES, MAX_PROMPT_CONNECTIONS,
+    PairRequest, RelationshipStoryRequest,
 };
 
 /// System prompt of connection discovery.
@@ -231,7 +231,11 @@ mod tests {
         }
     }
 
-    fn bio_request(e: Entity, titles: &[&str], connections: Vec<CollectionEntity>) -> BiographyRequest {
+    fn bio_request(
+        e: Entity,
+        titles: &[&str],
+        connections: Vec<CollectionEntity>,
+    ) -> BiographyRequest {
         BiographyRequest {
             model: "m".into(),
             entity: e,
@@ -281,19 +285,26 @@ mod tests {
             founded_year: Some(1830),
             ..entity("publisher:1", "Smith")
         };
-        assert!(biography_user(&bio_request(founded.clone(), &[], vec![])).contains("Founded: 1830"));
+        assert!(
+            biography_user(&bio_request(founded.clone(), &[], vec![])).contains("Founded: 1830")
+        );
         let lived = Entity {
             birth_year: Some(1812),
             death_year: Some(1870),
             ..entity("author:1", "Dickens")
         };
-        assert!(biography_user(&bio_request(lived.clone(), &[], vec![])).contains("Dates: 1812 - 1870"));
+        assert!(
+            biography_user(&bio_request(lived.clone(), &[], vec![])).contains("Dates: 1812 - 1870")
+        );
         let both = Entity {
             founded_year: Some(1830),
             ..lived
         };
         let p = biography_user(&bio_request(both, &[], vec![]));
-        assert!(p.contains("Dates: 1812 - 1870") && !p.contains("Founded"), "{p}");
+        assert!(
+            p.contains("Dates: 1812 - 1870") && !p.contains("Founded"),
+            "{p}"
+        );
         let birth_only = Entity {
             birth_year: Some(1812),
             ..entity("author:1", "D")
@@ -318,7 +329,10 @@ mod tests {
     fn narrative_and_story_prompts_carry_the_block_and_various_works() {
         let c = vec![ce("author:32", "Robert Browning")];
         let n = narrative_user(&pair(c.clone(), &[]));
-        assert!(n.contains("various works") && n.contains("- author:32 \"Robert Browning\""), "{n}");
+        assert!(
+            n.contains("various works") && n.contains("- author:32 \"Robert Browning\""),
+            "{n}"
+        );
         assert!(!narrative_user(&pair(vec![], &["A"])).contains("{{entity:"));
         let s = relationship_user(&RelationshipStoryRequest {
             pair: pair(c, &["Pickwick", "Oliver Twist"]),
@@ -327,7 +341,10 @@ mod tests {
         assert!(s.contains("Pickwick, Oliver Twist"), "{s}");
         assert!(s.contains("cross_era_bridge"));
         assert!(s.contains("Charles Dickens (author, 1812-1870)"), "{s}");
-        assert!(s.contains("Chapman & Hall (publisher, dates unknown)"), "{s}");
+        assert!(
+            s.contains("Chapman & Hall (publisher, dates unknown)"),
+            "{s}"
+        );
         assert!(s.contains("- author:32 \"Robert Browning\""));
     }
 
@@ -358,10 +375,22 @@ mod tests {
         });
         assert!(p.contains("- author:500 \"N500\""));
         assert!(!p.contains("- author:501 \"N501\""));
-        for r in ["family", "friendship", "influence", "collaboration", "scandal"] {
+        for r in [
+            "family",
+            "friendship",
+            "influence",
+            "collaboration",
+            "scandal",
+        ] {
             assert!(p.contains(&format!("- {r}:")), "{r}");
         }
-        for f in ["target_type", "target_id", "sub_type", "confidence", "evidence"] {
+        for f in [
+            "target_type",
+            "target_id",
+            "sub_type",
+            "confidence",
+            "evidence",
+        ] {
             assert!(p.contains(f), "{f}");
         }
     }

@@ -77,9 +77,11 @@ pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
 
     let entity_type = match fields.get("entity_type") {
         None => return Err(poison("entity_type is missing")),
-        Some(Value::String(s)) => s
-            .parse::<EntityType>()
-            .map_err(|_| poison(format!("entity_type {s:?} is not author, publisher or binder")))?,
+        Some(Value::String(s)) => s.parse::<EntityType>().map_err(|_| {
+            poison(format!(
+                "entity_type {s:?} is not author, publisher or binder"
+            ))
+        })?,
         Some(other) => {
             return Err(poison(format!(
                 "entity_type must be a string, got {}",
@@ -198,9 +200,16 @@ mod tests {
 
     #[test]
     fn oversized_body_is_poison_before_parsing() {
-        let body = format!(r#"{{"entity_type": "author", "entity_id": 1, "pad": "{}"}}"#, "x".repeat(100));
+        let body = format!(
+            r#"{{"entity_type": "author", "entity_id": 1, "pad": "{}"}}"#,
+            "x".repeat(100)
+        );
         let err = parse(&body, 64).unwrap_err();
-        assert!(err.reason.contains("over the limit of 64"), "{}", err.reason);
+        assert!(
+            err.reason.contains("over the limit of 64"),
+            "{}",
+            err.reason
+        );
         assert!(parse(&body, 1024).is_ok());
     }
 }

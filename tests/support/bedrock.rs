@@ -236,7 +236,11 @@ pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "AKIDTEST", "secret", None, None, "fake-bedrock",
+            "AKIDTEST",
+            "secret",
+            None,
+            None,
+            "fake-bedrock",
         )))
         .load()
         .await
