@@ -539,3 +539,23 @@ async fn discovery_is_validated_and_skipped_for_an_empty_universe() {
             .contains("- author:8 \"Wilkie Collins\"")
     );
 }
+
+#[tokio::test]
+async fn the_sdk_chain_endpoint_is_used_when_config_has_none() {
+    // What AWS_ENDPOINT_URL_BEDROCK_RUNTIME / AWS_ENDPOINT_URL feed into the shared SdkConfig.
+    let fake = FakeBedrock::start().await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-west-2"))
+        .credentials_provider(sdk_config().await.credentials_provider().unwrap())
+        .endpoint_url(fake.url())
+        .load()
+        .await;
+    let mut config = fake.generator_config();
+    config.endpoint_url = String::new();
+    let generator = BedrockGenerator::new(&sdk, &config, Arc::new(Metrics::new()));
+    generator
+        .biography(&bio_request(dickens(), &[], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(fake.requests().len(), 1);
+}

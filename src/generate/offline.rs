@@ -356,7 +356,8 @@ mod tests {
 
     #[tokio::test]
     async fn pair_calls_and_discovery() {
-        let g = generator();
+        // Held as the pipeline holds it: the trait is object safe.
+        let g: Arc<dyn Generator> = Arc::new(generator());
         let pair = PairRequest {
             model: "m".into(),
             source: dickens(),
