@@ -226,7 +226,8 @@ pub struct RelationshipStoryRequest {
 #[async_trait]
 pub trait Generator: Send + Sync {
     /// Step A. An empty universe answers at once with no connections and no usage. Unusable output
-    /// is an empty [`Discovery`], not an error; the original never fails a job on discovery.
+    /// is an empty [`Discovery`], not an error. A call error is returned with its usage; the
+    /// original never fails a job on discovery, so the pipeline logs it and goes on without.
     async fn discover_connections(
         &self,
         request: &DiscoveryRequest,
