@@ -12,6 +12,8 @@
 //!   [`telemetry`]: logging; [`build_info`]: version stamps; [`model`]: domain types.
 //! - [`app`]: builds everything from the configuration, owns start-up and shutdown order;
 //!   [`shutdown`]: signals to a cancellation token.
+//! - [`pipeline`]: one message (its [`pipeline::message`] contract); [`generate`]: the
+//!   generator port, Bedrock and offline adapters, prompts, output hygiene, narrative classifier.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
 //!   readiness state; [`metrics`]: every Prometheus metric.
 //! - [`store`]: the `Store` port (PostgreSQL and in-memory adapters), embedded migrations and
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod graph;
+pub mod generate;
 pub mod health;
 pub mod metrics;
 pub mod model;

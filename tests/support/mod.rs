@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! Helpers shared by the integration tests; each test binary uses only some of them.
 
+pub mod bedrock;
 pub mod daemon;
 pub mod db;
 pub mod graph;

@@ -1,0 +1,440 @@
+//! Profile text generation: the [`Generator`] port, its requests and replies, model resolution
+//! and cost estimation.
+//!
+//! Adapters: [`bedrock::BedrockGenerator`] (Amazon Bedrock Converse, production) and
+//! [`offline::OfflineGenerator`] (no LLM; demo and cost-free dry runs). [`prompts`] holds the
+//! prompt texts, [`hygiene`] turns raw model output into validated values, [`classify`] picks
+//! which connections get a narrative.
+//!
+//! Who retries: an adapter retries transient failures of a single call itself (Bedrock: its own
+//! backoff, up to `generator.max_attempts`); a [`GeneratorError::Transient`] it returns means
+//! "those attempts are spent, let the message come back later".
+
+pub mod bedrock;
+pub mod classify;
+pub mod hygiene;
+pub mod offline;
+pub mod prompts;
+
+use std::collections::BTreeMap;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::Price;
+use crate::model::{Book, CollectionEntity, Entity};
+
+pub use classify::NarrativeTrigger;
+pub use hygiene::{
+    AiConnection, Biography, Discovery, NarrativeStyle, Relationship, RelationshipStory,
+    Significance, Story, Tone,
+};
+
+/// Name that [`resolve_model`] falls back to.
+pub const DEFAULT_MODEL_NAME: &str = "haiku";
+/// The original's Haiku id, used when the `haiku` name is missing from `generator.models`.
+pub const DEFAULT_MODEL_ID: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
+/// Graph neighbours listed in a prompt's cross-link block (reference §7.2, #1654).
+pub const MAX_PROMPT_CONNECTIONS: usize = 15;
+/// Collection entities listed in the discovery prompt (reference §7.3, #1832).
+pub const MAX_DISCOVERY_ENTITIES: usize = 500;
+/// AI connections accepted from one discovery reply (reference §7.3).
+pub const MAX_AI_CONNECTIONS: usize = 10;
+/// Narratives generated per profile by the worker (reference §7.1).
+pub const MAX_NARRATIVES: usize = 3;
+
+/// The four generator calls; the label of `generator_*` metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    Discovery,
+    Biography,
+    Narrative,
+    RelationshipStory,
+}
+
+impl CallKind {
+    pub const ALL: [CallKind; 4] = [
+        CallKind::Discovery,
+        CallKind::Biography,
+        CallKind::Narrative,
+        CallKind::RelationshipStory,
+    ];
+
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Discovery => "discovery",
+            CallKind::Biography => "biography",
+            CallKind::Narrative => "narrative",
+            CallKind::RelationshipStory => "relationship_story",
+        }
+    }
+
+    /// Output budget of the call, as the original (reference §7.3–§7.6).
+    pub fn max_tokens(self) -> i32 {
+        match self {
+            CallKind::Discovery => 2048,
+            CallKind::Biography => 1024,
+            CallKind::Narrative => 200,
+            CallKind::RelationshipStory => 1024,
+        }
+    }
+
+    /// The system prompt of the call.
+    pub fn system_prompt(self) -> &'static str {
+        match self {
+            CallKind::Discovery => prompts::DISCOVERY_SYSTEM,
+            CallKind::Biography => prompts::BIOGRAPHY_SYSTEM,
+            CallKind::Narrative => prompts::NARRATIVE_SYSTEM,
+            CallKind::RelationshipStory => prompts::RELATIONSHIP_SYSTEM,
+        }
+    }
+
+    /// The call a system prompt belongs to (lets fakes and logs tell calls apart).
+    pub fn from_system_prompt(system: &str) -> Option<CallKind> {
+        CallKind::ALL
+            .into_iter()
+            .find(|k| k.system_prompt() == system)
+    }
+}
+
+/// What calls cost: summed over attempts, calls and a whole profile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Model invocations made (each retry attempt counts).
+    pub calls: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Wall time spent in calls (backoff sleeps excluded).
+    pub latency: Duration,
+}
+
+impl Add for Usage {
+    type Output = Usage;
+    fn add(self, rhs: Usage) -> Usage {
+        Usage {
+            calls: self.calls + rhs.calls,
+            input_tokens: self.input_tokens + rhs.input_tokens,
+            output_tokens: self.output_tokens + rhs.output_tokens,
+            latency: self.latency + rhs.latency,
+        }
+    }
+}
+
+impl AddAssign for Usage {
+    fn add_assign(&mut self, rhs: Usage) {
+        *self = *self + rhs;
+    }
+}
+
+impl Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(iter: I) -> Usage {
+        iter.fold(Usage::default(), Add::add)
+    }
+}
+
+/// A successful call: the validated value, what it cost and which model produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply<T> {
+    pub value: T,
+    pub usage: Usage,
+    /// The model id that answered (`"offline"` for [`offline::OfflineGenerator`]); the pipeline
+    /// stores the biography reply's model as `model_version`.
+    pub model: String,
+}
+
+/// A failed call, saying what the caller must do, with the usage already spent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GeneratorError {
+    /// Throttling, unavailability, timeouts, I/O, a reply without text: retry the message later.
+    #[error("generator temporarily failed: {reason}")]
+    Transient { reason: String, usage: Usage },
+    /// Validation, access denied, unknown model…: retrying will not help.
+    #[error("generator failed: {reason}")]
+    Permanent { reason: String, usage: Usage },
+}
+
+impl GeneratorError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GeneratorError::Transient { .. })
+    }
+
+    /// Calls and tokens spent before failing (to be accounted all the same).
+    pub fn usage(&self) -> Usage {
+        match self {
+            GeneratorError::Transient { usage, .. } | GeneratorError::Permanent { usage, .. } => {
+                *usage
+            }
+        }
+    }
+}
+
+/// Step A: personal connections between the entity and other collection entities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryRequest {
+    /// Resolved model id ([`resolve_model`]).
+    pub model: String,
+    /// The profiled entity.
+    pub entity: CollectionEntity,
+    /// Collection entities with qualifying books, authors then publishers then binders (may include
+    /// the entity itself). Only the first [`MAX_DISCOVERY_ENTITIES`] are offered and accepted;
+    /// empty means no call.
+    pub universe: Vec<CollectionEntity>,
+}
+
+/// Step B: biography and personal stories.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BiographyRequest {
+    pub model: String,
+    pub entity: Entity,
+    /// The entity's qualifying books in prompt order (`year_start` NULLS LAST); all titles go in.
+    pub books: Vec<Book>,
+    /// Graph neighbours strongest first (an entity linked twice appears twice). The first
+    /// [`MAX_PROMPT_CONNECTIONS`] are offered for cross-links; all of them are valid marker targets.
+    pub connections: Vec<CollectionEntity>,
+}
+
+/// Steps C/D: one graph connection of the profiled entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairRequest {
+    pub model: String,
+    /// The profiled entity with the years its graph node carries.
+    pub source: Entity,
+    /// The other endpoint with the years its graph node carries (publishers/binders: none).
+    pub target: Entity,
+    /// Graph edge type, e.g. `publisher`, `shared_publisher`, `binder`, `friendship`.
+    pub connection_type: String,
+    /// Titles of the entity's books shared on this edge, in the entity's book order.
+    pub shared_titles: Vec<String>,
+    /// As [`BiographyRequest::connections`].
+    pub connections: Vec<CollectionEntity>,
+}
+
+/// Step D for high-impact triggers: a full relationship story.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelationshipStoryRequest {
+    pub pair: PairRequest,
+    pub trigger: NarrativeTrigger,
+}
+
+/// The port the pipeline generates through. Object safe: held as `Arc<dyn Generator>`.
+///
+/// `Ok` always carries validated, normalised values (markers sanitised, stories with allowed enum
+/// values only). Adapters retry single calls themselves; see the module docs.
+#[async_trait]
+pub trait Generator: Send + Sync {
+    /// Step A. An empty universe answers at once with no connections and no usage. Unusable output
+    /// is an empty [`Discovery`], not an error. A call error is returned with its usage; the
+    /// original never fails a job on discovery, so the pipeline logs it and goes on without.
+    async fn discover_connections(
+        &self,
+        request: &DiscoveryRequest,
+    ) -> Result<Reply<Discovery>, GeneratorError>;
+
+    /// Step B. A [`Biography`] whose `biography` is `None` means the model gave nothing usable;
+    /// the pipeline treats that as a transient failure (design D4).
+    async fn biography(
+        &self,
+        request: &BiographyRequest,
+    ) -> Result<Reply<Biography>, GeneratorError>;
+
+    /// Step D for `hub_figure`: one trimmed sentence about the connection.
+    async fn connection_narrative(
+        &self,
+        request: &PairRequest,
+    ) -> Result<Reply<String>, GeneratorError>;
+
+    /// Step D for `cross_era_bridge` / `social_circle`. `None`: the reply had no usable summary
+    /// (the connection then does not use up the narrative cap).
+    async fn relationship_story(
+        &self,
+        request: &RelationshipStoryRequest,
+    ) -> Result<Reply<Option<RelationshipStory>>, GeneratorError>;
+}
+
+/// The outcome of model resolution, with the warning to log when a name was unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    pub id: String,
+    pub warning: Option<String>,
+}
+
+/// Picks the Bedrock model id (design D7): the `app_config` value (`model.entity_profiles`; pass
+/// `None` when missing or unreadable) → the configured `generator.model` (alias
+/// `ENTITY_PROFILE_MODEL`) → `haiku`. Names map through `models`; a value containing `.` or `:` is
+/// a raw model id used as-is; an unknown name resolves to haiku with a warning.
+pub fn resolve_model(
+    app_config: Option<&str>,
+    configured: &str,
+    models: &BTreeMap<String, String>,
+) -> ResolvedModel {
+    let haiku = || {
+        models
+            .get(DEFAULT_MODEL_NAME)
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_MODEL_ID.to_string())
+    };
+    let chosen = [app_config.unwrap_or(""), configured]
+        .into_iter()
+        .map(str::trim)
+        .find(|v| !v.is_empty())
+        .unwrap_or(DEFAULT_MODEL_NAME);
+    if let Some(id) = models.get(chosen) {
+        return ResolvedModel {
+            id: id.clone(),
+            warning: None,
+        };
+    }
+    if chosen.contains('.') || chosen.contains(':') {
+        return ResolvedModel {
+            id: chosen.to_string(),
+            warning: None,
+        };
+    }
+    if chosen == DEFAULT_MODEL_NAME {
+        return ResolvedModel {
+            id: haiku(),
+            warning: None,
+        };
+    }
+    let known: Vec<&str> = models.keys().map(String::as_str).collect();
+    ResolvedModel {
+        id: haiku(),
+        warning: Some(format!(
+            "unknown model name {chosen:?} (known: {}); using {DEFAULT_MODEL_NAME}",
+            known.join(", ")
+        )),
+    }
+}
+
+/// Estimated cost in USD of `usage` on `model` from `generator.prices` (USD per million tokens);
+/// `None` when the model has no price.
+pub fn estimate_cost_usd(
+    prices: &BTreeMap<String, Price>,
+    model: &str,
+    usage: &Usage,
+) -> Option<f64> {
+    let price = prices.get(model)?;
+    Some(
+        (usage.input_tokens as f64 * price.input + usage.output_tokens as f64 * price.output)
+            / 1_000_000.0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> BTreeMap<String, String> {
+        crate::config::load_from(None, &[])
+            .unwrap()
+            .config
+            .generator
+            .models
+    }
+
+    #[test]
+    fn default_resolves_to_haiku() {
+        let r = resolve_model(None, "haiku", &registry());
+        assert!(r.id.contains("haiku"), "{}", r.id);
+        assert_eq!(r.warning, None);
+        assert_eq!(resolve_model(None, "", &registry()).id, r.id);
+    }
+
+    #[test]
+    fn app_config_wins_over_configured() {
+        let r = resolve_model(Some("sonnet"), "opus", &registry());
+        assert_eq!(r.id, "us.anthropic.claude-sonnet-4-5-20250929-v1:0");
+    }
+
+    #[test]
+    fn configured_name_is_honoured_when_app_config_is_missing_or_blank() {
+        for app in [None, Some(""), Some("  ")] {
+            let r = resolve_model(app, "sonnet", &registry());
+            assert_eq!(r.id, "us.anthropic.claude-sonnet-4-5-20250929-v1:0");
+        }
+    }
+
+    #[test]
+    fn unknown_name_falls_back_to_haiku_with_a_warning() {
+        let r = resolve_model(None, "gpt-7", &registry());
+        assert_eq!(r.id, "anthropic.claude-3-5-haiku-20241022-v1:0");
+        let warning = r.warning.unwrap();
+        assert!(warning.contains("gpt-7"), "{warning}");
+    }
+
+    #[test]
+    fn raw_ids_are_used_as_is() {
+        let r = resolve_model(
+            Some("us.anthropic.claude-3-7-sonnet-20250219-v1:0"),
+            "haiku",
+            &registry(),
+        );
+        assert_eq!(r.id, "us.anthropic.claude-3-7-sonnet-20250219-v1:0");
+        assert_eq!(r.warning, None);
+        assert_eq!(
+            resolve_model(None, "custom:model", &registry()).id,
+            "custom:model"
+        );
+    }
+
+    #[test]
+    fn haiku_without_registry_entry_uses_the_builtin_id() {
+        let r = resolve_model(None, "haiku", &BTreeMap::new());
+        assert_eq!(r.id, DEFAULT_MODEL_ID);
+    }
+
+    #[test]
+    fn usage_sums() {
+        let a = Usage {
+            calls: 1,
+            input_tokens: 10,
+            output_tokens: 5,
+            latency: Duration::from_millis(100),
+        };
+        let total: Usage = [a, a, Usage::default()].into_iter().sum();
+        assert_eq!(
+            total,
+            Usage {
+                calls: 2,
+                input_tokens: 20,
+                output_tokens: 10,
+                latency: Duration::from_millis(200)
+            }
+        );
+        let mut b = a;
+        b += a;
+        assert_eq!(b, a + a);
+    }
+
+    #[test]
+    fn cost_uses_prices_per_million_tokens() {
+        let prices = crate::config::load_from(None, &[])
+            .unwrap()
+            .config
+            .generator
+            .prices;
+        let usage = Usage {
+            calls: 3,
+            input_tokens: 1_000_000,
+            output_tokens: 500_000,
+            latency: Duration::ZERO,
+        };
+        let cost =
+            estimate_cost_usd(&prices, "anthropic.claude-3-5-haiku-20241022-v1:0", &usage).unwrap();
+        assert!((cost - 2.8).abs() < 1e-9, "{cost}");
+        assert_eq!(estimate_cost_usd(&prices, "offline", &usage), None);
+    }
+
+    #[test]
+    fn call_kinds_have_the_original_budgets_and_distinct_prompts() {
+        let budgets: Vec<i32> = CallKind::ALL.iter().map(|k| k.max_tokens()).collect();
+        assert_eq!(budgets, [2048, 1024, 200, 1024]);
+        for k in CallKind::ALL {
+            assert_eq!(CallKind::from_system_prompt(k.system_prompt()), Some(k));
+        }
+        assert_eq!(CallKind::from_system_prompt("other"), None);
+    }
+}

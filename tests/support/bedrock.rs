@@ -1,0 +1,399 @@
+//! A fake Amazon Bedrock Runtime speaking the Converse wire format, scriptable per test.
+//!
+//! `POST /model/{percent-encoded model id}/converse` answers with the next scripted reply for the
+//! call kind (told apart by the system prompt, else by `maxTokens`), or the kind's default: valid
+//! JSON the daemon accepts, so end-to-end tests need no script. Errors are signalled as Bedrock
+//! does (status + `x-amzn-ErrorType`). Every request is recorded for assertions.
+//!
+//! From another process (the real binary) point the SDK at it with
+//! `AWS_ENDPOINT_URL_BEDROCK_RUNTIME=<FakeBedrock::url()>` plus any dummy credentials.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_bedrockruntime::config::{Credentials, SharedCredentialsProvider};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use profile_worker::config::GeneratorConfig;
+use profile_worker::generate::CallKind;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the fake answers to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FakeReply {
+    /// A normal reply with this text and token usage.
+    Text {
+        text: String,
+        input_tokens: i64,
+        output_tokens: i64,
+    },
+    /// An error the way Bedrock signals it.
+    Error {
+        status: u16,
+        error_type: String,
+        message: String,
+    },
+    /// Never answers (until the fake is dropped).
+    Hang,
+    /// A 200 reply whose message has no content blocks (usage still reported).
+    NoText,
+}
+
+impl FakeReply {
+    /// A text reply with 100 input and 20 output tokens.
+    pub fn text(text: impl Into<String>) -> Self {
+        FakeReply::Text {
+            text: text.into(),
+            input_tokens: 100,
+            output_tokens: 20,
+        }
+    }
+
+    /// A text reply with the given usage.
+    pub fn text_with_usage(text: impl Into<String>, input_tokens: i64, output_tokens: i64) -> Self {
+        FakeReply::Text {
+            text: text.into(),
+            input_tokens,
+            output_tokens,
+        }
+    }
+
+    pub fn error(status: u16, error_type: &str) -> Self {
+        FakeReply::Error {
+            status,
+            error_type: error_type.to_string(),
+            message: format!("fake {error_type}"),
+        }
+    }
+
+    pub fn throttling() -> Self {
+        Self::error(429, "ThrottlingException")
+    }
+
+    pub fn validation() -> Self {
+        Self::error(400, "ValidationException")
+    }
+
+    pub fn internal() -> Self {
+        Self::error(500, "InternalServerException")
+    }
+
+    pub fn unavailable() -> Self {
+        Self::error(503, "ServiceUnavailableException")
+    }
+
+    pub fn model_not_ready() -> Self {
+        Self::error(429, "ModelNotReadyException")
+    }
+
+    pub fn access_denied() -> Self {
+        Self::error(403, "AccessDeniedException")
+    }
+}
+
+/// The default reply of each call kind: valid, parseable output.
+pub fn default_reply(kind: Option<CallKind>) -> FakeReply {
+    let body = match kind {
+        Some(CallKind::Discovery) => json!({"connections": []}).to_string(),
+        Some(CallKind::Biography) => json!({
+            "biography": "A figure of Victorian literature and publishing.",
+            "personal_stories": [{"text": "Worked through the night before a deadline.",
+                "year": 1850, "significance": "notable", "tone": "dramatic"}]
+        })
+        .to_string(),
+        Some(CallKind::Narrative) | None => "Linked through the collection's books.".to_string(),
+        Some(CallKind::RelationshipStory) => json!({
+            "summary": "A long working relationship.",
+            "details": [{"text": "They met in London.", "year": null,
+                "significance": "context", "tone": "intellectual"}],
+            "narrative_style": "prose-paragraph"
+        })
+        .to_string(),
+    };
+    FakeReply::text(body)
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    /// Decoded from the path.
+    pub model_id: String,
+    pub kind: Option<CallKind>,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    /// Text of the first system block.
+    pub system: String,
+    /// Number of entries in `messages`.
+    pub message_count: usize,
+    /// Role of the first message.
+    pub role: String,
+    /// Text of the first content block of the first message.
+    pub user: String,
+}
+
+#[derive(Default)]
+struct State {
+    queued: HashMap<Option<CallKind>, VecDeque<FakeReply>>,
+    defaults: HashMap<Option<CallKind>, FakeReply>,
+    latency: Duration,
+    requests: Vec<RecordedRequest>,
+}
+
+/// The running fake; stops (and releases hanging requests) when dropped.
+pub struct FakeBedrock {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+}
+
+impl FakeBedrock {
+    /// Binds 127.0.0.1 on a free port and serves until dropped.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake Bedrock");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
+        Self { addr, state, stop }
+    }
+
+    /// Base URL, e.g. for `AWS_ENDPOINT_URL_BEDROCK_RUNTIME` or `generator.endpoint_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues one-shot replies for a call kind, answered in order before the default.
+    pub fn push(&self, kind: CallKind, replies: impl IntoIterator<Item = FakeReply>) {
+        self.state
+            .lock()
+            .unwrap()
+            .queued
+            .entry(Some(kind))
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Replaces the reply a call kind gets once its queue is empty.
+    pub fn set_default(&self, kind: CallKind, reply: FakeReply) {
+        self.state
+            .lock()
+            .unwrap()
+            .defaults
+            .insert(Some(kind), reply);
+    }
+
+    /// Delay before every reply.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency = latency;
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests of one call kind.
+    pub fn requests_of(&self, kind: CallKind) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.kind == Some(kind))
+            .collect()
+    }
+
+    /// A generator configuration pointed at this fake, with fast retries for tests.
+    pub fn generator_config(&self) -> GeneratorConfig {
+        let mut config = profile_worker::config::load_from(None, &[])
+            .expect("default config loads")
+            .config
+            .generator;
+        config.endpoint_url = self.url();
+        config.retry_base_ms = 1;
+        config.call_timeout_seconds = 5;
+        config
+    }
+}
+
+impl Drop for FakeBedrock {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An AWS configuration with dummy static credentials and a region, no ambient lookups needed.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "AKIDTEST",
+            "secret",
+            None,
+            None,
+            "fake-bedrock",
+        )))
+        .load()
+        .await
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((socket, _)) = accepted else { continue };
+        // Without it each keep-alive call waits ~40 ms for a delayed ACK.
+        let _ = socket.set_nodelay(true);
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let handler_stop = stop.clone();
+            let service = service_fn(move |req| handle(req, state.clone(), handler_stop.clone()));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(socket), service);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = conn => {}
+            }
+        });
+    }
+}
+
+fn text_of(value: &Value) -> String {
+    value
+        .get(0)
+        .and_then(|b| b.get("text"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn kind_of(system: &str, max_tokens: Option<i64>) -> Option<CallKind> {
+    CallKind::from_system_prompt(system).or(match max_tokens {
+        Some(2048) => Some(CallKind::Discovery),
+        Some(200) => Some(CallKind::Narrative),
+        _ => None,
+    })
+}
+
+fn json_response(status: u16, headers: &[(&str, &str)], body: Value) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder()
+        .status(StatusCode::from_u16(status).expect("valid status"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid response")
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let path = req.uri().path().to_string();
+    let body = req.into_body().collect().await?.to_bytes();
+    let Some(encoded) = path
+        .strip_prefix("/model/")
+        .and_then(|p| p.strip_suffix("/converse"))
+    else {
+        return Ok(json_response(
+            404,
+            &[("x-amzn-ErrorType", "UnknownOperationException")],
+            json!({"message": format!("no route {path}")}),
+        ));
+    };
+    let model_id = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8_lossy()
+        .into_owned();
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let max_tokens = parsed["inferenceConfig"]["maxTokens"].as_i64();
+    let system = text_of(&parsed["system"]);
+    let kind = kind_of(&system, max_tokens);
+    let messages = parsed["messages"].as_array().cloned().unwrap_or_default();
+    let recorded = RecordedRequest {
+        model_id,
+        kind,
+        max_tokens,
+        temperature: parsed["inferenceConfig"]["temperature"].as_f64(),
+        system,
+        message_count: messages.len(),
+        role: messages
+            .first()
+            .and_then(|m| m["role"].as_str())
+            .unwrap_or("")
+            .to_string(),
+        user: messages
+            .first()
+            .map(|m| text_of(&m["content"]))
+            .unwrap_or_default(),
+    };
+
+    let (reply, latency) = {
+        let mut s = state.lock().unwrap();
+        s.requests.push(recorded);
+        let reply = s
+            .queued
+            .get_mut(&kind)
+            .and_then(VecDeque::pop_front)
+            .or_else(|| s.defaults.get(&kind).cloned())
+            .unwrap_or_else(|| default_reply(kind));
+        (reply, s.latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let latency_ms = latency.as_millis() as u64;
+    Ok(match reply {
+        FakeReply::Text {
+            text,
+            input_tokens,
+            output_tokens,
+        } => json_response(
+            200,
+            &[],
+            json!({
+                "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens,
+                          "totalTokens": input_tokens + output_tokens},
+                "metrics": {"latencyMs": latency_ms}
+            }),
+        ),
+        FakeReply::NoText => json_response(
+            200,
+            &[],
+            json!({
+                "output": {"message": {"role": "assistant", "content": []}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": 50, "outputTokens": 0, "totalTokens": 50},
+                "metrics": {"latencyMs": latency_ms}
+            }),
+        ),
+        FakeReply::Error {
+            status,
+            error_type,
+            message,
+        } => json_response(
+            status,
+            &[("x-amzn-ErrorType", error_type.as_str())],
+            json!({ "message": message }),
+        ),
+        FakeReply::Hang => {
+            stop.cancelled().await;
+            json_response(503, &[], json!({"message": "fake stopped"}))
+        }
+    })
+}
