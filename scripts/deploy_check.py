@@ -684,7 +684,7 @@ def cmd_smoke_args(args):
             # Secret-backed variables come from the caller's environment (the local test services).
             out.append(f"--env={e['name']}")
     grace = spec["terminationGracePeriodSeconds"]
-    sys.stdout.write("\0".join(out + ["--", str(grace), *ctr.get("args", [])]))
+    sys.stdout.write("".join(f"{item}\0" for item in out + ["--", str(grace), *ctr.get("args", [])]))
     return 0
 
 
