@@ -1,16 +1,34 @@
 //! Builds every dependency from the configuration and owns start-up and shutdown order.
+//!
+//! Start-up: side server first (probes answer while the rest starts), then the database
+//! (optional migrations, then the schema check — a missing column stops the daemon before it
+//! touches a message), the graph cache, the generator, the queue, and finally the consumer.
+//! Shutdown: the consumer stops receiving, drains and flushes its deletes; background tasks stop;
+//! the side server stops last so probes and metrics work throughout the drain.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::cache::{CacheError, GraphCache};
+use crate::config::{Config, GeneratorBackend};
+use crate::consumer::diagnostic::HoldHandler;
 use crate::consumer::{Consumer, ConsumerSettings, Handler};
-use crate::health::Health;
+use crate::generate::Generator;
+use crate::generate::bedrock::BedrockGenerator;
+use crate::generate::offline::OfflineGenerator;
+use crate::health::{Check, Health};
 use crate::metrics::Metrics;
+use crate::pipeline::{self, Pipeline};
 use crate::queue::{QueueError, SqsQueue};
 use crate::server::{self, Server};
+use crate::store::migrate::{self, MigrateError, SchemaError};
+use crate::store::{PgStore, Store, StoreError};
+
+/// How often the database readiness check and pool gauges are refreshed.
+const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -22,19 +40,27 @@ pub enum AppError {
     },
     #[error("cannot open the queue: {0}")]
     Queue(#[source] QueueError),
+    #[error("cannot open the database: {0}")]
+    Database(#[source] StoreError),
+    #[error("migrations failed: {0}")]
+    Migrate(#[source] MigrateError),
+    #[error("database schema check failed: {0}")]
+    Schema(#[source] SchemaError),
+    #[error("cannot set up the graph cache: {0}")]
+    Cache(#[source] CacheError),
+}
+
+/// Which handler the consumer runs.
+pub enum Mode {
+    /// The profile pipeline (production).
+    Pipeline,
+    /// Hold each message for the given time and report it done, opening no database; a hidden
+    /// diagnostic for exercising the consumer end to end (`--diagnostic-hold-ms`).
+    DiagnosticHold(Duration),
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then drains and returns.
-///
-/// `handler` processes each message (the profile pipeline in production). Order: side server up
-/// first (probes answer during start-up), then the queue, then the consumer; on shutdown the
-/// consumer stops receiving, drains and flushes its deletes, and the side server stops last so
-/// probes and metrics keep working throughout the drain.
-pub async fn run(
-    config: Config,
-    shutdown: CancellationToken,
-    handler: Arc<dyn Handler>,
-) -> Result<(), AppError> {
+pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let health = Health::new();
 
@@ -52,12 +78,101 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     let server_task = tokio::spawn(server.serve(server_stop.clone()));
 
-    let result = consume(&config, &shutdown, handler, metrics, health).await;
+    let background = TaskTracker::new();
+    let background_stop = CancellationToken::new();
+    let result = async {
+        let handler: Arc<dyn Handler> = match mode {
+            Mode::DiagnosticHold(hold) => Arc::new(HoldHandler::new(hold)),
+            Mode::Pipeline => {
+                let store =
+                    open_store(&config, &health, &metrics, &background, &background_stop).await?;
+                let cache = GraphCache::new(&config.cache, metrics.clone(), &health)
+                    .map_err(AppError::Cache)?;
+                if !config.cache.redis_url.is_empty() && !cache.ping().await {
+                    tracing::warn!(
+                        "Redis unreachable at start-up; building graphs without it until it answers"
+                    );
+                }
+                let generator: Arc<dyn Generator> = match config.generator.backend {
+                    GeneratorBackend::Bedrock => {
+                        Arc::new(BedrockGenerator::from_env(&config, metrics.clone()).await)
+                    }
+                    GeneratorBackend::Offline => Arc::new(OfflineGenerator::from_config(
+                        &config.generator,
+                        metrics.clone(),
+                    )),
+                };
+                Arc::new(Pipeline::new(
+                    store,
+                    cache,
+                    generator,
+                    metrics.clone(),
+                    pipeline::Settings::from_config(&config),
+                ))
+            }
+        };
+        consume(&config, &shutdown, handler, metrics.clone(), health.clone()).await
+    }
+    .await;
 
+    background_stop.cancel();
+    background.close();
+    background.wait().await;
     server_stop.cancel();
     let _ = server_task.await;
     tracing::info!("stopped");
     result
+}
+
+/// Opens the database, applies migrations when configured, checks the schema, and starts the
+/// task that keeps the "database" readiness check and the pool gauges current.
+async fn open_store(
+    config: &Config,
+    health: &Health,
+    metrics: &Arc<Metrics>,
+    background: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<Arc<dyn Store>, AppError> {
+    let check = health.check("database", true);
+    if config.database.migrate_on_start {
+        migrate::migrate(&config.database)
+            .await
+            .map_err(AppError::Migrate)?;
+    }
+    let store = PgStore::connect(&config.database).map_err(AppError::Database)?;
+    store.check_schema().await.map_err(AppError::Schema)?;
+    let store = Arc::new(store);
+    background.spawn(watch_database(
+        store.clone(),
+        check,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    Ok(store)
+}
+
+async fn watch_database(
+    store: Arc<PgStore>,
+    check: Check,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        match store.ping().await {
+            Ok(()) => check.set(true, "ok"),
+            Err(err) => check.set(false, err.to_string()),
+        }
+        if let Some(pool) = store.pool_status() {
+            let gauge = &metrics.db_pool_connections;
+            gauge.with_label_values(&["idle"]).set(pool.idle as i64);
+            gauge.with_label_values(&["in_use"]).set(pool.in_use as i64);
+            gauge.with_label_values(&["max"]).set(pool.max as i64);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DATABASE_CHECK_INTERVAL) => {}
+        }
+    }
 }
 
 async fn consume(

@@ -1,14 +1,11 @@
 //! `profile-worker`: parse the command line, load configuration, start telemetry, dispatch, exit.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use profile_worker::cli::{Cli, Command};
 use profile_worker::config::Needs;
-use profile_worker::consumer::Handler;
-use profile_worker::consumer::diagnostic::HoldHandler;
 use profile_worker::{app, build_info, config, server, shutdown, store, telemetry};
 
 /// Exit status for invalid configuration or usage (EX_USAGE).
@@ -77,27 +74,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
-            if let Err(err) = loaded.require(config::Needs {
+            // The diagnostic handler opens no database, so only the queue is required then.
+            let mode = match cli.diagnostic_hold_ms {
+                Some(ms) => app::Mode::DiagnosticHold(Duration::from_millis(ms)),
+                None => app::Mode::Pipeline,
+            };
+            let needs = Needs {
                 queue: true,
-                database: false,
-            }) {
+                database: matches!(mode, app::Mode::Pipeline),
+            };
+            if let Err(err) = loaded.require(needs) {
                 eprintln!("profile-worker: {err}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            // The profile pipeline is not wired in yet; until it is, `run` needs the diagnostic
-            // handler (hidden flag) and refuses to consume otherwise rather than lose messages.
-            let Some(hold_ms) = cli.diagnostic_hold_ms else {
-                eprintln!(
-                    "profile-worker: no message handler is available in this build (the profile pipeline is not wired in yet)"
-                );
-                return ExitCode::FAILURE;
-            };
-            let handler: Arc<dyn Handler> =
-                Arc::new(HoldHandler::new(Duration::from_millis(hold_ms)));
             telemetry::init(&loaded.config.log);
             let result = runtime.block_on(async {
                 let token = shutdown::on_signals().map_err(anyhow::Error::from)?;
-                app::run(loaded.config, token, handler)
+                app::run(loaded.config, token, mode)
                     .await
                     .map_err(anyhow::Error::from)
             });

@@ -167,9 +167,10 @@ fn healthcheck_fails_when_nothing_listens() {
     assert_eq!(code, 1, "{err}");
 }
 
-#[test]
-fn healthcheck_passes_against_a_running_daemon() {
-    let mut d = daemon::Daemon::start(&[]);
+#[tokio::test]
+async fn healthcheck_passes_against_a_running_daemon() {
+    let stack = daemon::Stack::new().await;
+    let mut d = stack.start(&[]);
     let (code, _, err) = run(&["healthcheck", "--url", &d.url("/health")], &[]);
     assert_eq!(code, 0, "{err}");
     let (code, _, _) = run(&["healthcheck", "--url", &d.url("/nope")], &[]);

@@ -156,3 +156,47 @@ pub async fn http(method: &str, url: &str) -> (u16, String, String) {
         .unwrap_or_default();
     (status, content_type, body.to_string())
 }
+
+/// Everything `profile-worker run` needs, fresh for one test: a migrated database and a moto
+/// queue with its dead-letter queue. The generator is the offline one unless the test overrides
+/// `PROFILE_WORKER_GENERATOR__BACKEND` and points Bedrock at a fake server.
+pub struct Stack {
+    pub db: super::db::TestDb,
+    pub queue: super::sqs::TestQueue,
+}
+
+impl Stack {
+    pub async fn new() -> Stack {
+        let db = super::db::TestDb::migrated().await;
+        let queue = super::sqs::TestQueue::create(&super::sqs::moto_url(), 3).await;
+        Stack { db, queue }
+    }
+
+    /// The daemon's environment for this stack (fast polling; offline generator).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("DATABASE_URL", self.db.url.as_str()),
+            ("PROFILE_WORKER_QUEUE__URL", self.queue.url.as_str()),
+            (
+                "PROFILE_WORKER_QUEUE__ENDPOINT_URL",
+                self.queue.endpoint.as_str(),
+            ),
+            ("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "1"),
+            ("PROFILE_WORKER_GENERATOR__BACKEND", "offline"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Starts the daemon on this stack with `extra` settings layered over [`Stack::env`].
+    pub fn start(&self, extra: &[(&str, &str)]) -> Daemon {
+        let mut env = self.env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Daemon::start(&pairs)
+    }
+}
