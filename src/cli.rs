@@ -54,6 +54,8 @@ pub enum Command {
     },
     /// Print version, git commit and build date.
     Version,
+    /// Run the whole pipeline on the bundled sample collection, with no external service.
+    Demo(DemoArgs),
 }
 
 impl Cli {
@@ -61,4 +63,27 @@ impl Cli {
     pub fn command(&self) -> &Command {
         self.command.as_ref().unwrap_or(&Command::Run)
     }
+}
+
+/// `demo` options: embedded adapters by default, real ones on request.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Simulated latency of each generator call, milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub latency_ms: u64,
+    /// Run a second generate-all pass, which finds every profile fresh and skips it.
+    #[arg(long)]
+    pub twice: bool,
+    /// Use this PostgreSQL database (migrated; the sample is loaded if it has no collection).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Use this SQS queue instead of the in-memory one (endpoint and credentials from the AWS chain).
+    #[arg(long, value_name = "URL")]
+    pub queue_url: Option<String>,
+    /// Share graphs through this Redis instead of only the in-process cache.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// No progress bar (also implied when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
 }

@@ -29,6 +29,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod demo;
 pub mod generate;
 pub mod graph;
 pub mod health;

@@ -1,12 +1,13 @@
 //! `profile-worker`: parse the command line, load configuration, start telemetry, dispatch, exit.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use profile_worker::cli::{Cli, Command};
 use profile_worker::config::Needs;
-use profile_worker::{app, build_info, config, server, shutdown, store, telemetry};
+use profile_worker::{app, build_info, config, demo, server, shutdown, store, telemetry};
 
 /// Exit status for invalid configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -33,6 +34,42 @@ fn main() -> ExitCode {
         Command::Config => {
             print!("{}", loaded.redacted_toml());
             ExitCode::SUCCESS
+        }
+        Command::Demo(args) => {
+            // A terminal show, not a service: readable, quiet logs unless configured otherwise.
+            let mut log = loaded.config.log.clone();
+            if loaded.source_of("log.format") == "built-in defaults" {
+                log.format = config::LogFormat::Pretty;
+            }
+            if loaded.source_of("log.level") == "built-in defaults" {
+                log.level = "warn".into();
+            }
+            telemetry::init(&log);
+            let options = demo::Options {
+                latency: Duration::from_millis(args.latency_ms),
+                twice: args.twice,
+                database_url: args.database_url.clone(),
+                queue_url: args.queue_url.clone(),
+                redis_url: args.redis_url.clone(),
+                progress: !args.no_progress && std::io::stderr().is_terminal(),
+            };
+            let result = runtime.block_on(async {
+                let token = shutdown::on_signals()?;
+                Ok::<_, anyhow::Error>(demo::run(&loaded.config, &options, token).await?)
+            });
+            match result {
+                Ok(report) => {
+                    print!(
+                        "{}",
+                        report.render(options.latency, loaded.config.consumer.concurrency as usize)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("profile-worker: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Healthcheck { url, timeout } => {
             let url = url.clone().unwrap_or_else(|| {

@@ -128,6 +128,11 @@ impl MemoryStore {
         self.lock().users.insert(id);
     }
 
+    /// Adds or replaces a stored profile (e.g. one generated before the demo starts).
+    pub fn add_profile(&self, profile: StoredProfile) {
+        self.lock().profiles.insert(profile.entity, profile);
+    }
+
     /// Adds or replaces a job row as given.
     pub fn add_job(&self, job: Job) {
         self.lock().jobs.insert(job.id.clone(), job);
