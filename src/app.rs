@@ -22,7 +22,8 @@ use crate::generate::offline::OfflineGenerator;
 use crate::health::{Check, Health};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
-use crate::queue::{QueueError, SqsQueue};
+use crate::jobs;
+use crate::queue::{Queue, QueueError, SqsQueue};
 use crate::server::{self, Server};
 use crate::store::migrate::{self, MigrateError, SchemaError};
 use crate::store::{PgStore, Store, StoreError};
@@ -81,8 +82,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
     let result = async {
-        let handler: Arc<dyn Handler> = match mode {
-            Mode::DiagnosticHold(hold) => Arc::new(HoldHandler::new(hold)),
+        let (handler, store): (Arc<dyn Handler>, Option<Arc<dyn Store>>) = match mode {
+            Mode::DiagnosticHold(hold) => (Arc::new(HoldHandler::new(hold)), None),
             Mode::Pipeline => {
                 let store =
                     open_store(&config, &health, &metrics, &background, &background_stop).await?;
@@ -102,16 +103,23 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
                         metrics.clone(),
                     )),
                 };
-                Arc::new(Pipeline::new(
-                    store,
+                let pipeline = Pipeline::new(
+                    store.clone(),
                     cache,
                     generator,
                     metrics.clone(),
                     pipeline::Settings::from_config(&config),
-                ))
+                );
+                (Arc::new(pipeline), Some(store))
             }
         };
-        consume(&config, &shutdown, handler, metrics.clone(), health.clone()).await
+        let deps = Deps {
+            handler,
+            store,
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        consume(&config, &shutdown, deps, &background_stop).await
     }
     .await;
 
@@ -175,12 +183,20 @@ async fn watch_database(
     }
 }
 
+/// What the consumer stage needs from start-up.
+struct Deps {
+    handler: Arc<dyn Handler>,
+    /// The database, when the handler uses one (enables the stuck-job rescue).
+    store: Option<Arc<dyn Store>>,
+    metrics: Arc<Metrics>,
+    health: Health,
+}
+
 async fn consume(
     config: &Config,
     shutdown: &CancellationToken,
-    handler: Arc<dyn Handler>,
-    metrics: Arc<Metrics>,
-    health: Health,
+    deps: Deps,
+    background_stop: &CancellationToken,
 ) -> Result<(), AppError> {
     let wait = Duration::from_secs(config.consumer.wait_seconds.into());
     let queue = tokio::select! {
@@ -193,13 +209,21 @@ async fn consume(
         dead_letter = queue.dead_letter_url().unwrap_or("none"),
         "queue resolved"
     );
+    let queue: Arc<dyn Queue> = Arc::new(queue);
+    let rescue = deps.store.map(|store| {
+        jobs::spawn_rescue(store, Some(queue.clone()), &config.jobs, background_stop.clone())
+    });
     let consumer = Consumer::new(
-        Arc::new(queue),
-        handler,
+        queue,
+        deps.handler,
         ConsumerSettings::from_config(config),
-        metrics,
-        health,
+        deps.metrics,
+        deps.health,
     );
     consumer.run(shutdown.clone()).await;
+    background_stop.cancel();
+    if let Some(Some(task)) = rescue {
+        let _ = task.await;
+    }
     Ok(())
 }

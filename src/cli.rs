@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::EntityRef;
 
 /// SQS consumer daemon that generates entity profiles with Amazon Bedrock.
 #[derive(Debug, Parser)]
@@ -56,6 +58,86 @@ pub enum Command {
     Version,
     /// Run the whole pipeline on the bundled sample collection, with no external service.
     Demo(DemoArgs),
+    /// Start a batch job over the whole collection (--all), or queue one entity (--entity).
+    #[command(after_help = ENQUEUE_EXIT)]
+    Enqueue(EnqueueArgs),
+    /// Show a job's status, counters, rate, ETA and Bedrock usage; --watch follows it to the end.
+    #[command(after_help = STATUS_EXIT)]
+    Status(StatusArgs),
+    /// Cancel an active job (atomic); its remaining messages are skipped without Bedrock calls.
+    #[command(after_help = CANCEL_EXIT)]
+    Cancel {
+        /// Id of the job to cancel.
+        job_id: String,
+    },
+    /// List recent jobs, newest first, one line each.
+    Jobs {
+        /// How many jobs to list.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        /// Print a JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const ENQUEUE_EXIT: &str = "Exit status: 0 messages sent (or an active job already exists, or the \
+collection is empty); 5 some messages could not be sent (they are listed and the job's total was \
+lowered, so it can still complete); 64 bad configuration or no job owner (use --owner-id); 1 other \
+errors (database or queue unreachable).";
+
+const STATUS_EXIT: &str = "Exit status: 0 shown (with --watch: the job completed); 3 no such job; \
+6 with --watch: the job ended failed or cancelled; 64 bad configuration; 1 other errors.";
+
+const CANCEL_EXIT: &str = "Exit status: 0 cancelled; 3 no such job; 4 the job had already ended \
+(completed, failed or cancelled) and nothing changed; 64 bad configuration; 1 other errors.";
+
+/// `enqueue` options: exactly one of `--all` and `--entity`.
+#[derive(Debug, Args)]
+#[group(id = "target", required = true, multiple = false, args = ["all", "entity"])]
+pub struct EnqueueArgs {
+    /// Every author, publisher and binder with a qualifying book, as one batch job.
+    #[arg(long)]
+    pub all: bool,
+    /// One entity as TYPE:ID (e.g. author:12), outside any job.
+    #[arg(long, value_name = "TYPE:ID", value_parser = parse_entity)]
+    pub entity: Option<EntityRef>,
+    /// Regenerate even profiles that are still fresh.
+    #[arg(long)]
+    pub force: bool,
+    /// users.id recorded as the job's owner; default: the lowest id of an admin user.
+    #[arg(long, value_name = "N", conflicts_with = "entity")]
+    pub owner_id: Option<i32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Id of the job.
+    pub job_id: String,
+    /// Follow the job until it ends: a progress bar in a terminal, a line per change otherwise.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print JSON (with --watch: one object per line, on each change).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds between polls with --watch.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_interval)]
+    pub interval: f64,
+}
+
+fn parse_entity(s: &str) -> Result<EntityRef, String> {
+    s.parse()
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in 0.05..=3600")),
+    }
 }
 
 impl Cli {

@@ -20,6 +20,8 @@
 //!   the start-up schema check.
 //! - [`queue`]: the `Queue` port (SQS, in-memory); [`consumer`]: receive loop, concurrency,
 //!   visibility heartbeat, outcome handling, graceful drain.
+//! - [`jobs`]: batch jobs for operators (`enqueue`, `status`, `cancel`, `jobs`) and the
+//!   stuck-job rescue `run` hosts.
 //! - [`graph`]: the social-circles graph, built from rows, in the Python cache's JSON;
 //!   [`cache`]: its in-process and Redis cache.
 
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod generate;
 pub mod graph;
 pub mod health;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use profile_worker::cli::{Cli, Command};
 use profile_worker::config::Needs;
-use profile_worker::{app, build_info, config, demo, server, shutdown, store, telemetry};
+use profile_worker::jobs::{JobsError, commands::Exit};
+use profile_worker::{app, build_info, config, demo, jobs, server, shutdown, store, telemetry};
 
 /// Exit status for invalid configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -110,6 +111,42 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Enqueue(args) => operator(
+            &loaded,
+            &runtime,
+            Needs {
+                queue: true,
+                database: args.all,
+            },
+            jobs::commands::enqueue(&loaded.config, args),
+        ),
+        Command::Status(args) => operator(
+            &loaded,
+            &runtime,
+            Needs {
+                database: true,
+                ..Needs::default()
+            },
+            jobs::commands::status(&loaded.config, args),
+        ),
+        Command::Cancel { job_id } => operator(
+            &loaded,
+            &runtime,
+            Needs {
+                database: true,
+                ..Needs::default()
+            },
+            jobs::commands::cancel(&loaded.config, job_id),
+        ),
+        Command::Jobs { limit, json } => operator(
+            &loaded,
+            &runtime,
+            Needs {
+                database: true,
+                ..Needs::default()
+            },
+            jobs::commands::list(&loaded.config, *limit, *json),
+        ),
         Command::Run => {
             // The diagnostic handler opens no database, so only the queue is required then.
             let mode = match cli.diagnostic_hold_ms {
@@ -139,6 +176,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs an operator subcommand: checks the settings it needs, then maps its result to the exit
+/// status documented in its `--help`.
+fn operator(
+    loaded: &config::Loaded,
+    runtime: &tokio::runtime::Runtime,
+    needs: Needs,
+    work: impl Future<Output = Result<Exit, JobsError>>,
+) -> ExitCode {
+    if let Err(err) = loaded.require(needs) {
+        eprintln!("profile-worker: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    telemetry::init(&loaded.config.log);
+    match runtime.block_on(work) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(err) => {
+            eprintln!("profile-worker: {err}");
+            ExitCode::from(err.exit_code())
         }
     }
 }

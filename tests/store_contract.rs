@@ -144,6 +144,8 @@ const AI: &[SampleAi] = &[
         "published him",
     ),
 ];
+/// (id, role): user 1 owns the sample jobs; the lowest admin is 4.
+const USERS: &[(i32, &str)] = &[(1, "editor"), (2, "viewer"), (4, "admin"), (7, "admin")];
 /// (id, status, total, created seconds ago, updated seconds ago)
 const JOBS: &[(&str, &str, i32, i64, i64)] = &[
     ("stuck-old", "in_progress", 5, 10_800, 7_200),
@@ -165,8 +167,12 @@ fn sql_str(v: Option<&str>) -> String {
 }
 
 fn sample_sql() -> String {
-    let mut sql =
-        String::from("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin', 'admin');\n");
+    let mut sql = String::new();
+    for (id, role) in USERS {
+        sql += &format!(
+            "INSERT INTO users (id, cognito_sub, role) VALUES ({id}, 'sub-{id}', '{role}');\n"
+        );
+    }
     for (id, name, birth, death) in AUTHORS {
         sql += &format!(
             "INSERT INTO authors (id, name, birth_year, death_year) VALUES ({id}, {}, {}, {});\n",
@@ -230,7 +236,9 @@ async fn pg_sample() -> (TestDb, Arc<dyn Store>) {
 
 fn memory_sample() -> Arc<dyn Store> {
     let store = MemoryStore::new();
-    store.add_user(1);
+    for (id, role) in USERS {
+        store.add_user_with_role(*id, role);
+    }
     for (id, name, birth, death) in AUTHORS {
         store.add_author(AuthorRow {
             id: *id,
@@ -326,6 +334,7 @@ contract!(
     graph_rows_are_ordered_limited_and_referenced,
     model_setting_comes_from_app_config,
     job_create_read_cancel,
+    default_owner_is_the_lowest_admin,
     same_outcome_twice_counts_once,
     unknown_job_records_nothing,
     cancelled_job_stays_cancelled,
@@ -602,6 +611,10 @@ async fn job_create_read_cancel(store: Arc<dyn Store>) {
         CancelOutcome::NotFound
     );
     assert_ne!(store.active_job().await.unwrap().unwrap().id, created.id);
+}
+
+async fn default_owner_is_the_lowest_admin(store: Arc<dyn Store>) {
+    assert_eq!(store.default_owner().await.unwrap(), Some(4));
 }
 
 async fn same_outcome_twice_counts_once(store: Arc<dyn Store>) {

@@ -187,12 +187,15 @@ async fn passes(
         );
         let consumer_task = tokio::spawn(consumer.run(stop.clone()));
         let finished = watch(store.as_ref(), &job.id, options.progress, &shutdown).await;
+        // The pass ends when its job does; stopping the consumer (an idle poll) is not its work.
+        let wall = started.elapsed();
         stop.cancel();
         let summary = consumer_task.await.unwrap_or_default();
         let job = finished?;
-        let wall = started.elapsed();
         let calls = generator_calls(&metrics) - calls_before;
-        let ideal = options.latency.mul_f64(calls as f64 / settings.concurrency.max(1) as f64);
+        let ideal = options
+            .latency
+            .mul_f64(calls as f64 / settings.concurrency.max(1) as f64);
         report.passes.push(Pass {
             job,
             summary,
@@ -244,7 +247,8 @@ async fn open_queue(
         Some(url) => {
             let mut queue_config = config.queue.clone();
             queue_config.url = url.clone();
-            let queue = SqsQueue::connect(&queue_config, &config.aws, Duration::from_secs(1)).await?;
+            let queue =
+                SqsQueue::connect(&queue_config, &config.aws, Duration::from_secs(1)).await?;
             Ok((Arc::new(queue), "SQS"))
         }
     }
@@ -294,7 +298,12 @@ async fn watch(
 fn generator_calls(metrics: &Metrics) -> u64 {
     CallKind::ALL
         .iter()
-        .map(|k| metrics.generator_requests.with_label_values(&[k.as_str(), "ok"]).get())
+        .map(|k| {
+            metrics
+                .generator_requests
+                .with_label_values(&[k.as_str(), "ok"])
+                .get()
+        })
         .sum()
 }
 
@@ -324,8 +333,7 @@ impl Report {
         for (i, pass) in self.passes.iter().enumerate() {
             let s = &pass.summary;
             out += &format!(
-                "\npass {}: job {} {} — {} entities: {} generated, {} skipped, {} failed\n  \
-                 wall {:.2} s, {} generator calls, ideal {:.2} s, efficiency {:.1}%\n",
+                "\npass {}: job {} {} — {} entities: {} generated, {} skipped, {} failed\n  wall {:.2} s",
                 i + 1,
                 pass.job.id,
                 pass.job.status,
@@ -334,10 +342,17 @@ impl Report {
                 s.skipped,
                 s.failed,
                 pass.wall.as_secs_f64(),
-                pass.calls,
-                pass.ideal.as_secs_f64(),
-                pass.efficiency() * 100.0
             );
+            out += &if pass.calls == 0 {
+                ", no generator calls (every profile was fresh or skipped)\n".to_string()
+            } else {
+                format!(
+                    ", {} generator calls, ideal {:.2} s, efficiency {:.1}%\n",
+                    pass.calls,
+                    pass.ideal.as_secs_f64(),
+                    pass.efficiency() * 100.0
+                )
+            };
         }
         if let Some((name, profile)) = &self.sample_profile {
             let count = |v: &Option<serde_json::Value>| match v {

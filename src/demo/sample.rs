@@ -290,12 +290,21 @@ mod tests {
         }
         assert!(s.books.iter().any(|b| b.author_id.is_none()));
         assert!(!s.ai_connections.is_empty());
-        assert!(s.books.iter().filter(|b| QUALIFYING_STATUSES.contains(&b.status.as_str())).count() > 100);
+        assert!(
+            s.books
+                .iter()
+                .filter(|b| QUALIFYING_STATUSES.contains(&b.status.as_str()))
+                .count()
+                > 100
+        );
     }
 
     #[test]
     fn sql_quotes_apostrophes() {
-        assert_eq!(lit("Tess of the d'Urbervilles"), "'Tess of the d''Urbervilles'");
+        assert_eq!(
+            lit("Tess of the d'Urbervilles"),
+            "'Tess of the d''Urbervilles'"
+        );
         assert!(Sample::bundled().sql().contains("d''Urbervilles"));
     }
 }

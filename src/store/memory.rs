@@ -70,7 +70,8 @@ struct State {
     ai_connections: BTreeMap<i32, AiConnectionRow>,
     next_ai_id: i32,
     profiles: BTreeMap<EntityRef, StoredProfile>,
-    users: BTreeSet<i32>,
+    /// Role by user id.
+    users: BTreeMap<i32, String>,
     app_config: BTreeMap<String, String>,
     jobs: BTreeMap<String, Job>,
     items: BTreeMap<(String, EntityRef), Item>,
@@ -123,9 +124,14 @@ impl MemoryStore {
         s.ai_connections.insert(id, row);
     }
 
-    /// Adds a user id, so jobs may name it as owner.
+    /// Adds an admin user, so jobs may name it as owner and [`Store::default_owner`] finds it.
     pub fn add_user(&self, id: i32) {
-        self.lock().users.insert(id);
+        self.add_user_with_role(id, "admin");
+    }
+
+    /// Adds or replaces a user with a given `role` (`admin`, `editor`, `viewer`).
+    pub fn add_user_with_role(&self, id: i32, role: &str) {
+        self.lock().users.insert(id, role.to_owned());
     }
 
     /// Adds or replaces a stored profile (e.g. one generated before the demo starts).
@@ -411,7 +417,7 @@ impl Store for MemoryStore {
         status: JobStatus,
     ) -> Result<Job, StoreError> {
         let mut s = self.lock();
-        if !s.users.contains(&owner_id) {
+        if !s.users.contains_key(&owner_id) {
             return Err(owner_missing(owner_id));
         }
         let now = Utc::now();
@@ -444,6 +450,15 @@ impl Store for MemoryStore {
         job.completed_at = Some(now);
         job.updated_at = now;
         Ok(CancelOutcome::Cancelled(job.clone()))
+    }
+
+    async fn default_owner(&self) -> Result<Option<i32>, StoreError> {
+        Ok(self
+            .lock()
+            .users
+            .iter()
+            .find(|(_, role)| role.as_str() == "admin")
+            .map(|(id, _)| *id))
     }
 
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<Job>, StoreError> {

@@ -214,6 +214,10 @@ pub trait Store: Send + Sync {
     /// WHERE id = $1 AND status IN ('pending', 'in_progress')`; terminal states are never left.
     async fn cancel_job(&self, id: &str) -> Result<CancelOutcome, StoreError>;
 
+    /// `SELECT min(id) FROM users WHERE role = 'admin'`: who owns a job started without an
+    /// explicit owner (the original's generate-all is admin-only; `owner_id` is for audit).
+    async fn default_owner(&self) -> Result<Option<i32>, StoreError>;
+
     /// Jobs `ORDER BY created_at DESC, id DESC LIMIT $limit`.
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<Job>, StoreError>;
 

@@ -167,6 +167,12 @@ struct IdRow {
 }
 
 #[derive(QueryableByName)]
+struct OwnerRow {
+    #[diesel(sql_type = Nullable<Integer>)]
+    id: Option<i32>,
+}
+
+#[derive(QueryableByName)]
 struct UsageRow {
     #[diesel(sql_type = BigInt)]
     profiles: i64,
@@ -865,6 +871,16 @@ impl Store for PgStore {
                 row.status.parse().map_err(StoreError::InvalidData)?,
             )),
         }
+    }
+
+    async fn default_owner(&self) -> Result<Option<i32>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: OwnerRow =
+            diesel::sql_query("SELECT min(id) AS id FROM users WHERE role = 'admin'")
+                .get_result(&mut conn)
+                .await
+                .map_err(classify)?;
+        Ok(row.id)
     }
 
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<Job>, StoreError> {

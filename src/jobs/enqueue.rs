@@ -1,0 +1,368 @@
+//! Producing messages: the whole collection as one batch job, or one entity ad hoc.
+
+use std::time::Duration;
+
+use super::JobsError;
+use crate::model::{EntityRef, Job, JobStatus};
+use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, QueueError};
+use crate::store::Store;
+
+/// Most entities named in the `error_log` note of unsent messages (the report lists them all).
+const NOTE_MAX_ENTITIES: usize = 20;
+
+/// How failed sends are retried: `attempts` tries per batch in all, waiting a random delay up
+/// to `base · 2^(n−1)` (at most `cap`) before try n+1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendRetry {
+    pub attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for SendRetry {
+    /// Four tries over about three seconds at most: enough to ride out throttling without
+    /// keeping an operator waiting.
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(2),
+        }
+    }
+}
+
+impl SendRetry {
+    /// Longest wait after failed try `attempt` (1-based).
+    fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// A wait drawn uniformly from `0..=ceiling` (full jitter).
+    fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::random_range(0..=millis))
+    }
+}
+
+/// A message of a new job that was never stored by the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    pub entity: EntityRef,
+    /// The queue's last answer for this entry, e.g. `InternalError: try again`.
+    pub reason: String,
+}
+
+/// What `enqueue --all` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnqueueReport {
+    /// A `pending` or `in_progress` job already exists; nothing was created or sent.
+    Existing(Job),
+    /// No entity has a qualifying book; no job was created.
+    Empty,
+    /// A new job was created `in_progress` and its messages sent.
+    Started {
+        /// The job as it is after sending (its total lowered by `failures.len()`).
+        job: Job,
+        /// Entities in the collection, the job's total before any was lowered.
+        entities: usize,
+        /// Messages the queue stored.
+        sent: usize,
+        /// Entities whose message could not be sent, in collection order.
+        failures: Vec<SendFailure>,
+    },
+}
+
+/// The message body, in the original's JSON style (`json.dumps` separators), so logs and
+/// tooling on both sides read the same: `{"job_id": "…", "entity_type": "author",
+/// "entity_id": 5}`, plus `"force": true` only when forced.
+pub fn message_body(job_id: Option<&str>, entity: EntityRef, force: bool) -> String {
+    let job = match job_id {
+        Some(id) => serde_json::Value::from(id).to_string(),
+        None => "null".to_string(),
+    };
+    let force = if force { ", \"force\": true" } else { "" };
+    format!(
+        "{{\"job_id\": {job}, \"entity_type\": \"{}\", \"entity_id\": {}{force}}}",
+        entity.entity_type, entity.id
+    )
+}
+
+/// The owner of a new job: `explicit`, else the lowest admin user id.
+pub async fn resolve_owner(store: &dyn Store, explicit: Option<i32>) -> Result<i32, JobsError> {
+    match explicit {
+        Some(id) => Ok(id),
+        None => store.default_owner().await?.ok_or(JobsError::NoOwner),
+    }
+}
+
+/// Queues one entity outside any job (`job_id: null`); the existing profile is kept until the
+/// new one replaces it. Returns the queue's message id.
+pub async fn enqueue_one(
+    queue: &dyn Queue,
+    entity: EntityRef,
+    force: bool,
+) -> Result<String, JobsError> {
+    let message = OutgoingMessage::new(message_body(None, entity, force));
+    Ok(queue.send(&message).await?)
+}
+
+/// [`enqueue_all_with_retry`] with the default [`SendRetry`].
+pub async fn enqueue_all(
+    store: &dyn Store,
+    queue: &dyn Queue,
+    owner_id: i32,
+    force: bool,
+) -> Result<EnqueueReport, JobsError> {
+    enqueue_all_with_retry(store, queue, owner_id, force, SendRetry::default()).await
+}
+
+/// Starts a job over every collection entity (reference §2.3 generate-all, fixed).
+///
+/// An active job is reported as is. Otherwise the job is created already `in_progress` with its
+/// total, so a worker that finishes every message before this function returns completes it
+/// (reference §11.2-f); messages go out ten per `SendMessageBatch`, refused entries and failed
+/// calls are retried per `retry`, and whatever still fails is listed and taken off the job's
+/// total (with an `error_log` note), so the job can still complete (§11.2-g). After a batch
+/// call fails as a whole, later batches are not attempted: they are counted as unsent too.
+///
+/// Two operators starting a job at the same instant can both create one (the check and the
+/// insert are separate statements, as in the original); each job then counts its own messages.
+pub async fn enqueue_all_with_retry(
+    store: &dyn Store,
+    queue: &dyn Queue,
+    owner_id: i32,
+    force: bool,
+    retry: SendRetry,
+) -> Result<EnqueueReport, JobsError> {
+    if let Some(job) = store.active_job().await? {
+        return Ok(EnqueueReport::Existing(job));
+    }
+    let entities: Vec<EntityRef> = store
+        .collection_entities()
+        .await?
+        .into_iter()
+        .map(|e| e.entity)
+        .collect();
+    if entities.is_empty() {
+        return Ok(EnqueueReport::Empty);
+    }
+    let total = i32::try_from(entities.len()).expect("entity ids are i32, so their count fits");
+    let job = store
+        .create_job(owner_id, total, JobStatus::InProgress)
+        .await?;
+    tracing::debug!(job_id = %job.id, total, force, "job created; sending messages");
+
+    let mut failures = Vec::new();
+    let mut chunks = entities.chunks(MAX_BATCH);
+    for chunk in chunks.by_ref() {
+        let outcome = send_chunk(queue, &job.id, chunk, force, retry).await;
+        failures.extend(outcome.failures);
+        if let Some(err) = outcome.call_failed {
+            let reason = format!("not attempted after a failed batch call: {err}");
+            for rest in chunks.by_ref() {
+                failures.extend(rest.iter().map(|&entity| SendFailure {
+                    entity,
+                    reason: reason.clone(),
+                }));
+            }
+            break;
+        }
+    }
+    let sent = entities.len() - failures.len();
+    if failures.is_empty() {
+        tracing::debug!(job_id = %job.id, sent, "all messages sent");
+        return Ok(EnqueueReport::Started {
+            job,
+            entities: entities.len(),
+            sent,
+            failures,
+        });
+    }
+
+    let unsent = failures.len();
+    tracing::warn!(job_id = %job.id, sent, unsent, "some messages could not be sent; lowering the job's total");
+    let note = unsent_note(entities.len(), &failures);
+    let by = i32::try_from(unsent).expect("unsent <= total, which fits i32");
+    let job = match store.reduce_job_total(&job.id, by, &note).await {
+        Ok(Some(job)) => job,
+        // Deleted under us (by hand): report the job as created, totals lowered in spirit.
+        Ok(None) => Job {
+            total_entities: total - by,
+            ..job
+        },
+        Err(source) => {
+            return Err(JobsError::ReduceTotal {
+                job_id: job.id,
+                unsent,
+                source,
+            });
+        }
+    };
+    Ok(EnqueueReport::Started {
+        job,
+        entities: entities.len(),
+        sent,
+        failures,
+    })
+}
+
+/// What sending one chunk achieved.
+struct ChunkOutcome {
+    failures: Vec<SendFailure>,
+    /// The batch call itself failed for good (permanent, or transient on every try).
+    call_failed: Option<QueueError>,
+}
+
+async fn send_chunk(
+    queue: &dyn Queue,
+    job_id: &str,
+    chunk: &[EntityRef],
+    force: bool,
+    retry: SendRetry,
+) -> ChunkOutcome {
+    // Positions in `chunk` still to send, with the last reason each was refused.
+    let mut pending: Vec<usize> = (0..chunk.len()).collect();
+    let mut reasons: Vec<String> = vec![String::new(); chunk.len()];
+    let mut failures = Vec::new();
+    let mut call_error = None;
+    for attempt in 1..=retry.attempts.max(1) {
+        if attempt > 1 {
+            tokio::time::sleep(retry.delay(attempt - 1)).await;
+        }
+        let messages: Vec<OutgoingMessage> = pending
+            .iter()
+            .map(|&i| OutgoingMessage::new(message_body(Some(job_id), chunk[i], force)))
+            .collect();
+        match queue.send_batch(&messages).await {
+            Ok(refused) => {
+                call_error = None;
+                let mut again = Vec::new();
+                for f in refused {
+                    let Some(&i) = pending.get(f.index) else {
+                        continue;
+                    };
+                    reasons[i] = format!("{}: {}", f.code, f.message);
+                    if f.sender_fault {
+                        // The entry itself is wrong: resending it unchanged fails the same way.
+                        failures.push(SendFailure {
+                            entity: chunk[i],
+                            reason: reasons[i].clone(),
+                        });
+                    } else {
+                        again.push(i);
+                    }
+                }
+                pending = again;
+            }
+            Err(err) if err.is_transient() => {
+                for &i in &pending {
+                    reasons[i] = err.to_string();
+                }
+                call_error = Some(err);
+            }
+            Err(err) => {
+                for &i in &pending {
+                    reasons[i] = err.to_string();
+                }
+                call_error = Some(err);
+                break;
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        tracing::debug!(
+            job_id,
+            attempt,
+            pending = pending.len(),
+            "retrying refused sends"
+        );
+    }
+    failures.extend(pending.iter().map(|&i| SendFailure {
+        entity: chunk[i],
+        reason: std::mem::take(&mut reasons[i]),
+    }));
+    failures.sort_by_key(|f| chunk.iter().position(|e| *e == f.entity));
+    ChunkOutcome {
+        failures,
+        call_failed: call_error,
+    }
+}
+
+/// The `error_log` line recording unsent messages (one line, bounded length).
+fn unsent_note(entities: usize, failures: &[SendFailure]) -> String {
+    let mut names: Vec<String> = failures
+        .iter()
+        .take(NOTE_MAX_ENTITIES)
+        .map(|f| f.entity.to_string())
+        .collect();
+    if failures.len() > NOTE_MAX_ENTITIES {
+        names.push(format!("and {} more", failures.len() - NOTE_MAX_ENTITIES));
+    }
+    let first = failures
+        .first()
+        .map(|f| f.reason.replace('\n', " "))
+        .unwrap_or_default();
+    format!(
+        "enqueue: {} of {entities} message(s) could not be sent; total_entities lowered by {}: {} \
+         (first error: {first})",
+        failures.len(),
+        failures.len(),
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EntityType;
+
+    #[test]
+    fn bodies_use_the_original_json_style() {
+        let e = EntityRef::new(EntityType::Author, 5);
+        assert_eq!(
+            message_body(Some("j-1"), e, false),
+            r#"{"job_id": "j-1", "entity_type": "author", "entity_id": 5}"#
+        );
+        assert_eq!(
+            message_body(None, EntityRef::new(EntityType::Binder, 12), true),
+            r#"{"job_id": null, "entity_type": "binder", "entity_id": 12, "force": true}"#
+        );
+        let parsed =
+            crate::pipeline::message::parse(&message_body(Some("j\"2"), e, true), 65536).unwrap();
+        assert_eq!(parsed.job_id.as_deref(), Some("j\"2"));
+        assert!(parsed.force);
+    }
+
+    #[test]
+    fn the_unsent_note_is_one_bounded_line() {
+        let failures: Vec<SendFailure> = (1..=25)
+            .map(|id| SendFailure {
+                entity: EntityRef::new(EntityType::Publisher, id),
+                reason: "InternalError:\nboom".into(),
+            })
+            .collect();
+        let note = unsent_note(40, &failures);
+        assert!(!note.contains('\n'));
+        assert!(note.starts_with("enqueue: 25 of 40 message(s) could not be sent"));
+        assert!(note.contains("publisher:20, and 5 more"));
+        assert!(!note.contains("publisher:21"));
+        assert!(note.ends_with("(first error: InternalError: boom)"));
+    }
+
+    #[test]
+    fn retry_delays_stay_under_the_ceiling() {
+        let retry = SendRetry {
+            attempts: 3,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(300),
+        };
+        let ceilings: Vec<u128> = (1..5).map(|a| retry.ceiling(a).as_millis()).collect();
+        assert_eq!(ceilings, [100, 200, 300, 300]);
+        for attempt in 1..6 {
+            assert!(retry.delay(attempt) <= retry.ceiling(attempt));
+        }
+    }
+}
