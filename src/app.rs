@@ -20,9 +20,9 @@ use crate::generate::Generator;
 use crate::generate::bedrock::BedrockGenerator;
 use crate::generate::offline::OfflineGenerator;
 use crate::health::{Check, Health};
+use crate::jobs;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
-use crate::jobs;
 use crate::queue::{Queue, QueueError, SqsQueue};
 use crate::server::{self, Server};
 use crate::store::migrate::{self, MigrateError, SchemaError};
@@ -211,7 +211,12 @@ async fn consume(
     );
     let queue: Arc<dyn Queue> = Arc::new(queue);
     let rescue = deps.store.map(|store| {
-        jobs::spawn_rescue(store, Some(queue.clone()), &config.jobs, background_stop.clone())
+        jobs::spawn_rescue(
+            store,
+            Some(queue.clone()),
+            &config.jobs,
+            background_stop.clone(),
+        )
     });
     let consumer = Consumer::new(
         queue,
