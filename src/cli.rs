@@ -2,13 +2,19 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::model::EntityRef;
 
 /// SQS consumer daemon that generates entity profiles with Amazon Bedrock.
 #[derive(Debug, Parser)]
-#[command(name = "profile-worker", version = crate::build_info::VERSION, long_version = LONG_VERSION)]
+#[command(
+    name = "profile-worker",
+    version = crate::build_info::VERSION,
+    long_version = LONG_VERSION,
+    after_help = "Exit status: 0 success; 1 runtime failure; 64 bad configuration or usage; \
+                  enqueue, status and cancel add 3-6 (see their --help)."
+)]
 pub struct Cli {
     /// Configuration file (TOML) layered over the built-in defaults.
     #[arg(
@@ -94,7 +100,7 @@ const CANCEL_EXIT: &str = "Exit status: 0 cancelled; 3 no such job; 4 the job ha
 
 /// `enqueue` options: exactly one of `--all` and `--entity`.
 #[derive(Debug, Args)]
-#[group(id = "target", required = true, multiple = false, args = ["all", "entity"])]
+#[command(group(ArgGroup::new("target").required(true).args(["all", "entity"])))]
 pub struct EnqueueArgs {
     /// Every author, publisher and binder with a qualifying book, as one batch job.
     #[arg(long)]

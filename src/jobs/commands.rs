@@ -10,7 +10,9 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::status::{JobReport, job_json, list_line, progress, watch_key, watch_line};
+use super::status::{
+    JobReport, eta_text, job_json, list_line, progress, rate_text, watch_key, watch_line,
+};
 use super::{EnqueueReport, JobsError, enqueue_all, enqueue_one, resolve_owner};
 use crate::cli::{EnqueueArgs, StatusArgs};
 use crate::config::Config;
@@ -266,7 +268,8 @@ async fn watch_with_bar(
     mut job: Job,
     interval: Duration,
 ) -> Result<Option<Job>, JobsError> {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+    // Filled in while hidden so the first frame drawn is already complete.
+    let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} {prefix:11} [{bar:40}] {pos}/{len} {msg} ({elapsed} watching)",
@@ -274,24 +277,15 @@ async fn watch_with_bar(
         .expect("the template is valid")
         .progress_chars("=> "),
     );
+    show_on_bar(&bar, &job);
+    bar.set_draw_target(ProgressDrawTarget::stdout());
     bar.enable_steady_tick(Duration::from_millis(120));
-    loop {
-        let p = progress(&job, Utc::now());
-        let total = u64::try_from(job.total_entities.max(0)).unwrap_or(0);
-        bar.set_length(total);
-        bar.set_position(u64::try_from(p.processed).unwrap_or(0).min(total));
-        bar.set_prefix(job.status.to_string());
-        bar.set_message(format!(
-            "failed {} · {} · eta {}",
-            job.failed,
-            super::status::rate_text(&p),
-            super::status::eta_text(&p)
-        ));
-        if job.status.is_terminal() {
-            break;
-        }
+    while !job.status.is_terminal() {
         match poll(store, &job.id, interval).await {
-            Ok(Some(next)) => job = next,
+            Ok(Some(next)) => {
+                job = next;
+                show_on_bar(&bar, &job);
+            }
             Ok(None) => {
                 bar.abandon();
                 return Ok(None);
@@ -306,6 +300,20 @@ async fn watch_with_bar(
     let usage = store.job_usage(&job.id).await?;
     print_text(&JobReport::new(job.clone(), usage, Utc::now()).to_text())?;
     Ok(Some(job))
+}
+
+fn show_on_bar(bar: &ProgressBar, job: &Job) {
+    let p = progress(job, Utc::now());
+    let total = u64::try_from(job.total_entities.max(0)).unwrap_or(0);
+    bar.set_length(total);
+    bar.set_position(u64::try_from(p.processed).unwrap_or(0).min(total));
+    bar.set_prefix(job.status.to_string());
+    bar.set_message(format!(
+        "failed {} · {} · eta {}",
+        job.failed,
+        rate_text(&p),
+        eta_text(&p)
+    ));
 }
 
 /// `cancel JOB_ID`.
