@@ -24,7 +24,7 @@ use crate::jobs;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
 use crate::queue::{Queue, QueueError, SqsQueue};
-use crate::server::{self, Server};
+use crate::server;
 use crate::store::migrate::{self, MigrateError, SchemaError};
 use crate::store::{PgStore, Store, StoreError};
 
@@ -66,18 +66,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
     let health = Health::new();
 
     let addr = config.server.listen;
-    let server = Server::bind(
-        addr,
-        server::State {
-            metrics: metrics.clone(),
-            health: health.clone(),
-        },
-    )
-    .await
-    .map_err(|source| AppError::Bind { addr, source })?;
-    tracing::info!(addr = %server.local_addr(), version = crate::build_info::VERSION, "side server listening");
-    let server_stop = CancellationToken::new();
-    let server_task = tokio::spawn(server.serve(server_stop.clone()));
+    let state = server::State {
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let server = server::start(addr, state)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })?;
 
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
@@ -126,8 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
     background_stop.cancel();
     background.close();
     background.wait().await;
-    server_stop.cancel();
-    let _ = server_task.await;
+    server.stop().await;
     tracing::info!("stopped");
     result
 }

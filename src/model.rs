@@ -107,7 +107,7 @@ pub struct BookLink {
 }
 
 /// The `authors` columns the graph and prompts use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AuthorRow {
     pub id: i32,
     pub name: String,
@@ -129,7 +129,7 @@ pub struct OrgRow {
 }
 
 /// One `ai_connections` row, in its stored (canonical) order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AiConnectionRow {
     pub source_type: String,
     pub source_id: i32,

@@ -82,6 +82,33 @@ impl Server {
     }
 }
 
+/// A side server serving in the background.
+pub struct Running {
+    /// The bound address (the real port when `server.listen` asked for port 0).
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops serving and waits for the accept loop to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr`, logs `side server listening` with the bound address (tests and operators read
+/// it), and serves in the background until [`Running::stop`].
+pub async fn start(addr: SocketAddr, state: State) -> std::io::Result<Running> {
+    let server = Server::bind(addr, state).await?;
+    let addr = server.local_addr();
+    tracing::info!(addr = %addr, version = crate::build_info::VERSION, "side server listening");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(server.serve(stop.clone()));
+    Ok(Running { addr, stop, task })
+}
+
 fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let known = matches!(path, "/metrics" | "/health" | "/ready" | "/version");

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::{Job, StoredProfile};
 use crate::pipeline::{self, Pipeline};
 use crate::queue::{MemoryQueue, Queue, QueueError, SqsQueue};
-use crate::server::{self, Server};
+use crate::server;
 use crate::store::migrate::{self, MigrateError};
 use crate::store::{MemoryStore, PgStore, Store, StoreError};
 use sample::Sample;
@@ -116,23 +116,17 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let health = Health::new();
     let addr = config.server.listen;
-    let server = Server::bind(
-        addr,
-        server::State {
-            metrics: metrics.clone(),
-            health: health.clone(),
-        },
-    )
-    .await
-    .map_err(|source| DemoError::Bind { addr, source })?;
-    let metrics_addr = server.local_addr();
-    tracing::info!(addr = %metrics_addr, "side server listening");
-    let server_stop = CancellationToken::new();
-    let server_task = tokio::spawn(server.serve(server_stop.clone()));
+    let state = server::State {
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let server = server::start(addr, state)
+        .await
+        .map_err(|source| DemoError::Bind { addr, source })?;
+    let metrics_addr = server.addr;
 
     let result = passes(config, options, shutdown, metrics, health, metrics_addr).await;
-    server_stop.cancel();
-    let _ = server_task.await;
+    server.stop().await;
     result
 }
 

@@ -13,11 +13,11 @@ pub const SAMPLE_JSON: &str = include_str!("../../data/sample-collection.json");
 #[derive(Debug, Deserialize)]
 pub struct Sample {
     pub users: Vec<SampleUser>,
-    pub authors: Vec<SampleAuthor>,
+    pub authors: Vec<AuthorRow>,
     pub publishers: Vec<SamplePublisher>,
     pub binders: Vec<SampleBinder>,
     pub books: Vec<SampleBook>,
-    pub ai_connections: Vec<SampleAiConnection>,
+    pub ai_connections: Vec<AiConnectionRow>,
     pub profiles: Vec<SampleProfile>,
 }
 
@@ -27,16 +27,6 @@ pub struct SampleUser {
     pub cognito_sub: String,
     pub email: Option<String>,
     pub role: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SampleAuthor {
-    pub id: i32,
-    pub name: String,
-    pub birth_year: Option<i32>,
-    pub death_year: Option<i32>,
-    pub tier: Option<String>,
-    pub image_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,18 +62,6 @@ pub struct SampleBook {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct SampleAiConnection {
-    pub source_type: String,
-    pub source_id: i32,
-    pub target_type: String,
-    pub target_id: i32,
-    pub relationship: String,
-    pub sub_type: Option<String>,
-    pub confidence: f64,
-    pub evidence: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
 pub struct SampleProfile {
     pub entity_type: EntityType,
     pub entity_id: i32,
@@ -104,14 +82,7 @@ impl Sample {
             store.add_user(u.id);
         }
         for a in &self.authors {
-            store.add_author(AuthorRow {
-                id: a.id,
-                name: a.name.clone(),
-                birth_year: a.birth_year,
-                death_year: a.death_year,
-                tier: a.tier.clone(),
-                image_url: a.image_url.clone(),
-            });
+            store.add_author(a.clone());
         }
         for p in &self.publishers {
             store.add_publisher(OrgRow {
@@ -146,16 +117,7 @@ impl Sample {
             });
         }
         for c in &self.ai_connections {
-            store.add_ai_connection(AiConnectionRow {
-                source_type: c.source_type.clone(),
-                source_id: c.source_id,
-                target_type: c.target_type.clone(),
-                target_id: c.target_id,
-                relationship: c.relationship.clone(),
-                sub_type: c.sub_type.clone(),
-                confidence: c.confidence,
-                evidence: c.evidence.clone(),
-            });
+            store.add_ai_connection(c.clone());
         }
         for p in &self.profiles {
             store.add_profile(StoredProfile {
