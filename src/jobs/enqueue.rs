@@ -187,7 +187,7 @@ pub async fn enqueue_all_with_retry(
     let by = i32::try_from(unsent).expect("unsent <= total, which fits i32");
     let job = match store.reduce_job_total(&job.id, by, &note).await {
         Ok(Some(job)) => job,
-        // Deleted under us (by hand): report the job as created, totals lowered in spirit.
+        // The row was deleted by hand meanwhile: report the job with the total it would have.
         Ok(None) => Job {
             total_entities: total - by,
             ..job
