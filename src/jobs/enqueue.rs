@@ -187,7 +187,7 @@ pub async fn enqueue_all_with_retry(
     let by = i32::try_from(unsent).expect("unsent <= total, which fits i32");
     let job = match store.reduce_job_total(&job.id, by, &note).await {
         Ok(Some(job)) => job,
-        // Deleted under us (by hand): report the job as created, totals lowered in spirit.
+        // The row was deleted by hand meanwhile: report the job with the total it would have.
         Ok(None) => Job {
             total_entities: total - by,
             ..job
@@ -350,6 +350,53 @@ mod tests {
         assert!(note.contains("publisher:20, and 5 more"));
         assert!(!note.contains("publisher:21"));
         assert!(note.ends_with("(first error: InternalError: boom)"));
+    }
+
+    /// The demo drives the same code over the in-memory adapters.
+    #[tokio::test]
+    async fn works_on_the_memory_adapters() {
+        use crate::model::AuthorRow;
+        use crate::queue::MemoryQueue;
+        use crate::store::{BookRecord, MemoryStore};
+
+        let store = MemoryStore::new();
+        store.add_user(1);
+        for id in 1..=12 {
+            store.add_author(AuthorRow {
+                id,
+                name: format!("Author {id}"),
+                birth_year: None,
+                death_year: None,
+                tier: None,
+                image_url: None,
+            });
+            store.add_book(BookRecord {
+                id,
+                title: format!("Book {id}"),
+                author_id: Some(id),
+                publisher_id: None,
+                binder_id: None,
+                status: "ON_HAND".into(),
+                year_start: None,
+                updated_at: chrono::Utc::now(),
+            });
+        }
+        let queue = MemoryQueue::new();
+        let owner = resolve_owner(&store, None).await.unwrap();
+        let report = enqueue_all(&store, &queue, owner, false).await.unwrap();
+        let EnqueueReport::Started { job, sent, .. } = report else {
+            panic!("expected a new job, got {report:?}");
+        };
+        assert_eq!(
+            (sent, job.total_entities, job.status),
+            (12, 12, JobStatus::InProgress)
+        );
+        let depth = queue.approximate_depth().await.unwrap();
+        assert_eq!(depth.visible, 12);
+        assert_eq!(
+            enqueue_all(&store, &queue, owner, false).await.unwrap(),
+            EnqueueReport::Existing(job)
+        );
     }
 
     #[test]
