@@ -5,5 +5,6 @@ pub mod bedrock;
 pub mod daemon;
 pub mod db;
 pub mod graph;
+pub mod pipeline;
 pub mod redis;
 pub mod sqs;
