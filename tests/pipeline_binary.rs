@@ -283,3 +283,103 @@ async fn thirty_entities_through_moto_and_the_real_binary_complete_the_job() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failure_comes_back_through_sqs_and_permanent_one_is_counted_and_dead_lettered() {
+    let stack = Stack::new().await;
+    stack.db.exec(support::pipeline::COLLECTION).await;
+    let store = stack.db.store();
+    let fake = FakeBedrock::start().await;
+    let job = store.create_job(1, 2, JobStatus::InProgress).await.unwrap();
+    let fake_url = fake.url();
+    let mut daemon = stack.start(&[
+        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
+        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake_url),
+        ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
+        ("PROFILE_WORKER_CONSUMER__RETRY_BASE_SECONDS", "1"),
+    ]);
+    let job_state = |id: String| {
+        let store = &store;
+        async move { store.job(&id).await.unwrap().unwrap() }
+    };
+
+    // A biography without text: the message comes back through SQS and then succeeds.
+    fake.push(CallKind::Biography, [FakeReply::NoText]);
+    stack
+        .queue
+        .send(&support::pipeline::message(
+            Some(&job.id),
+            "author:20",
+            false,
+        ))
+        .await;
+    eventually("the retried message succeeds", HANG_GUARD, || {
+        let state = job_state(job.id.clone());
+        async move { state.await.succeeded == 1 }
+    })
+    .await;
+    assert_eq!(fake.requests_of(CallKind::Biography).len(), 2);
+    assert!(
+        store
+            .profile("author:20".parse().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A ValidationException: one attempt, a counted failure, and a copy in the DLQ.
+    fake.push(CallKind::Biography, [FakeReply::validation()]);
+    let failing = support::pipeline::message(Some(&job.id), "author:1", false);
+    stack.queue.send(&failing).await;
+    eventually("the job completes", HANG_GUARD, || {
+        let state = job_state(job.id.clone());
+        async move { state.await.status == JobStatus::Completed }
+    })
+    .await;
+    let done = job_state(job.id.clone()).await;
+    assert_eq!((done.succeeded, done.failed), (1, 1));
+    let line = done.error_log.unwrap();
+    assert!(
+        line.starts_with("author:1: generator failed: biography call to ")
+            && line.contains("ValidationException")
+            && !line.contains('\n'),
+        "{line}"
+    );
+    assert_eq!(fake.requests_of(CallKind::Biography).len(), 3, "no retry");
+    assert!(
+        store
+            .profile("author:1".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    eventually("the failed message is dead-lettered", HANG_GUARD, || {
+        let q = &stack.queue;
+        async move { q.counts().await == (0, 0) }
+    })
+    .await;
+    let dead = stack.queue.drain_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some(failing.as_str()));
+    assert_eq!(attribute(dead[0].message_attributes(), "outcome"), "failed");
+    assert!(line.ends_with(&attribute(dead[0].message_attributes(), "reason")));
+
+    let (_, _, body) = http("GET", &daemon.url("/metrics")).await;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse");
+    let processed = "profile_worker_messages_processed_total";
+    for (outcome, n) in [("retry", 1.0), ("done", 1.0), ("failed", 1.0)] {
+        assert_eq!(
+            metric(&scrape, processed, &[("outcome", outcome)]),
+            n,
+            "{outcome}"
+        );
+    }
+
+    daemon.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || daemon.wait(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
