@@ -649,6 +649,35 @@ fn messy_stories() -> Value {
     ])
 }
 
+/// Collects what the pipeline logs while a test holds the returned subscriber as default.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 fn texts(stories: &[StrictStory]) -> Vec<&str> {
     stories.iter().map(|s| s.text.as_str()).collect()
 }
@@ -694,8 +723,31 @@ async fn stored_stories_always_pass_the_api_strict_schema() {
             .to_string(),
         )],
     );
-    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    let logs = LogCapture::default();
+    let outcome = {
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        h.deliver(&body("author:1")).await
+    };
+    assert_eq!(outcome, Outcome::Done);
+    // Of the 13 items, whatever was not kept was dropped, and the count is logged.
     let p = h.profile("author:1").await.unwrap();
+    let kept = p
+        .personal_stories
+        .as_ref()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    let logged = logs.text();
+    assert!(
+        logged.contains(&format!("dropped={}", 13 - kept))
+            && logged.contains("personal stories dropped"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("relationship story details dropped"),
+        "{logged}"
+    );
 
     let stories: Vec<StrictStory> =
         serde_json::from_value(p.personal_stories.unwrap()).expect("strict personal stories");
