@@ -325,6 +325,12 @@ impl Pipeline {
             tracing::warn!("empty biography; the profile stays stale and the message comes back");
             return Err(PipelineError::EmptyBiography);
         }
+        if bio.dropped_stories > 0 {
+            tracing::warn!(
+                dropped = bio.dropped_stories,
+                "personal stories dropped: the API could not read them back"
+            );
+        }
 
         // Classifier and pair prompts see the profiled entity as its graph node does (§7.5):
         // publishers and binders carry no years there.
@@ -370,6 +376,13 @@ impl Pipeline {
                     Ok(reply) => {
                         usage += reply.usage;
                         if let Some(story) = reply.value {
+                            if story.dropped_details > 0 {
+                                tracing::warn!(
+                                    dropped = story.dropped_details,
+                                    connection = %key,
+                                    "relationship story details dropped: the API could not read them back"
+                                );
+                            }
                             narratives.insert(key.clone(), Value::String(story.summary.clone()));
                             stories.insert(
                                 key,

@@ -6,5 +6,6 @@ pub mod daemon;
 pub mod db;
 pub mod graph;
 pub mod jobs;
+pub mod pipeline;
 pub mod redis;
 pub mod sqs;

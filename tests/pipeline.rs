@@ -1,0 +1,893 @@
+//! The profile pipeline in process on real components (PostgreSQL, Redis, BedrockGenerator against
+//! the fake Converse server): the worker cases of reference §10.1, staleness (§10.3 plus design
+//! D5), narratives and AI connections (§10.4), Bedrock retries and failed biographies (D4), the
+//! API's strict story schema (§12.1-3) and token accounting (D8).
+
+mod support;
+
+use profile_worker::consumer::Outcome;
+use profile_worker::generate::CallKind;
+use profile_worker::model::JobStatus;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::bedrock::FakeReply;
+use support::pipeline::{HAIKU, HAIKU_PRICE, Harness, body, message};
+
+fn reason_of(outcome: &Outcome) -> &str {
+    match outcome {
+        Outcome::Retry { reason } | Outcome::Failed { reason } | Outcome::Poison { reason } => {
+            reason
+        }
+        other => panic!("expected a failure outcome, got {other:?}"),
+    }
+}
+
+fn calls(h: &Harness, kind: CallKind) -> usize {
+    h.fake.requests_of(kind).len()
+}
+
+/// Inserts a profile row for `entity` generated `age` ago (an SQL interval; negative = future).
+async fn seed_profile(h: &Harness, entity: &str, age: &str, extra: &str) {
+    let (t, id) = entity.split_once(':').unwrap();
+    let (columns, values) = match extra {
+        "" => (String::new(), String::new()),
+        e => {
+            let (c, v) = e.split_once('=').unwrap();
+            (format!(", {c}"), format!(", '{v}'"))
+        }
+    };
+    h.db.exec(&format!(
+        "INSERT INTO entity_profiles (entity_type, entity_id, bio_summary, generated_at, model_version{columns}) \
+         VALUES ('{t}', {id}, 'old bio', now() - interval '{age}', 'old-model'{values})"
+    ))
+    .await;
+}
+
+// ---- Reference §10.1: the worker ----
+
+#[tokio::test]
+async fn w1_stale_entity_is_generated_and_progress_counts_once() {
+    let h = Harness::new().await;
+    let job = h.create_job(2, "in_progress").await;
+    let msg = message(Some(&job), "author:1", false);
+
+    assert_eq!(h.deliver(&msg).await, Outcome::Done);
+    let p = h.profile("author:1").await.expect("profile written");
+    assert_eq!(
+        p.bio_summary.as_deref(),
+        Some("A figure of Victorian literature and publishing.")
+    );
+    assert_eq!(p.model_version.as_deref(), Some(HAIKU));
+    assert_eq!(p.personal_stories.unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(calls(&h, CallKind::Discovery), 1);
+    assert_eq!(calls(&h, CallKind::Biography), 1);
+    assert!(h.fake.requests().iter().all(|r| r.model_id == HAIKU));
+    let j = h.job(&job).await;
+    assert_eq!(
+        (j.succeeded, j.failed, j.status),
+        (1, 0, JobStatus::InProgress)
+    );
+
+    // Redelivered: the profile is now current, and progress does not move again (design D2).
+    let before = h.fake.requests().len();
+    assert_eq!(h.deliver(&msg).await, Outcome::Skipped);
+    assert_eq!(h.fake.requests().len(), before, "no Bedrock call");
+    let j = h.job(&job).await;
+    assert_eq!((j.succeeded, j.failed), (1, 0));
+}
+
+#[tokio::test]
+async fn w2_permanent_generation_error_is_a_counted_failure_with_the_error_line() {
+    let h = Harness::new().await;
+    let job = h.create_job(1, "in_progress").await;
+    h.fake.push(CallKind::Biography, [FakeReply::validation()]);
+
+    let outcome = h.deliver(&message(Some(&job), "author:1", false)).await;
+    let reason = reason_of(&outcome).to_string();
+    assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    assert!(reason.contains("ValidationException"), "{reason}");
+    assert_eq!(
+        calls(&h, CallKind::Biography),
+        1,
+        "a permanent error is not retried"
+    );
+
+    let j = h.job(&job).await;
+    assert_eq!((j.succeeded, j.failed), (0, 1));
+    assert_eq!(
+        j.error_log.as_deref(),
+        Some(format!("author:1: {reason}").as_str())
+    );
+    assert_eq!(
+        j.status,
+        JobStatus::Completed,
+        "a failure counts toward the total"
+    );
+    assert!(h.profile("author:1").await.is_none(), "nothing written");
+    assert!(h.rows("SELECT * FROM profile_generations").await.is_empty());
+}
+
+#[tokio::test]
+async fn w3_current_profile_is_skipped_without_calling_bedrock() {
+    let h = Harness::new().await;
+    // Books were last updated 10 days ago; the profile is 1 day old.
+    seed_profile(&h, "author:1", "1 day", "").await;
+    let job = h.create_job(1, "in_progress").await;
+
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:1", false)).await,
+        Outcome::Skipped
+    );
+    assert!(h.fake.requests().is_empty());
+    let j = h.job(&job).await;
+    assert_eq!(
+        (j.succeeded, j.failed, j.status),
+        (1, 0, JobStatus::Completed)
+    );
+    assert_eq!(
+        h.profile("author:1").await.unwrap().bio_summary.as_deref(),
+        Some("old bio")
+    );
+}
+
+#[tokio::test]
+async fn w4_no_qualifying_books_is_skipped_and_counted_a_success() {
+    let h = Harness::new().await;
+    // Author 30 has only EVALUATING and REMOVED books; its old profile is left alone.
+    seed_profile(&h, "author:30", "400 days", "").await;
+    let job = h.create_job(1, "in_progress").await;
+
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:30", false)).await,
+        Outcome::Skipped
+    );
+    assert!(h.fake.requests().is_empty());
+    let j = h.job(&job).await;
+    assert_eq!((j.succeeded, j.failed), (1, 0));
+    assert_eq!(
+        h.profile("author:30").await.unwrap().bio_summary.as_deref(),
+        Some("old bio")
+    );
+}
+
+#[tokio::test]
+async fn w5_cancelled_job_is_skipped_without_bedrock_and_stays_cancelled() {
+    let h = Harness::new().await;
+    let job = h.create_job(1, "cancelled").await;
+
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:1", false)).await,
+        Outcome::Skipped
+    );
+    assert!(h.fake.requests().is_empty(), "design D3: no Bedrock call");
+    assert!(h.profile("author:1").await.is_none());
+    let j = h.job(&job).await;
+    assert_eq!(j.status, JobStatus::Cancelled);
+    assert_eq!((j.succeeded, j.failed), (1, 0), "still counted");
+    assert_eq!(h.metrics.jobs_completed.get(), 0);
+}
+
+#[tokio::test]
+async fn w6_in_progress_job_reaching_its_total_completes() {
+    let h = Harness::new().await;
+    let job = h.create_job(2, "in_progress").await;
+
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:1", false)).await,
+        Outcome::Done
+    );
+    assert!(h.job(&job).await.completed_at.is_none());
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:30", false)).await,
+        Outcome::Skipped
+    );
+    let j = h.job(&job).await;
+    assert_eq!(j.status, JobStatus::Completed);
+    assert!(j.completed_at.is_some());
+    assert_eq!((j.succeeded, j.failed), (2, 0));
+    assert_eq!(h.metrics.jobs_completed.get(), 1);
+}
+
+// ---- Reference §10.3 and design D5: staleness ----
+
+#[tokio::test]
+async fn book_updated_after_generation_regenerates() {
+    let h = Harness::new().await;
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    let first = h.profile("author:1").await.unwrap().generated_at.unwrap();
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Skipped);
+
+    // Any column of a qualifying book counts (reference §4).
+    h.db.exec("UPDATE books SET edition = 'Second', updated_at = now() + interval '1 second' WHERE id = 1")
+        .await;
+    h.fake.push(
+        CallKind::Biography,
+        [FakeReply::text(
+            json!({"biography": "Rewritten.", "personal_stories": []}).to_string(),
+        )],
+    );
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    let p = h.profile("author:1").await.unwrap();
+    assert_eq!(p.bio_summary.as_deref(), Some("Rewritten."));
+    assert!(p.generated_at.unwrap() > first);
+}
+
+#[tokio::test]
+async fn a_book_leaving_the_entity_does_not_make_it_stale() {
+    let h = Harness::new().await;
+    assert_eq!(h.deliver(&body("author:2")).await, Outcome::Done);
+    h.db.exec("INSERT INTO books (id, title, author_id, status) VALUES (40, 'Late', 2, 'ON_HAND')")
+        .await;
+    h.db.exec(
+        "UPDATE books SET status = 'REMOVED', updated_at = now() + interval '1 hour' WHERE id = 40",
+    )
+    .await;
+    assert_eq!(h.deliver(&body("author:2")).await, Outcome::Skipped);
+}
+
+#[tokio::test]
+async fn force_regenerates_a_current_profile() {
+    let h = Harness::new().await;
+    seed_profile(&h, "author:1", "1 day", "").await;
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Skipped);
+    assert!(h.fake.requests().is_empty());
+
+    assert_eq!(
+        h.deliver(&message(None, "author:1", true)).await,
+        Outcome::Done
+    );
+    assert_eq!(calls(&h, CallKind::Biography), 1);
+    assert_eq!(
+        h.profile("author:1")
+            .await
+            .unwrap()
+            .model_version
+            .as_deref(),
+        Some(HAIKU)
+    );
+}
+
+#[tokio::test]
+async fn model_change_regenerates_only_when_enabled_and_the_model_differs() {
+    let off = Harness::new().await;
+    seed_profile(&off, "author:1", "1 day", "").await;
+    assert_eq!(off.deliver(&body("author:1")).await, Outcome::Skipped);
+
+    let on = Harness::with(|settings, _| settings.model_change = true).await;
+    seed_profile(&on, "author:1", "1 day", "").await;
+    assert_eq!(on.deliver(&body("author:1")).await, Outcome::Done);
+    assert_eq!(
+        on.profile("author:1")
+            .await
+            .unwrap()
+            .model_version
+            .as_deref(),
+        Some(HAIKU)
+    );
+    let before = on.fake.requests().len();
+    assert_eq!(
+        on.deliver(&body("author:1")).await,
+        Outcome::Skipped,
+        "same model now"
+    );
+    assert_eq!(on.fake.requests().len(), before);
+}
+
+#[tokio::test]
+async fn app_config_model_is_used_and_stored() {
+    let h = Harness::new().await;
+    h.db.exec("INSERT INTO app_config (key, value) VALUES ('model.entity_profiles', 'sonnet')")
+        .await;
+    assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
+    let sonnet = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+    assert!(h.fake.requests().iter().all(|r| r.model_id == sonnet));
+    assert_eq!(
+        h.profile("author:20")
+            .await
+            .unwrap()
+            .model_version
+            .as_deref(),
+        Some(sonnet)
+    );
+}
+
+// ---- Reference §10.4: narratives and AI connections ----
+
+#[tokio::test]
+async fn cross_era_bridge_gets_a_relationship_story_keyed_by_the_pair() {
+    let h = Harness::new().await;
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+
+    assert_eq!(calls(&h, CallKind::RelationshipStory), 1);
+    assert_eq!(calls(&h, CallKind::Narrative), 0, "not a simple narrative");
+    let request = &h.fake.requests_of(CallKind::RelationshipStory)[0];
+    assert!(
+        request.user.contains("Thomas Victorian"),
+        "{}",
+        request.user
+    );
+    assert!(
+        request.user.contains("cross_era_bridge"),
+        "{}",
+        request.user
+    );
+
+    let p = h.profile("author:1").await.unwrap();
+    let key = "author:1:author:2";
+    let stories = p.relationship_stories.unwrap();
+    assert_eq!(stories.as_object().unwrap().len(), 1);
+    assert_eq!(stories[key]["summary"], "A long working relationship.");
+    assert_eq!(stories[key]["narrative_style"], "prose-paragraph");
+    // Publisher 2 (no era, two edges) has no trigger: only the bridge is narrated.
+    assert_eq!(
+        p.connection_narratives.unwrap(),
+        json!({ key: "A long working relationship." })
+    );
+}
+
+#[tokio::test]
+async fn hub_figure_gets_simple_narratives_capped_at_three() {
+    let h = Harness::new().await;
+    assert_eq!(h.deliver(&body("publisher:3")).await, Outcome::Done);
+
+    assert_eq!(
+        calls(&h, CallKind::Narrative),
+        3,
+        "five triggered, three allowed"
+    );
+    assert_eq!(calls(&h, CallKind::RelationshipStory), 0);
+    let p = h.profile("publisher:3").await.unwrap();
+    let narratives = p.connection_narratives.unwrap();
+    let narratives = narratives.as_object().unwrap();
+    assert_eq!(narratives.len(), 3);
+    for (key, text) in narratives {
+        assert!(key.starts_with("publisher:3:author:1"), "{key}");
+        assert_eq!(text, "Linked through the collection's books.");
+    }
+    assert_eq!(p.relationship_stories.unwrap(), json!({}));
+}
+
+#[tokio::test]
+async fn failed_narratives_do_not_use_up_the_cap() {
+    let h = Harness::new().await;
+    h.fake.push(
+        CallKind::Narrative,
+        [FakeReply::validation(), FakeReply::access_denied()],
+    );
+    assert_eq!(h.deliver(&body("publisher:3")).await, Outcome::Done);
+
+    assert_eq!(calls(&h, CallKind::Narrative), 5);
+    let p = h.profile("publisher:3").await.unwrap();
+    assert_eq!(
+        p.connection_narratives.unwrap().as_object().unwrap().len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn no_trigger_means_no_narrative_calls_and_empty_objects() {
+    let h = Harness::new().await;
+    assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
+
+    assert_eq!(calls(&h, CallKind::Narrative), 0);
+    assert_eq!(calls(&h, CallKind::RelationshipStory), 0);
+    let p = h.profile("author:20").await.unwrap();
+    assert_eq!(p.connection_narratives.unwrap(), json!({}));
+    assert_eq!(p.relationship_stories.unwrap(), json!({}));
+}
+
+#[tokio::test]
+async fn regeneration_keeps_old_relationship_story_keys() {
+    let h = Harness::new().await;
+    let old_story = json!({"author:1:binder:9": {"summary": "Kept from before.", "details": [],
+        "narrative_style": "bullet-facts"}});
+    seed_profile(
+        &h,
+        "author:1",
+        "20 days",
+        &format!("relationship_stories={old_story}"),
+    )
+    .await;
+    h.db.exec(
+        "UPDATE entity_profiles SET connection_narratives = '{\"author:1:binder:9\": \"old\"}'",
+    )
+    .await;
+
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    let p = h.profile("author:1").await.unwrap();
+    let stories = p.relationship_stories.unwrap();
+    assert_eq!(stories["author:1:binder:9"], old_story["author:1:binder:9"]);
+    assert_eq!(
+        stories["author:1:author:2"]["summary"],
+        "A long working relationship."
+    );
+    assert_eq!(
+        p.connection_narratives.unwrap(),
+        json!({"author:1:author:2": "A long working relationship."}),
+        "narratives are replaced wholesale"
+    );
+}
+
+#[tokio::test]
+async fn ai_connections_go_to_the_column_and_the_table() {
+    let h = Harness::new().await;
+    let discovered = json!({"connections": [
+        {"target_type": "author", "target_id": 2, "relationship": "family",
+         "sub_type": "marriage", "confidence": 0.9, "evidence": "They married in 1819."},
+        {"target_type": "author", "target_id": 999, "relationship": "family"},
+        {"target_type": "author", "target_id": 1, "relationship": "friendship"}
+    ]});
+    h.fake.push(
+        CallKind::Discovery,
+        [FakeReply::text(discovered.to_string())],
+    );
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+
+    let column = h.profile("author:1").await.unwrap().ai_connections.unwrap();
+    let column = column.as_array().unwrap();
+    assert_eq!(
+        column.len(),
+        1,
+        "outside the collection and self links dropped"
+    );
+    assert_eq!(column[0]["relationship"], "family");
+    assert_eq!(column[0]["source_id"], 1);
+    assert_eq!(column[0]["target_id"], 2);
+    let rows = h
+        .rows("SELECT source_type, source_id, target_type, target_id, relationship, sub_type, confidence, evidence FROM ai_connections")
+        .await;
+    assert_eq!(
+        rows,
+        [
+            json!({"source_type": "author", "source_id": 1, "target_type": "author",
+            "target_id": 2, "relationship": "family", "sub_type": "MARRIAGE",
+            "confidence": 0.9, "evidence": "They married in 1819."})
+        ]
+    );
+
+    // Nothing discovered: the column is SQL NULL, not [].
+    assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
+    let null = h
+        .rows("SELECT ai_connections IS NULL AS is_null FROM entity_profiles WHERE entity_id = 20")
+        .await;
+    assert_eq!(null, [json!({"is_null": true})]);
+    assert_eq!(h.rows("SELECT 1 FROM ai_connections").await.len(), 1);
+}
+
+#[tokio::test]
+async fn failed_discovery_does_not_fail_the_profile() {
+    let h = Harness::new().await;
+    h.fake.push(CallKind::Discovery, [FakeReply::validation()]);
+    assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
+    assert!(
+        h.profile("author:20")
+            .await
+            .unwrap()
+            .ai_connections
+            .is_none()
+    );
+}
+
+// ---- Bedrock retries and failed biographies (design D4) ----
+
+#[tokio::test]
+async fn throttled_twice_then_answered_gives_one_profile() {
+    let h = Harness::new().await;
+    h.fake.push(
+        CallKind::Biography,
+        [FakeReply::throttling(), FakeReply::throttling()],
+    );
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+
+    assert_eq!(calls(&h, CallKind::Biography), 3);
+    assert_eq!(h.requests("biography", "throttled"), 2);
+    assert_eq!(h.requests("biography", "ok"), 1);
+    assert!(h.profile("author:1").await.is_some());
+    let usage = h.rows("SELECT calls FROM profile_generations").await;
+    // Discovery 1 + biography 3 attempts + relationship story 1.
+    assert_eq!(usage, [json!({"calls": 5})]);
+}
+
+#[tokio::test]
+async fn hanging_bedrock_times_out_and_is_retried() {
+    let h = Harness::with(|_, generator| generator.call_timeout_seconds = 1).await;
+    h.fake.push(CallKind::Biography, [FakeReply::Hang]);
+    assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
+
+    assert_eq!(calls(&h, CallKind::Biography), 2);
+    assert_eq!(h.requests("biography", "retryable"), 1);
+    assert_eq!(h.requests("biography", "ok"), 1);
+    assert!(h.profile("author:20").await.is_some());
+}
+
+#[tokio::test]
+async fn failed_biography_leaves_the_profile_stale_until_the_last_attempt() {
+    let h = Harness::new().await;
+    seed_profile(&h, "author:1", "20 days", "").await;
+    let old = h.profile("author:1").await.unwrap();
+    let job = h.create_job(1, "in_progress").await;
+    let msg = message(Some(&job), "author:1", false);
+
+    // The model answers without text: a transient failure, the message comes back.
+    h.fake.set_default(CallKind::Biography, FakeReply::NoText);
+    let outcome = h.deliver_attempt(&msg, 1, false).await;
+    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    assert_eq!(calls(&h, CallKind::Biography), 1);
+    assert_eq!(
+        h.profile("author:1").await.unwrap(),
+        old,
+        "old row unchanged"
+    );
+    let j = h.job(&job).await;
+    assert_eq!(
+        (j.succeeded, j.failed, j.status),
+        (0, 0, JobStatus::InProgress)
+    );
+    let items = h
+        .rows("SELECT outcome, attempts FROM profile_generation_job_items")
+        .await;
+    assert_eq!(items, [json!({"outcome": "retry", "attempts": 1})]);
+
+    // The last attempt fails the same way: a counted failure with its error line.
+    let outcome = h.deliver_attempt(&msg, 2, true).await;
+    let reason = reason_of(&outcome).to_string();
+    assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    let j = h.job(&job).await;
+    assert_eq!(
+        (j.succeeded, j.failed, j.status),
+        (0, 1, JobStatus::Completed)
+    );
+    assert_eq!(j.error_log.unwrap(), format!("author:1: {reason}"));
+    assert!(reason.contains("no text"), "{reason}");
+    assert_eq!(h.profile("author:1").await.unwrap(), old);
+
+    // Still stale: the next message regenerates it.
+    h.fake.set_default(
+        CallKind::Biography,
+        support::bedrock::default_reply(Some(CallKind::Biography)),
+    );
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    assert_ne!(
+        h.profile("author:1").await.unwrap().bio_summary,
+        old.bio_summary
+    );
+}
+
+#[tokio::test]
+async fn unusable_biography_is_transient_and_writes_nothing() {
+    let h = Harness::new().await;
+    h.fake.push(
+        CallKind::Biography,
+        [FakeReply::text(
+            json!({"biography": "  ", "personal_stories": [{"text": "x",
+                "significance": "notable", "tone": "dramatic"}]})
+            .to_string(),
+        )],
+    );
+    let outcome = h.deliver(&body("author:20")).await;
+    assert_eq!(
+        outcome,
+        Outcome::Retry {
+            reason: "biography generation returned no usable biography".into()
+        }
+    );
+    assert!(h.profile("author:20").await.is_none());
+    assert!(h.rows("SELECT 1 FROM profile_generations").await.is_empty());
+
+    assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
+}
+
+// ---- Reference §12.1-3: what the API reads back ----
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StrictSignificance {
+    Revelation,
+    Notable,
+    Context,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StrictTone {
+    Dramatic,
+    Scandalous,
+    Tragic,
+    Intellectual,
+    Triumphant,
+}
+
+/// The API's `BiographicalFact`, strictly.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictStory {
+    text: String,
+    #[serde(default)]
+    year: Option<i32>,
+    significance: StrictSignificance,
+    tone: StrictTone,
+    #[serde(default)]
+    display_in: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum StrictStyle {
+    ProseParagraph,
+    BulletFacts,
+    TimelineEvents,
+}
+
+/// The API's `RelationshipNarrative`, strictly (our writer always sets the style).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictRelationshipStory {
+    summary: String,
+    details: Vec<StrictStory>,
+    narrative_style: StrictStyle,
+}
+
+/// Model output with everything a strict reader chokes on.
+fn messy_stories() -> Value {
+    json!([
+        {"text": "Kept plain.", "year": 1850, "significance": "notable", "tone": "dramatic"},
+        {"text": "Extra keys.", "year": null, "significance": "context", "tone": "tragic",
+         "source": "wiki", "confidence": 0.3},
+        {"text": "Missing tone.", "significance": "notable"},
+        {"text": "Bad enum.", "significance": "huge", "tone": "dramatic"},
+        {"text": "Year as text.", "year": "1851", "significance": "revelation", "tone": "scandalous"},
+        {"text": "Year as words.", "year": "circa 1850", "significance": "notable", "tone": "intellectual"},
+        {"text": "Float year.", "year": 1852.5, "significance": "notable", "tone": "intellectual"},
+        {"text": "Shown.", "significance": "notable", "tone": "triumphant", "display_in": ["timeline", 3]},
+        {"text": "Capitalised.", "significance": "Notable", "tone": "DRAMATIC"},
+        {"text": 42, "significance": "notable", "tone": "dramatic"},
+        {"significance": "notable", "tone": "dramatic"},
+        "not an object",
+        null
+    ])
+}
+
+/// Collects what the pipeline logs while a test holds the returned subscriber as default.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn texts(stories: &[StrictStory]) -> Vec<&str> {
+    stories.iter().map(|s| s.text.as_str()).collect()
+}
+
+fn check_messy_survivors(stories: &[StrictStory]) {
+    let kept = texts(stories);
+    for must in [
+        "Kept plain.",
+        "Extra keys.",
+        "Year as text.",
+        "Year as words.",
+        "Shown.",
+    ] {
+        assert!(kept.contains(&must), "{must} kept: {kept:?}");
+    }
+    for gone in ["Missing tone.", "Bad enum."] {
+        assert!(!kept.contains(&gone), "{gone} dropped: {kept:?}");
+    }
+    let by_text = |t: &str| stories.iter().find(|s| s.text == t).unwrap();
+    assert_eq!(by_text("Year as text.").year, Some(1851));
+    assert_eq!(by_text("Year as words.").year, None);
+    assert_eq!(
+        by_text("Shown.").display_in.as_deref(),
+        Some(&["timeline".to_string()][..])
+    );
+}
+
+#[tokio::test]
+async fn stored_stories_always_pass_the_api_strict_schema() {
+    let h = Harness::new().await;
+    h.fake.push(
+        CallKind::Biography,
+        [FakeReply::text(format!(
+            "```json\n{}\n```",
+            json!({"biography": "Messy.", "personal_stories": messy_stories(), "mood": "x"})
+        ))],
+    );
+    h.fake.push(
+        CallKind::RelationshipStory,
+        [FakeReply::text(
+            json!({"summary": "  Bridged eras.  ", "details": messy_stories(),
+                   "tone": "warm", "extra": {"nested": true}})
+            .to_string(),
+        )],
+    );
+    let logs = LogCapture::default();
+    let outcome = {
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        h.deliver(&body("author:1")).await
+    };
+    assert_eq!(outcome, Outcome::Done);
+    // Of the 13 items, whatever was not kept was dropped, and the count is logged.
+    let p = h.profile("author:1").await.unwrap();
+    let kept = p
+        .personal_stories
+        .as_ref()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    let logged = logs.text();
+    assert!(
+        logged.contains(&format!("dropped={}", 13 - kept))
+            && logged.contains("personal stories dropped"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("relationship story details dropped"),
+        "{logged}"
+    );
+
+    let stories: Vec<StrictStory> =
+        serde_json::from_value(p.personal_stories.unwrap()).expect("strict personal stories");
+    check_messy_survivors(&stories);
+
+    let by_key: std::collections::BTreeMap<String, StrictRelationshipStory> =
+        serde_json::from_value(p.relationship_stories.unwrap()).expect("strict stories");
+    let story = &by_key["author:1:author:2"];
+    assert_eq!(story.summary, "Bridged eras.");
+    assert!(matches!(story.narrative_style, StrictStyle::ProseParagraph));
+    check_messy_survivors(&story.details);
+    assert_eq!(
+        p.connection_narratives.unwrap()["author:1:author:2"],
+        "Bridged eras."
+    );
+}
+
+#[tokio::test]
+async fn story_without_summary_is_not_stored_and_does_not_use_the_cap() {
+    let h = Harness::new().await;
+    h.fake.push(
+        CallKind::RelationshipStory,
+        [FakeReply::text(
+            json!({"details": [], "narrative_style": "bullet-facts"}).to_string(),
+        )],
+    );
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    let p = h.profile("author:1").await.unwrap();
+    assert_eq!(p.relationship_stories.unwrap(), json!({}));
+    assert_eq!(p.connection_narratives.unwrap(), json!({}));
+}
+
+// ---- Design D8: token and cost accounting ----
+
+#[tokio::test]
+async fn token_usage_and_cost_are_recorded_per_profile_and_in_metrics() {
+    let h = Harness::new().await;
+    let reply = |kind, input, output| {
+        let FakeReply::Text { text, .. } = support::bedrock::default_reply(Some(kind)) else {
+            unreachable!("defaults are text replies")
+        };
+        FakeReply::text_with_usage(text, input, output)
+    };
+    h.fake
+        .set_default(CallKind::Discovery, reply(CallKind::Discovery, 1000, 200));
+    h.fake
+        .set_default(CallKind::Biography, reply(CallKind::Biography, 2000, 300));
+    h.fake.set_default(
+        CallKind::RelationshipStory,
+        reply(CallKind::RelationshipStory, 1500, 250),
+    );
+    let job = h.create_job(1, "in_progress").await;
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:1", false)).await,
+        Outcome::Done
+    );
+
+    let expected_cost = (4500.0 * HAIKU_PRICE.0 + 750.0 * HAIKU_PRICE.1) / 1_000_000.0;
+    let rows = h
+        .rows("SELECT entity_type, entity_id, job_id, model_id, calls, input_tokens, output_tokens, latency_ms, cost_usd FROM profile_generations")
+        .await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row["entity_type"], "author");
+    assert_eq!(row["entity_id"], 1);
+    assert_eq!(row["job_id"], job.as_str());
+    assert_eq!(row["model_id"], HAIKU);
+    assert_eq!(row["calls"], 3);
+    assert_eq!(row["input_tokens"], 4500);
+    assert_eq!(row["output_tokens"], 750);
+    assert!(row["latency_ms"].as_i64().unwrap() >= 0);
+    let cost = row["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - expected_cost).abs() < 1e-12,
+        "{cost} vs {expected_cost}"
+    );
+
+    let totals = {
+        use profile_worker::store::Store;
+        h.store.job_usage(&job).await.unwrap()
+    };
+    assert_eq!(
+        (
+            totals.profiles,
+            totals.calls,
+            totals.input_tokens,
+            totals.output_tokens
+        ),
+        (1, 3, 4500, 750)
+    );
+
+    let scrape = h.metrics.render();
+    let metrics = prometheus_parse::Scrape::parse(scrape.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        metrics
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: unexpected {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing from:\n{scrape}"))
+    };
+    let tokens = "profile_worker_generator_tokens_total";
+    assert_eq!(
+        value(tokens, &[("model", HAIKU), ("direction", "input")]),
+        4500.0
+    );
+    assert_eq!(
+        value(tokens, &[("model", HAIKU), ("direction", "output")]),
+        750.0
+    );
+    let metric_cost = value(
+        "profile_worker_generator_cost_usd_total",
+        &[("model", HAIKU)],
+    );
+    assert!((metric_cost - expected_cost).abs() < 1e-12, "{metric_cost}");
+}
+
+// ---- The message contract at the handler ----
+
+#[tokio::test]
+async fn invalid_bodies_are_poison_and_unknown_keys_are_ignored() {
+    let h = Harness::new().await;
+    for bad in [
+        "not json",
+        "[]",
+        r#"{"entity_type": "author"}"#,
+        r#"{"entity_type": "dragon", "entity_id": 1}"#,
+        r#"{"entity_type": "author", "entity_id": 0}"#,
+    ] {
+        let outcome = h.deliver(bad).await;
+        assert!(
+            matches!(outcome, Outcome::Poison { .. }),
+            "{bad}: {outcome:?}"
+        );
+    }
+    assert!(h.fake.requests().is_empty());
+    let with_owner = r#"{"job_id": null, "entity_type": "author", "entity_id": 20, "owner_id": 1}"#;
+    assert_eq!(h.deliver(with_owner).await, Outcome::Done);
+}
