@@ -103,11 +103,26 @@ fn main() -> Result<()> {
     let results = runtime.block_on(run(&args))?;
     let report = report(&args, &results);
     std::fs::write(args.out.join("benchmarks.md"), report)?;
+    let mut csv = String::from("seconds,in_flight,processed,rss_mib\n");
+    for s in &results.samples {
+        let _ = writeln!(
+            csv,
+            "{:.3},{},{},{:.2}",
+            s.t,
+            s.in_flight,
+            s.processed,
+            mib(s.rss_kib)
+        );
+    }
+    std::fs::write(args.out.join("inflight.csv"), csv)?;
     std::fs::write(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&results.json(&args))?,
     )?;
-    eprintln!("[bench] report in {}", args.out.join("benchmarks.md").display());
+    eprintln!(
+        "[bench] report in {}",
+        args.out.join("benchmarks.md").display()
+    );
     Ok(())
 }
 
@@ -126,6 +141,8 @@ struct Results {
     starts_migrating: Vec<Duration>,
     entities: usize,
     idle_rss_kib: u64,
+    /// (RssAnon, RssFile) when idle: heap and stacks versus mapped binary and libraries.
+    idle_split_kib: (u64, u64),
     drain_wall: Duration,
     drain_enqueue: Duration,
     fake_calls: usize,
@@ -251,11 +268,23 @@ async fn run(args: &Args) -> Result<Results> {
     let graph_cache = bench_cache(&redis)?;
     graph_cache.invalidate().await;
 
+    // fauxqs names its queues `http://sqs.<region>.127.0.0.1:<port>/…`, which is not a valid URL;
+    // the SDK sends every request to the endpoint anyway, so give the daemon the endpoint's host.
+    let queue_url = format!(
+        "{}{}",
+        queue.endpoint.trim_end_matches('/'),
+        url::Url::parse(&queue.url)
+            .map(|u| u.path().to_string())
+            .unwrap_or_else(|_| format!("/000000000000/{}", queue.name))
+    );
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", database.url.as_str()),
         ("REDIS_URL", redis.as_str()),
-        ("PROFILE_WORKER_QUEUE__URL", queue.url.as_str()),
-        ("PROFILE_WORKER_QUEUE__ENDPOINT_URL", queue.endpoint.as_str()),
+        ("PROFILE_WORKER_QUEUE__URL", queue_url.as_str()),
+        (
+            "PROFILE_WORKER_QUEUE__ENDPOINT_URL",
+            queue.endpoint.as_str(),
+        ),
         ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
         ("PROFILE_WORKER_GENERATOR__ENDPOINT_URL", &fake.url()),
         (
@@ -303,11 +332,7 @@ fn bench_cache(redis: &str) -> Result<GraphCache> {
         .map_err(|e| anyhow::anyhow!("graph cache on {redis}: {e}"))
 }
 
-async fn startup_phase(
-    args: &Args,
-    env: &[(String, String)],
-    results: &mut Results,
-) -> Result<()> {
+async fn startup_phase(args: &Args, env: &[(String, String)], results: &mut Results) -> Result<()> {
     for (migrate, into) in [("false", 0), ("true", 1)] {
         for i in 0..args.starts {
             let mut env = env.to_vec();
@@ -315,7 +340,7 @@ async fn startup_phase(
                 "PROFILE_WORKER_DATABASE__MIGRATE_ON_START".into(),
                 migrate.into(),
             ));
-            let daemon = Daemon::spawn(args, &env, &format!("startup-{migrate}-{i}"))?;
+            let mut daemon = Daemon::spawn(args, &env, &format!("startup-{migrate}-{i}"))?;
             let ready = daemon.wait_ready(Duration::from_secs(60)).await?;
             daemon.stop(Duration::from_secs(30)).await?;
             eprintln!(
@@ -353,11 +378,13 @@ async fn drain_phase(
     entities: &[CollectionEntity],
     results: &mut Results,
 ) -> Result<()> {
-    let daemon = Daemon::spawn(args, env, "drain")?;
+    let mut daemon = Daemon::spawn(args, env, "drain")?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
     // Let start-up allocations settle before reading the idle figure.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    results.idle_rss_kib = daemon.memory()?.0;
+    let idle = daemon.memory()?;
+    results.idle_rss_kib = idle.rss;
+    results.idle_split_kib = (idle.anon, idle.file);
     let calls_before = fake.requests().len();
 
     let bodies: Vec<String> = (0..args.messages)
@@ -402,7 +429,7 @@ async fn drain_phase(
         tokio::time::sleep(SAMPLE_EVERY).await;
     };
     results.drain_wall = Duration::from_secs_f64(done_at);
-    results.peak_hwm_kib = daemon.memory()?.1;
+    results.peak_hwm_kib = daemon.memory()?.hwm;
 
     let counts = daemon.metrics().await?;
     let done = counts.processed("done");
@@ -455,7 +482,7 @@ async fn skip_phase(
         args.skip_messages
     );
 
-    let daemon = Daemon::spawn(args, env, "skip")?;
+    let mut daemon = Daemon::spawn(args, env, "skip")?;
     daemon.wait_ready(Duration::from_secs(60)).await?;
     let t0 = Instant::now();
     let limit = Duration::from_secs(60) + Duration::from_millis(args.skip_messages as u64 * 20);
@@ -605,6 +632,14 @@ async fn wait_queue_empty(queue: &sqs::TestQueue) -> Result<()> {
     }
 }
 
+/// Resident set figures in KiB.
+struct Memory {
+    rss: u64,
+    hwm: u64,
+    anon: u64,
+    file: u64,
+}
+
 /// A `profile-worker run` process whose stderr goes to a log file; killed on drop.
 struct Daemon {
     child: Child,
@@ -646,10 +681,16 @@ impl Daemon {
     }
 
     /// Time from spawn until `/ready` answers 200 (polled every 2 ms).
-    async fn wait_ready(&self, limit: Duration) -> Result<Duration> {
+    async fn wait_ready(&mut self, limit: Duration) -> Result<Duration> {
         loop {
             if let Ok((200, _)) = get(&self.addr, "/ready").await {
                 return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "daemon exited with {status} before it was ready; log {}",
+                    self.log.display()
+                );
             }
             ensure!(
                 self.started.elapsed() < limit,
@@ -666,8 +707,8 @@ impl Daemon {
         Ok(Scrape::parse(&body))
     }
 
-    /// (VmRSS, VmHWM) in KiB from /proc.
-    fn memory(&self) -> Result<(u64, u64)> {
+    /// Resident memory from /proc/<pid>/status.
+    fn memory(&self) -> Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let field = |name: &str| {
             status
@@ -677,7 +718,12 @@ impl Daemon {
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("{name} missing from /proc status"))
         };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        Ok(Memory {
+            rss: field("VmRSS:")?,
+            hwm: field("VmHWM:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
+        })
     }
 
     async fn sample(&self, t0: Instant) -> Result<Sample> {
@@ -686,7 +732,7 @@ impl Daemon {
             t: t0.elapsed().as_secs_f64(),
             in_flight: scrape.value("profile_worker_in_flight"),
             processed: scrape.processed_total(),
-            rss_kib: self.memory()?.0,
+            rss_kib: self.memory()?.rss,
         })
     }
 
@@ -828,10 +874,12 @@ fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = ids
         .iter()
         .filter_map(|(id, what)| {
-            let text =
-                std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
+            let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
             let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some((what.to_string(), nanos(v["mean"]["point_estimate"].as_f64()?)))
+            Some((
+                what.to_string(),
+                nanos(v["mean"]["point_estimate"].as_f64()?),
+            ))
         })
         .collect();
     // The sanitiser bench is named after the text's size.
@@ -846,7 +894,10 @@ fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
                     .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                     .and_then(|v| v["mean"]["point_estimate"].as_f64())
             {
-                found.push((format!("sanitise markers in a {bytes}-byte text"), nanos(mean)));
+                found.push((
+                    format!("sanitise markers in a {bytes}-byte text"),
+                    nanos(mean),
+                ));
             }
         }
     }
@@ -939,7 +990,9 @@ fn report(args: &Args, r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "| Resident memory, idle (VmRSS) | {:.1} MiB | ≤ 20 MB | {} |",
+        "| Resident memory, idle (VmRSS; anonymous {:.1} + file-backed {:.1}) | {:.1} MiB | ≤ 20 MB | {} |",
+        mib(r.idle_split_kib.0),
+        mib(r.idle_split_kib.1),
         mib(r.idle_rss_kib),
         verdict(r.idle_rss_kib as f64 * 1024.0 <= 20e6)
     );
@@ -1040,7 +1093,10 @@ fn report(args: &Args, r: &Results) -> String {
     if let Some(dir) = &args.criterion_dir {
         let figures = criterion_figures(dir);
         if !figures.is_empty() {
-            let _ = writeln!(out, "## Micro-benchmarks (criterion, `benches/pipeline.rs`)\n");
+            let _ = writeln!(
+                out,
+                "## Micro-benchmarks (criterion, `benches/pipeline.rs`)\n"
+            );
             let _ = writeln!(out, "| What | Mean time |");
             let _ = writeln!(out, "|---|---|");
             for (what, time) in figures {
