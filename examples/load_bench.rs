@@ -1017,6 +1017,14 @@ fn report(args: &Args, r: &Results) -> String {
     );
     let _ = writeln!(out);
     let _ = writeln!(out, "What binds the skip path: {binds}.\n");
+    let _ = writeln!(
+        out,
+        "Idle memory is {:.1} MiB anonymous (heap, stacks) and {:.1} MiB file-backed (code pages \
+         of the binary and its libraries, shared and reclaimable); the file-backed part tracks \
+         the binary's size (AWS SDK, diesel, rustls).\n",
+        mib(r.idle_split_kib.0),
+        mib(r.idle_split_kib.1)
+    );
 
     let _ = writeln!(out, "## In-flight during the drain\n");
     let _ = writeln!(
@@ -1128,7 +1136,7 @@ fn report(args: &Args, r: &Results) -> String {
     let _ = writeln!(
         out,
         "```sh\nscripts/bench            # full run (release build), writes tools/bench/\n\
-         scripts/bench --quick    # 100 messages, as CI runs it\n\
+         scripts/bench --quick    # 100 messages, debug build, as CI runs it (about a minute warm)\n\
          scripts/bench --publish  # full run, rewrites this page and its plot\n```\n\n\
          `scripts/bench` starts (or installs) PostgreSQL, Redis and fauxqs the way `scripts/test` \
          does, builds the daemon and this benchmark (`examples/load_bench.rs`), runs the criterion \
