@@ -1,5 +1,5 @@
 //! Golden parity: our graph of `collection-small.sql` against the one the original built from it
-//! (`shared/reference/fixtures/README.md` says what must match).
+//! (`tests/data/fixtures/README.md` says what must match).
 //!
 //! The rows are read from the fixture's INSERT statements the way `Store::graph_rows` reads them
 //! from PostgreSQL (qualifying books ordered by id, referenced entities, all AI connections).

@@ -11,7 +11,7 @@ const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// The collection the original's graph fixture was built from (INSERTs only).
 pub const FIXTURE_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/fixtures/collection-small.sql"
+    "/tests/data/fixtures/collection-small.sql"
 );
 
 /// One throw-away database.

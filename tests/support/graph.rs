@@ -6,17 +6,13 @@ use std::path::PathBuf;
 use profile_worker::graph::{ConnectionType, Graph, Node};
 use profile_worker::model::{AiConnectionRow, AuthorRow, BookLink, EntityType, GraphRows, OrgRow};
 
-/// Reads a file of `shared/reference/fixtures/` (beside the repository).
+/// Reads a golden file of `tests/data/fixtures/` (copied from the original system's reference data).
 pub fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/fixtures")
+        .join("tests/data/fixtures")
         .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read golden fixture {}: {e} (shared/ must sit beside the repository)",
-            path.display()
-        )
-    })
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read golden fixture {}: {e}", path.display()))
 }
 
 /// One SQL literal of the fixture's INSERT statements.
