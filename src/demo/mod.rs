@@ -217,9 +217,9 @@ async fn open_store(options: &Options) -> Result<(Arc<dyn Store>, &'static str),
     migrate::migrate(&config).await?;
     let store = PgStore::connect(&config)?;
     if store.collection_entities().await?.is_empty() {
-        use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+        use diesel_async::SimpleAsyncConnection;
         tracing::info!("empty database: loading the bundled sample collection");
-        let mut conn = AsyncPgConnection::establish(url)
+        let mut conn = crate::store::tls::establish(url)
             .await
             .map_err(|e| DemoError::Load(e.to_string()))?;
         conn.batch_execute(&Sample::bundled().sql())

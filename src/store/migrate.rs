@@ -40,17 +40,17 @@ pub enum MigrateError {
 /// Runs on a blocking thread (diesel's migration harness is synchronous) holding a session-level
 /// advisory lock, so concurrent runs from several replicas are safe: they queue on the lock.
 pub async fn run_migrations(url: &str) -> Result<Vec<String>, MigrateError> {
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || migrate_blocking(&url))
+    // Connect on the async side (TLS as the URL's sslmode asks), migrate on a blocking thread.
+    let conn = super::tls::establish(url)
+        .await
+        .map_err(MigrateError::Connect)?;
+    tokio::task::spawn_blocking(move || migrate_blocking(conn))
         .await
         .map_err(MigrateError::Task)?
 }
 
-fn migrate_blocking(url: &str) -> Result<Vec<String>, MigrateError> {
-    use diesel::Connection;
-
-    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
-        .map_err(MigrateError::Connect)?;
+fn migrate_blocking(conn: AsyncPgConnection) -> Result<Vec<String>, MigrateError> {
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
     let lock =
         diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK_KEY);
     diesel::RunQueryDsl::execute(lock, &mut conn).map_err(MigrateError::Lock)?;

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod schema;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -52,7 +52,7 @@ impl PgStore {
         manager_config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
             Box::pin(async move {
-                let mut conn = AsyncPgConnection::establish(&url).await?;
+                let mut conn = super::tls::establish(&url).await?;
                 diesel::sql_query(format!("SET statement_timeout = {timeout_ms}"))
                     .execute(&mut conn)
                     .await
