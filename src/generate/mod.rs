@@ -328,10 +328,7 @@ mod tests {
     use super::*;
 
     fn registry() -> BTreeMap<String, String> {
-        crate::config::load_from(None, &[])
-            .unwrap()
-            .config
-            .generator
+        crate::config::defaults().generator
             .models
     }
 
@@ -411,10 +408,7 @@ mod tests {
 
     #[test]
     fn cost_uses_prices_per_million_tokens() {
-        let prices = crate::config::load_from(None, &[])
-            .unwrap()
-            .config
-            .generator
+        let prices = crate::config::defaults().generator
             .prices;
         let usage = Usage {
             calls: 3,
