@@ -277,9 +277,14 @@ fn environment_values_are_taken_as_text_where_text_is_expected() {
 
 #[test]
 fn configuration_traps_are_rejected_naming_the_key() {
-    let err = rejected(&["config"], &[("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "0")]);
+    let err = rejected(
+        &["config"],
+        &[("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "0")],
+    );
     assert!(
-        err.contains("consumer.wait_seconds = 0 (from PROFILE_WORKER_CONSUMER__WAIT_SECONDS): must be 1..=20"),
+        err.contains(
+            "consumer.wait_seconds = 0 (from PROFILE_WORKER_CONSUMER__WAIT_SECONDS): must be 1..=20"
+        ),
         "{err}"
     );
 

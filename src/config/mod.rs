@@ -154,10 +154,7 @@ mod tests {
         let err = with_file("[consumer]\nbogus = 1").err().expect("rejected");
         let msgs = messages(err);
         assert_eq!(msgs.len(), 1, "{msgs:?}");
-        assert!(
-            msgs[0].starts_with("consumer.bogus = 1 (from "),
-            "{msgs:?}"
-        );
+        assert!(msgs[0].starts_with("consumer.bogus = 1 (from "), "{msgs:?}");
         assert!(
             msgs[0].contains("unknown key; expected one of: concurrency,"),
             "{msgs:?}"

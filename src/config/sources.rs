@@ -152,7 +152,10 @@ fn render(value: &Value) -> String {
             .unwrap_or_else(|| format!("{n:?}")),
         Value::Empty(_, _) => "(empty)".into(),
         Value::Dict(_, _) => "{…}".into(),
-        Value::Array(_, _) => "[…]".into(),
+        Value::Array(_, items) => {
+            let items: Vec<String> = items.iter().map(render).collect();
+            format!("[{}]", items.join(", "))
+        }
     }
 }
 

@@ -39,7 +39,8 @@ struct Checks<'a> {
 
 impl Checks<'_> {
     fn fail(&mut self, key: &str, rule: &str) {
-        self.problems.push(sources::problem(self.figment, key, rule));
+        self.problems
+            .push(sources::problem(self.figment, key, rule));
     }
 
     fn range(&mut self, key: &str, value: u64, min: u64, max: u64) {

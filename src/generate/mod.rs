@@ -328,8 +328,7 @@ mod tests {
     use super::*;
 
     fn registry() -> BTreeMap<String, String> {
-        crate::config::defaults().generator
-            .models
+        crate::config::defaults().generator.models
     }
 
     #[test]
@@ -408,8 +407,7 @@ mod tests {
 
     #[test]
     fn cost_uses_prices_per_million_tokens() {
-        let prices = crate::config::defaults().generator
-            .prices;
+        let prices = crate::config::defaults().generator.prices;
         let usage = Usage {
             calls: 3,
             input_tokens: 1_000_000,
