@@ -204,6 +204,19 @@ mod tests {
     }
 
     #[test]
+    fn an_array_where_text_belongs_is_shown_as_written() {
+        let err = with_file("[queue]\nname = [1, \"b\"]")
+            .err()
+            .expect("rejected");
+        let msgs = messages(err);
+        assert!(
+            msgs[0].starts_with("queue.name = [1, \"b\"] (from ")
+                && msgs[0].contains("invalid type"),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
     fn bad_database_url_is_reported_without_its_password() {
         let err = with_file("[database]\nurl = \"mysql://u:hunter2@db/app\"")
             .err()
