@@ -25,7 +25,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
 use crate::queue::{Queue, QueueError, SqsQueue};
 use crate::server;
-use crate::store::migrate::{self, MigrateError, SchemaError};
+use crate::store::migrate::{self, MigrateError};
+use crate::store::schema_check::SchemaError;
 use crate::store::{PgStore, Store, StoreError};
 
 /// How often the database readiness check and pool gauges are refreshed.
