@@ -26,7 +26,8 @@ use crate::pipeline::{self, Pipeline};
 use crate::queue::{Queue, QueueError, SqsQueue};
 use crate::retry::Backoff;
 use crate::server;
-use crate::store::migrate::{self, MigrateError, SchemaError};
+use crate::store::migrate::{self, MigrateError};
+use crate::store::schema_check::SchemaError;
 use crate::store::{PgStore, Store, StoreError};
 
 /// How often the database readiness check and pool gauges are refreshed.
