@@ -38,7 +38,8 @@ use profile_worker::config::{CacheConfig, SecretUrl};
 use profile_worker::generate::CallKind;
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use profile_worker::model::CollectionEntity;
+use profile_worker::model::{CollectionEntity, EntityRef, EntityType};
+use profile_worker::pipeline::message::Message;
 use profile_worker::store::Store;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -359,15 +360,12 @@ async fn startup_phase(args: &Args, env: &[(String, String)], results: &mut Resu
 }
 
 fn body(entity: &CollectionEntity, force: bool) -> String {
-    let mut v = json!({
-        "job_id": null,
-        "entity_type": entity.entity.entity_type.as_str(),
-        "entity_id": entity.entity.id,
-    });
-    if force {
-        v["force"] = json!(true);
+    Message {
+        job_id: None,
+        entity: entity.entity,
+        force,
     }
-    v.to_string()
+    .body()
 }
 
 async fn drain_phase(
@@ -522,7 +520,15 @@ async fn raw_sqs_phase(args: &Args, fauxqs: &str, results: &mut Results) -> Resu
     for batch in [10, 5] {
         let queue = sqs::TestQueue::create(fauxqs, 5).await;
         let bodies = (0..args.raw_messages)
-            .map(|i| format!(r#"{{"entity_type":"author","entity_id":{}}}"#, i + 1))
+            .map(|i| {
+                let id = i32::try_from(i + 1).expect("fewer messages than i32::MAX");
+                Message {
+                    job_id: None,
+                    entity: EntityRef::new(EntityType::Author, id),
+                    force: false,
+                }
+                .body()
+            })
             .collect();
         send_all(&queue, bodies).await?;
         let t0 = Instant::now();

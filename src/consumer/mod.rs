@@ -10,7 +10,6 @@
 
 mod backoff;
 mod deleter;
-pub mod diagnostic;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
