@@ -195,7 +195,11 @@ fn usage_errors_exit_64_and_help_exits_0() {
         assert!(out.is_empty(), "{args:?}: {out}");
         assert!(err.contains("Usage:"), "{args:?}: {err}");
     }
-    for args in [&["--help"][..], &["enqueue", "--help"][..], &["--version"][..]] {
+    for args in [
+        &["--help"][..],
+        &["enqueue", "--help"][..],
+        &["--version"][..],
+    ] {
         let (code, out, _) = run(args, &[]);
         assert_eq!(code, 0, "{args:?}");
         assert!(!out.is_empty(), "{args:?}");

@@ -21,10 +21,7 @@ fn wait_for_log(daemon: &Daemon, needles: &[&str]) -> String {
     let deadline = Instant::now() + HANG_GUARD;
     loop {
         let logs = daemon.logs();
-        if let Some(line) = logs
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
+        if let Some(line) = logs.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return line.to_string();
         }
         assert!(

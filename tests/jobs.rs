@@ -403,11 +403,18 @@ async fn enqueue_entity_takes_several_entities_repeated_or_comma_separated() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "one line per distinct entity:\n{out}");
     for (line, entity) in lines.iter().zip(["author:3", "publisher:4", "binder:8"]) {
-        assert!(line.starts_with(&format!("queued {entity} (message ")), "{line}");
+        assert!(
+            line.starts_with(&format!("queued {entity} (message ")),
+            "{line}"
+        );
     }
     let mut got: Vec<Message> = received(&q).await.into_iter().map(|(_, m)| m).collect();
     got.sort_by_key(|m| m.entity);
-    let want = [author(3), EntityRef::new(EntityType::Publisher, 4), EntityRef::new(EntityType::Binder, 8)];
+    let want = [
+        author(3),
+        EntityRef::new(EntityType::Publisher, 4),
+        EntityRef::new(EntityType::Binder, 8),
+    ];
     let mut want: Vec<Message> = want
         .into_iter()
         .map(|entity| Message {
@@ -440,7 +447,10 @@ async fn enqueue_all_limit_sends_the_first_n_entities_in_collection_order() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
     let job_id = v["job_id"].as_str().unwrap().to_string();
-    assert_eq!((v["sent"].as_u64(), v["entities"].as_u64()), (Some(6), Some(6)));
+    assert_eq!(
+        (v["sent"].as_u64(), v["entities"].as_u64()),
+        (Some(6), Some(6))
+    );
     let job = store.job(&job_id).await.unwrap().unwrap();
     assert_eq!(job.total_entities, 6);
 
@@ -465,7 +475,9 @@ async fn enqueue_all_limit_sends_the_first_n_entities_in_collection_order() {
     expected.sort();
     assert_eq!(sent, expected, "the first six of the deterministic order");
     assert!(
-        first.windows(2).all(|w| w[0].entity_type != w[1].entity_type || w[0].id < w[1].id),
+        first
+            .windows(2)
+            .all(|w| w[0].entity_type != w[1].entity_type || w[0].id < w[1].id),
         "collection order is by id within a type: {first:?}"
     );
 
@@ -481,7 +493,11 @@ async fn enqueue_all_limit_sends_the_first_n_entities_in_collection_order() {
     );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
-    assert_eq!(v["sent"].as_u64(), Some(ENTITIES as u64), "a limit over the collection is all");
+    assert_eq!(
+        v["sent"].as_u64(),
+        Some(ENTITIES as u64),
+        "a limit over the collection is all"
+    );
 
     // --limit needs --all, and must be positive.
     for args in [

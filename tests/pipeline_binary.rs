@@ -13,7 +13,7 @@ use profile_worker::generate::CallKind;
 use profile_worker::model::{CollectionEntity, EntityType, JobStatus};
 use profile_worker::pipeline::message::Message;
 use profile_worker::store::Store;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::bedrock::{FakeBedrock, FakeReply};
 use support::daemon::{Stack, http};
 use support::db::load_fixture;

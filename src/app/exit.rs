@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use super::commands::CommandError;
-use crate::jobs::{JobsError, Outcome};
+use crate::jobs::JobsError;
+use crate::jobs::commands::Outcome;
 
 /// How a subcommand ended, as the process sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use profile_worker::consumer::{Delivery, Handler, Outcome};
 use profile_worker::generate::bedrock::BedrockGenerator;
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use profile_worker::model::{EntityRef, Job, StoredProfile};
+use profile_worker::model::{Job, StoredProfile};
 use profile_worker::pipeline::message::Message;
 use profile_worker::pipeline::{Pipeline, Settings};
 use profile_worker::store::{PgStore, Store};
