@@ -164,7 +164,7 @@ pub fn enqueue(loaded: Loaded, args: &EnqueueArgs) -> Result {
             };
             operator::start_job(store.as_ref(), queue.as_ref(), options).await?
         } else {
-            operator::queue_entities(queue.as_ref(), &args.entity, args.force, args.json).await?
+            operator::queue_entities(queue.as_ref(), &args.entity, args.json).await?
         };
         Ok(outcome.into())
     })

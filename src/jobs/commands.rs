@@ -77,16 +77,16 @@ fn print_text(text: &str) -> Result<(), JobsError> {
     Ok(())
 }
 
-/// `enqueue --entity TYPE:ID,…`: one message per entity, outside any job.
+/// `enqueue --entity TYPE:ID,…`: one message per entity, outside any job (which always
+/// regenerates, so there is no `force` to pass).
 pub async fn queue_entities(
     queue: &dyn Queue,
     entities: &[EntityRef],
-    force: bool,
     json: bool,
 ) -> Result<Outcome, JobsError> {
-    let report = enqueue_entities(queue, entities, force).await?;
+    let report = enqueue_entities(queue, entities).await?;
     if json {
-        print_json(&entities_json(&report, force))?;
+        print_json(&entities_json(&report))?;
     } else {
         print_text(&entities_text(&report))?;
     }
@@ -121,10 +121,10 @@ pub async fn start_job(
     Ok(outcome)
 }
 
-fn entities_json(report: &EntitiesReport, force: bool) -> serde_json::Value {
+fn entities_json(report: &EntitiesReport) -> serde_json::Value {
     json!({
         "job_id": null,
-        "force": force,
+        "force": true,
         "sent": report
             .sent
             .iter()

@@ -83,17 +83,14 @@ pub async fn resolve_owner(store: &dyn Store, explicit: Option<i32>) -> Result<i
     }
 }
 
-/// Queues one entity outside any job (`job_id: null`); the existing profile is kept until the
-/// new one replaces it. Returns the queue's message id.
-pub async fn enqueue_one(
-    queue: &dyn Queue,
-    entity: EntityRef,
-    force: bool,
-) -> Result<String, JobsError> {
+/// Queues one entity outside any job (`job_id: null`), which the worker regenerates even when its
+/// profile is fresh (a person's request); the existing profile is kept until the new one replaces
+/// it. Returns the queue's message id.
+pub async fn enqueue_one(queue: &dyn Queue, entity: EntityRef) -> Result<String, JobsError> {
     let message = Message {
         job_id: None,
         entity,
-        force,
+        force: false,
     };
     Ok(queue.send(&OutgoingMessage::new(message.body())).await?)
 }
@@ -107,18 +104,17 @@ pub struct EntitiesReport {
     pub failures: Vec<SendFailure>,
 }
 
-/// Queues each entity outside any job, one message each (duplicates are sent once). A send
-/// that fails is listed and the rest still go out, unless the queue itself is unusable
-/// (a permanent error on the first message), which is returned as an error.
+/// Queues each entity outside any job with [`enqueue_one`], one message each (duplicates are
+/// sent once). A send that fails is listed and the rest still go out, unless the queue itself
+/// is unusable (a permanent error on the first message), which is returned as an error.
 pub async fn enqueue_entities(
     queue: &dyn Queue,
     entities: &[EntityRef],
-    force: bool,
 ) -> Result<EntitiesReport, JobsError> {
     let mut report = EntitiesReport::default();
     let mut seen = std::collections::HashSet::new();
     for &entity in entities.iter().filter(|e| seen.insert(**e)) {
-        match enqueue_one(queue, entity, force).await {
+        match enqueue_one(queue, entity).await {
             Ok(id) => report.sent.push((entity, id)),
             Err(JobsError::Queue(err)) if report.sent.is_empty() && !err.is_transient() => {
                 return Err(JobsError::Queue(err));
