@@ -103,7 +103,7 @@ pub struct EnqueueArgs {
     pub all: bool,
     /// With --all: only the first N entities (authors, then publishers, then binders, each by
     /// id), for the first rounds of a rollout.
-    #[arg(long, value_name = "N", requires = "all",
+    #[arg(long, value_name = "N", conflicts_with = "entity",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
     /// Entities as TYPE:ID (e.g. author:12), outside any job; repeat the flag or separate

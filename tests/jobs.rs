@@ -433,7 +433,11 @@ async fn enqueue_entity_takes_several_entities_repeated_or_comma_separated() {
     );
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("dragon:2"), "{err}");
-    assert_eq!(q.counts().await, (0, 0));
+    assert_eq!(
+        q.counts().await,
+        (0, 3),
+        "nothing sent beside the three drained"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
