@@ -38,8 +38,9 @@ use profile_worker::config::{CacheConfig, SecretUrl};
 use profile_worker::generate::CallKind;
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use profile_worker::model::CollectionEntity;
-use profile_worker::store::ProfileStore;
+use profile_worker::model::{CollectionEntity, EntityRef, EntityType, JobStatus};
+use profile_worker::pipeline::message::Message;
+use profile_worker::store::{JobStore, ProfileStore};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -311,7 +312,16 @@ async fn run(args: &Args) -> Result<Results> {
     let outcome = async {
         startup_phase(args, &env, &mut results).await?;
         drain_phase(args, &env, &queue, &fake, &entities, &mut results).await?;
-        skip_phase(args, &env, &queue, &fake, &entities, &mut results).await?;
+        skip_phase(
+            args,
+            &database,
+            &env,
+            &queue,
+            &fake,
+            &entities,
+            &mut results,
+        )
+        .await?;
         raw_sqs_phase(args, &fauxqs, &mut results).await
     }
     .await;
@@ -358,16 +368,13 @@ async fn startup_phase(args: &Args, env: &[(String, String)], results: &mut Resu
     Ok(())
 }
 
-fn body(entity: &CollectionEntity, force: bool) -> String {
-    let mut v = json!({
-        "job_id": null,
-        "entity_type": entity.entity.entity_type.as_str(),
-        "entity_id": entity.entity.id,
-    });
-    if force {
-        v["force"] = json!(true);
+fn body(job_id: Option<&str>, entity: &CollectionEntity, force: bool) -> String {
+    Message {
+        job_id: job_id.map(str::to_string),
+        entity: entity.entity,
+        force,
     }
-    v.to_string()
+    .body()
 }
 
 async fn drain_phase(
@@ -388,7 +395,7 @@ async fn drain_phase(
     let calls_before = fake.requests().len();
 
     let bodies: Vec<String> = (0..args.messages)
-        .map(|i| body(&entities[i % entities.len()], true))
+        .map(|i| body(None, &entities[i % entities.len()], true))
         .collect();
     eprintln!(
         "[bench] drain: {} messages, fake latency {} ms, concurrency {}",
@@ -464,16 +471,26 @@ async fn drain_phase(
 
 async fn skip_phase(
     args: &Args,
+    database: &db::TestDb,
     env: &[(String, String)],
     queue: &sqs::TestQueue,
     fake: &bedrock::FakeBedrock,
     entities: &[CollectionEntity],
     results: &mut Results,
 ) -> Result<()> {
-    // Entities the drain generated, so each profile is now fresh.
+    // Entities the drain generated, so each profile is now fresh. The messages belong to a batch
+    // job: a message without one is a person's request and would regenerate regardless.
     let fresh = &entities[..entities.len().min(args.messages)];
+    database
+        .exec("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'bench', 'admin') ON CONFLICT DO NOTHING")
+        .await;
+    let job = database
+        .store()
+        .create_job(1, fresh.len() as i32, JobStatus::InProgress)
+        .await
+        .context("create the skip-path job")?;
     let bodies: Vec<String> = (0..args.skip_messages)
-        .map(|i| body(&fresh[i % fresh.len()], false))
+        .map(|i| body(Some(&job.id), &fresh[i % fresh.len()], false))
         .collect();
     send_all(queue, bodies).await?;
     let calls_before = fake.requests().len();
@@ -522,7 +539,15 @@ async fn raw_sqs_phase(args: &Args, fauxqs: &str, results: &mut Results) -> Resu
     for batch in [10, 5] {
         let queue = sqs::TestQueue::create(fauxqs, 5).await;
         let bodies = (0..args.raw_messages)
-            .map(|i| format!(r#"{{"entity_type":"author","entity_id":{}}}"#, i + 1))
+            .map(|i| {
+                let id = i32::try_from(i + 1).expect("fewer messages than i32::MAX");
+                Message {
+                    job_id: None,
+                    entity: EntityRef::new(EntityType::Author, id),
+                    force: false,
+                }
+                .body()
+            })
             .collect();
         send_all(&queue, bodies).await?;
         let t0 = Instant::now();

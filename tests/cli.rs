@@ -387,3 +387,37 @@ async fn healthcheck_passes_against_a_running_daemon() {
     d.signal("TERM");
     assert!(d.wait(std::time::Duration::from_secs(30)).success());
 }
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    for args in [
+        &["no-such-command"][..],
+        &["--no-such-flag"][..],
+        &["enqueue"][..],
+        &["enqueue", "--all", "--entity", "author:1"][..],
+        &["enqueue", "--entity", "dragon:1"][..],
+        &["jobs", "--limit", "0"][..],
+        &["status"][..],
+    ] {
+        let (code, out, err) = run(args, &[]);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.starts_with("error:"), "{args:?}: {err}");
+    }
+    for args in [
+        &["--help"][..],
+        &["enqueue", "--help"][..],
+        &["--version"][..],
+    ] {
+        let (code, out, _) = run(args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(!out.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn the_production_binary_has_no_hidden_diagnostic_flag() {
+    let (code, _, err) = run(&["--diagnostic-hold-ms", "1", "run"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--diagnostic-hold-ms"), "{err}");
+}

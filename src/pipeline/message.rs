@@ -35,6 +35,21 @@ impl Message {
             Demand::IfStale
         }
     }
+
+    /// The body, in the original producer's JSON style (`json.dumps` separators) so logs and
+    /// tooling on both sides read the same: `{"job_id": "…", "entity_type": "author",
+    /// "entity_id": 5}`, plus `"force": true` only when forced. [`parse`] reads it back.
+    pub fn body(&self) -> String {
+        let job = match &self.job_id {
+            Some(id) => Value::from(id.as_str()).to_string(),
+            None => "null".to_string(),
+        };
+        let force = if self.force { ", \"force\": true" } else { "" };
+        format!(
+            "{{\"job_id\": {job}, \"entity_type\": \"{}\", \"entity_id\": {}{force}}}",
+            self.entity.entity_type, self.entity.id
+        )
+    }
 }
 
 /// What a message asks of an entity whose profile may already be fresh.
@@ -166,6 +181,34 @@ mod tests {
 
     fn reason(body: &str) -> String {
         parse(body, 1024).unwrap_err().reason
+    }
+
+    #[test]
+    fn bodies_use_the_original_json_style_and_parse_back() {
+        let batch = Message {
+            job_id: Some("j-1".into()),
+            entity: EntityRef::new(EntityType::Author, 5),
+            force: false,
+        };
+        assert_eq!(
+            batch.body(),
+            r#"{"job_id": "j-1", "entity_type": "author", "entity_id": 5}"#
+        );
+        let ad_hoc = Message {
+            job_id: None,
+            entity: EntityRef::new(EntityType::Binder, 12),
+            force: true,
+        };
+        assert_eq!(
+            ad_hoc.body(),
+            r#"{"job_id": null, "entity_type": "binder", "entity_id": 12, "force": true}"#
+        );
+        let quoted = Message {
+            job_id: Some("j\"2".into()),
+            ..ad_hoc
+        };
+        assert_eq!(parse(&quoted.body(), 65536).unwrap(), quoted);
+        assert_eq!(parse(&batch.body(), 65536).unwrap(), batch);
     }
 
     #[test]
