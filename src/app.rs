@@ -9,9 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::SdkConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::aws;
 use crate::cache::{CacheError, GraphCache};
 use crate::config::{Config, GeneratorBackend};
 use crate::consumer::diagnostic::HoldHandler;
@@ -77,6 +79,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
     let result = async {
+        // One AWS configuration for the queue and Bedrock clients (see `aws`).
+        let sdk = aws::sdk_config(&config.aws).await;
         let (handler, store): (Arc<dyn Handler>, Option<Arc<dyn Store>>) = match mode {
             Mode::DiagnosticHold(hold) => (Arc::new(HoldHandler::new(hold)), None),
             Mode::Pipeline => {
@@ -91,7 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
                 }
                 let generator: Arc<dyn Generator> = match config.generator.backend {
                     GeneratorBackend::Bedrock => {
-                        Arc::new(BedrockGenerator::from_env(&config, metrics.clone()).await)
+                        Arc::new(BedrockGenerator::new(&sdk, &config.generator, metrics.clone()))
                     }
                     GeneratorBackend::Offline => Arc::new(OfflineGenerator::from_config(
                         &config.generator,
@@ -114,7 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
             metrics: metrics.clone(),
             health: health.clone(),
         };
-        consume(&config, &shutdown, deps, &background_stop).await
+        consume(&config, &sdk, &shutdown, deps, &background_stop).await
     }
     .await;
 
@@ -188,6 +192,7 @@ struct Deps {
 
 async fn consume(
     config: &Config,
+    sdk: &SdkConfig,
     shutdown: &CancellationToken,
     deps: Deps,
     background_stop: &CancellationToken,
@@ -196,7 +201,7 @@ async fn consume(
     let queue = tokio::select! {
         // Nothing has been received yet, so abandoning start-up strands no message.
         _ = shutdown.cancelled() => return Ok(()),
-        q = SqsQueue::connect(&config.queue, &config.aws, wait) => q.map_err(AppError::Queue)?,
+        q = SqsQueue::connect(sdk, &config.queue, wait) => q.map_err(AppError::Queue)?,
     };
     tracing::info!(
         queue = queue.url(),

@@ -11,6 +11,7 @@
 //! - [`cli`]: command line; [`config`]: layered, validated configuration;
 //!   [`telemetry`]: logging; [`build_info`]: version stamps; [`model`]: domain types.
 //! - [`app`]: builds everything from the configuration, owns start-up and shutdown order;
+//!   [`aws`]: the one AWS SDK configuration the SQS and Bedrock clients share;
 //!   [`shutdown`]: signals to a cancellation token.
 //! - [`pipeline`]: one message (its [`pipeline::message`] contract); [`generate`]: the
 //!   generator port, Bedrock and offline adapters, prompts, output hygiene, narrative classifier.
@@ -26,6 +27,7 @@
 //!   [`cache`]: its in-process and Redis cache.
 
 pub mod app;
+pub mod aws;
 pub mod build_info;
 pub mod cache;
 pub mod cli;

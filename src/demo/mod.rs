@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CacheError, GraphCache};
+use crate::aws;
+use crate::cache::{CacheError, GraphCache, KEY_PREFIX, MemoryCache};
 use crate::config::{Config, SecretUrl};
 use crate::consumer::{Consumer, ConsumerSettings, Summary};
 use crate::generate::CallKind;
@@ -140,9 +141,20 @@ async fn passes(
 ) -> Result<Report, DemoError> {
     let (store, store_kind) = open_store(options).await?;
     let (queue, queue_kind) = open_queue(config, options).await?;
-    let mut cache_config = config.cache.clone();
-    cache_config.redis_url = SecretUrl::new(options.redis_url.clone().unwrap_or_default());
-    let cache = GraphCache::new(&cache_config, metrics.clone(), &health)?;
+    let cache = match &options.redis_url {
+        Some(url) => {
+            let mut cache_config = config.cache.clone();
+            cache_config.redis_url = SecretUrl::new(url.clone());
+            GraphCache::new(&cache_config, metrics.clone(), &health)?
+        }
+        // The same two layers as production, the shared one embedded.
+        None => GraphCache::with_shared(
+            &config.cache,
+            metrics.clone(),
+            Some(Arc::new(MemoryCache::new())),
+            KEY_PREFIX,
+        ),
+    };
     let generator = Arc::new(OfflineGenerator::new(options.latency, metrics.clone()));
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
@@ -242,7 +254,12 @@ async fn open_queue(
             let mut queue_config = config.queue.clone();
             queue_config.url = url.clone();
             let queue =
-                SqsQueue::connect(&queue_config, &config.aws, Duration::from_secs(1)).await?;
+                SqsQueue::connect(
+                    &aws::sdk_config(&config.aws).await,
+                    &queue_config,
+                    Duration::from_secs(1),
+                )
+                .await?;
             Ok((Arc::new(queue), "SQS"))
         }
     }

@@ -15,6 +15,7 @@ use super::status::{
 };
 use super::{EnqueueReport, JobsError, enqueue_all, enqueue_one, resolve_owner};
 use crate::cli::{EnqueueArgs, StatusArgs};
+use crate::aws;
 use crate::config::Config;
 use crate::model::{Job, JobStatus};
 use crate::queue::SqsQueue;
@@ -53,7 +54,7 @@ fn open_store(config: &Config) -> Result<PgStore, JobsError> {
 
 async fn open_queue(config: &Config) -> Result<SqsQueue, JobsError> {
     // Sends never long-poll: the per-attempt timeout only needs the SDK's margin.
-    Ok(SqsQueue::connect(&config.queue, &config.aws, Duration::ZERO).await?)
+    Ok(SqsQueue::connect(&aws::sdk_config(&config.aws).await, &config.queue, Duration::ZERO).await?)
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), JobsError> {
