@@ -94,9 +94,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
                     );
                 }
                 let generator: Arc<dyn Generator> = match config.generator.backend {
-                    GeneratorBackend::Bedrock => {
-                        Arc::new(BedrockGenerator::new(&sdk, &config.generator, metrics.clone()))
-                    }
+                    GeneratorBackend::Bedrock => Arc::new(BedrockGenerator::new(
+                        &sdk,
+                        &config.generator,
+                        metrics.clone(),
+                    )),
                     GeneratorBackend::Offline => Arc::new(OfflineGenerator::from_config(
                         &config.generator,
                         metrics.clone(),

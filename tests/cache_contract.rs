@@ -241,10 +241,7 @@ async fn two_graph_caches_on_one_layer_build_once(s: Subject) {
     assert_eq!(builds.count(), 1, "the replica without the lock waited");
     assert_eq!(ga.unwrap().nodes, gb.unwrap().nodes);
     let layer = s.layer.layer();
-    assert_eq!(
-        requests(&ma, layer, "hit") + requests(&mb, layer, "hit"),
-        1
-    );
+    assert_eq!(requests(&ma, layer, "hit") + requests(&mb, layer, "hit"), 1);
     assert_eq!(
         requests(&ma, layer, "miss") + requests(&mb, layer, "miss"),
         1
@@ -267,7 +264,11 @@ async fn a_graph_cache_serves_what_another_stored(s: Subject) {
         .await
         .unwrap();
     let stored = s.layer.get(&writer.key(&params)).await.unwrap().unwrap();
-    assert_eq!(stored, to_python_json(&built).into_bytes(), "the Python JSON");
+    assert_eq!(
+        stored,
+        to_python_json(&built).into_bytes(),
+        "the Python JSON"
+    );
     let (reader, metrics) = replica(&s);
     let read = reader
         .get_or_build(&params, || builds.clone().build())

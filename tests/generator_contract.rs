@@ -13,8 +13,8 @@ use std::time::Duration;
 use profile_worker::generate::bedrock::BedrockGenerator;
 use profile_worker::generate::offline::{OFFLINE_MODEL, OfflineGenerator};
 use profile_worker::generate::{
-    BiographyRequest, CallKind, DiscoveryRequest, Generator, MAX_AI_CONNECTIONS,
-    NarrativeTrigger, PairRequest, RelationshipStoryRequest, Usage,
+    BiographyRequest, CallKind, DiscoveryRequest, Generator, MAX_AI_CONNECTIONS, NarrativeTrigger,
+    PairRequest, RelationshipStoryRequest, Usage,
 };
 use profile_worker::metrics::Metrics;
 use profile_worker::model::{Book, CollectionEntity, Entity, EntityRef};
@@ -273,7 +273,11 @@ async fn a_biography_is_usable_and_its_markers_name_connections(s: Subject) {
     let reply = s.generator.biography(&request).await.expect("biography");
     assert_one_call(&reply.usage);
     assert_eq!(reply.model, s.answering_model);
-    let biography = reply.value.biography.as_deref().expect("a usable biography");
+    let biography = reply
+        .value
+        .biography
+        .as_deref()
+        .expect("a usable biography");
     assert!(!biography.trim().is_empty());
     assert_markers_name(biography, &request.connections);
     for story in &reply.value.personal_stories {

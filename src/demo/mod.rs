@@ -253,13 +253,12 @@ async fn open_queue(
         Some(url) => {
             let mut queue_config = config.queue.clone();
             queue_config.url = url.clone();
-            let queue =
-                SqsQueue::connect(
-                    &aws::sdk_config(&config.aws).await,
-                    &queue_config,
-                    Duration::from_secs(1),
-                )
-                .await?;
+            let queue = SqsQueue::connect(
+                &aws::sdk_config(&config.aws).await,
+                &queue_config,
+                Duration::from_secs(1),
+            )
+            .await?;
             Ok((Arc::new(queue), "SQS"))
         }
     }

@@ -14,8 +14,8 @@ use super::status::{
     JobReport, eta_text, job_json, list_line, progress, rate_text, watch_key, watch_line,
 };
 use super::{EnqueueReport, JobsError, enqueue_all, enqueue_one, resolve_owner};
-use crate::cli::{EnqueueArgs, StatusArgs};
 use crate::aws;
+use crate::cli::{EnqueueArgs, StatusArgs};
 use crate::config::Config;
 use crate::model::{Job, JobStatus};
 use crate::queue::SqsQueue;
@@ -54,7 +54,12 @@ fn open_store(config: &Config) -> Result<PgStore, JobsError> {
 
 async fn open_queue(config: &Config) -> Result<SqsQueue, JobsError> {
     // Sends never long-poll: the per-attempt timeout only needs the SDK's margin.
-    Ok(SqsQueue::connect(&aws::sdk_config(&config.aws).await, &config.queue, Duration::ZERO).await?)
+    Ok(SqsQueue::connect(
+        &aws::sdk_config(&config.aws).await,
+        &config.queue,
+        Duration::ZERO,
+    )
+    .await?)
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), JobsError> {
