@@ -24,6 +24,7 @@ use crate::config::CacheConfig;
 use crate::graph::{Graph, GraphParams, from_json, to_python_json};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 
 pub use memory::MemoryCache;
 pub use redis::RedisCache;
@@ -33,9 +34,9 @@ pub use shared::{SharedCache, SharedCacheError};
 pub const KEY_PREFIX: &str = "social_circles:graph:";
 /// Values longer than this (10 MiB) are not cached, as in the original.
 pub const MAX_CACHED_LEN: usize = 10 * 1024 * 1024;
-/// First and longest pause between polls while another replica builds.
-const POLL_FIRST: Duration = Duration::from_millis(20);
-const POLL_MAX: Duration = Duration::from_millis(200);
+/// Pauses between polls while another replica builds: from 20 ms, doubling up to 200 ms.
+const LOCK_POLL: Backoff =
+    Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200));
 
 /// Why the cache could not be set up (bad configuration: fix it and restart).
 #[derive(Debug, thiserror::Error)]
@@ -317,10 +318,10 @@ impl Shared {
     /// Polls for another replica's build until it lands, its lock goes away or `lock_wait` ends.
     async fn wait_for(&self, key: &str, lock_key: &str) -> Option<Graph> {
         let deadline = Instant::now() + self.lock_wait;
-        let mut pause = POLL_FIRST;
+        let mut pause = LOCK_POLL.steps();
         while Instant::now() < deadline {
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 2).min(POLL_MAX);
+            let delay = pause.next_delay();
+            tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
             match self.read(key).await {
                 L2::Hit(graph) => return Some(graph),
                 L2::Error => return None,
