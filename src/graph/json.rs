@@ -32,7 +32,7 @@ pub fn to_python_json(graph: &Graph) -> String {
 
 /// Parses a cached graph written by either implementation, validating what Pydantic validates.
 /// Takes bytes as the cache reads them; UTF-8 is checked while parsing.
-pub fn from_json(json: impl AsRef<[u8]>) -> Result<Graph, GraphJsonError> {
+pub fn from_json<T: AsRef<[u8]> + ?Sized>(json: &T) -> Result<Graph, GraphJsonError> {
     let graph: Graph = serde_json::from_slice(json.as_ref())?;
     if let Some(edge) = graph.edges.iter().find(|e| !(2..=10).contains(&e.strength)) {
         return Err(GraphJsonError::Strength {
