@@ -885,6 +885,13 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
+/// Mean time in nanoseconds of one criterion bench, from `<bench dir>/new/estimates.json`.
+fn criterion_mean(bench: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(bench.join("new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64()
+}
+
 /// Mean time of the criterion benches this report lists, from `<dir>/<id>/new/estimates.json`.
 fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
     let ids = [
@@ -898,14 +905,7 @@ fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
     ];
     let mut found: Vec<(String, String)> = ids
         .iter()
-        .filter_map(|(id, what)| {
-            let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some((
-                what.to_string(),
-                nanos(v["mean"]["point_estimate"].as_f64()?),
-            ))
-        })
+        .filter_map(|(id, what)| Some((what.to_string(), nanos(criterion_mean(&dir.join(id))?))))
         .collect();
     // The sanitiser bench is named after the text's size.
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -914,10 +914,7 @@ fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
             if let Some(bytes) = name
                 .strip_prefix("sanitize_markers_")
                 .and_then(|s| s.strip_suffix("_bytes"))
-                && let Some(mean) = std::fs::read_to_string(entry.path().join("new/estimates.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["mean"]["point_estimate"].as_f64())
+                && let Some(mean) = criterion_mean(&entry.path())
             {
                 found.push((
                     format!("sanitise markers in a {bytes}-byte text"),
@@ -1021,6 +1018,24 @@ fn report(args: &Args, r: &Results) -> String {
         mib(r.idle_rss_kib),
         verdict(r.idle_rss_kib as f64 * 1024.0 <= 20e6)
     );
+    if let Some(dir) = &args.criterion_dir
+        && let Some(ns) = criterion_mean(&dir.join("cache/redis_hit_with_parse/5000"))
+    {
+        let _ = writeln!(
+            out,
+            "| Redis cache hit including parse, 5,000-book graph (criterion, `benches/graph.rs`) | {} | ≤ 3 ms | {} |",
+            nanos(ns),
+            verdict(ns <= 3e6)
+        );
+    }
+    if let Ok(meta) = std::fs::metadata(&args.binary) {
+        let _ = writeln!(
+            out,
+            "| Binary size ({} build) | {:.1} MiB | (reference) | |",
+            args.build_profile,
+            meta.len() as f64 / 1_048_576.0
+        );
+    }
     let _ = writeln!(
         out,
         "| Resident memory, peak during the drain (VmHWM) | {:.1} MiB | ≤ 60 MB | {} |",
@@ -1165,7 +1180,7 @@ fn report(args: &Args, r: &Results) -> String {
          scripts/bench --publish  # full run, rewrites this page and its plot\n```\n\n\
          `scripts/bench` starts (or installs) PostgreSQL, Redis and fauxqs the way `scripts/test` \
          does, builds the daemon and this benchmark (`examples/load_bench.rs`), runs the criterion \
-         pipeline benches (full runs), then the load benchmark, and plots `inflight.csv` with gnuplot. \
+         pipeline and graph benches (full runs), then the load benchmark, and plots `inflight.csv` with gnuplot. \
          It exits non-zero only when the run is broken, never for a missed goal."
     );
     out

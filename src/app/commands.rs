@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use super::exit::Exit;
-use super::{Adapters, App, AppError, QueueAdapter, StoreAdapter};
+use super::{Adapters, App, AppError, QueueAdapter, SharedCacheAdapter, StoreAdapter};
 use crate::cli::{DemoArgs, EnqueueArgs, StatusArgs};
 use crate::config::{self, ConfigError, GeneratorBackend, Loaded, LogFormat, Needs, SecretUrl};
 use crate::demo::{self, DemoError};
@@ -95,6 +95,11 @@ pub fn demo(loaded: Loaded, args: &DemoArgs) -> Result {
     let mut adapters = Adapters {
         store: StoreAdapter::Sample,
         queue: QueueAdapter::Memory,
+        shared_cache: if args.redis_url.is_some() {
+            SharedCacheAdapter::Redis
+        } else {
+            SharedCacheAdapter::Memory
+        },
     };
     if let Some(url) = &args.database_url {
         config.database.url = SecretUrl::new(url.clone());

@@ -14,9 +14,12 @@ pub mod exit;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::SdkConfig;
+
 use diesel_async::SimpleAsyncConnection;
 
-use crate::cache::{CacheError, GraphCache};
+use crate::aws;
+use crate::cache::{CacheError, GraphCache, KEY_PREFIX, MemoryCache};
 use crate::config::{Config, GeneratorBackend};
 use crate::consumer::{Consumer, ConsumerSettings, Handler};
 use crate::demo::sample::Sample;
@@ -80,19 +83,30 @@ pub enum QueueAdapter {
     Memory,
 }
 
+/// Which adapter serves the graph cache's shared layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedCacheAdapter {
+    /// Redis at `cache.redis_url`; none when it is empty (every miss builds).
+    Redis,
+    /// An in-process shared layer (the embedded demo: the same two layers as production).
+    Memory,
+}
+
 /// The adapter behind each port that has more than one. The generator follows
-/// `generator.backend` and the graph cache's shared layer `cache.redis_url`.
+/// `generator.backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Adapters {
     pub store: StoreAdapter,
     pub queue: QueueAdapter,
+    pub shared_cache: SharedCacheAdapter,
 }
 
 impl Adapters {
-    /// Production: PostgreSQL and SQS.
+    /// Production: PostgreSQL, SQS and Redis.
     pub const PRODUCTION: Adapters = Adapters {
         store: StoreAdapter::Postgres,
         queue: QueueAdapter::Sqs,
+        shared_cache: SharedCacheAdapter::Redis,
     };
 }
 
@@ -102,6 +116,8 @@ pub struct App {
     adapters: Adapters,
     metrics: Arc<Metrics>,
     health: Health,
+    /// One AWS SDK configuration for the SQS and Bedrock clients, loaded on first use.
+    sdk: tokio::sync::OnceCell<SdkConfig>,
 }
 
 impl App {
@@ -111,7 +127,15 @@ impl App {
             adapters,
             metrics: Arc::new(Metrics::new()),
             health: Health::new(),
+            sdk: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The shared AWS SDK configuration (region, credentials, endpoints; see [`crate::aws`]).
+    async fn sdk(&self) -> &SdkConfig {
+        self.sdk
+            .get_or_init(|| aws::sdk_config(&self.config.aws))
+            .await
     }
 
     pub fn config(&self) -> &Config {
@@ -205,7 +229,7 @@ impl App {
         Ok(match self.adapters.queue {
             QueueAdapter::Memory => Arc::new(MemoryQueue::with_dead_letter(MEMORY_MAX_RECEIVES)),
             QueueAdapter::Sqs => {
-                let queue = SqsQueue::connect(&self.config.queue, &self.config.aws, wait)
+                let queue = SqsQueue::connect(self.sdk().await, &self.config.queue, wait)
                     .await
                     .map_err(AppError::Queue)?;
                 tracing::info!(
@@ -218,8 +242,16 @@ impl App {
         })
     }
 
-    /// The graph cache: in-process, plus Redis when `cache.redis_url` is set.
+    /// The graph cache: in-process, plus the shared layer the adapters name.
     pub async fn cache(&self) -> Result<GraphCache, AppError> {
+        if self.adapters.shared_cache == SharedCacheAdapter::Memory {
+            return Ok(GraphCache::with_shared(
+                &self.config.cache,
+                self.metrics.clone(),
+                Some(Arc::new(MemoryCache::new())),
+                KEY_PREFIX,
+            ));
+        }
         let cache = GraphCache::new(&self.config.cache, self.metrics.clone(), &self.health)
             .map_err(AppError::Cache)?;
         if !self.config.cache.redis_url.is_empty() && !cache.ping().await {
@@ -233,9 +265,11 @@ impl App {
     /// The generator `generator.backend` names.
     pub async fn generator(&self) -> Arc<dyn Generator> {
         match self.config.generator.backend {
-            GeneratorBackend::Bedrock => {
-                Arc::new(BedrockGenerator::from_env(&self.config, self.metrics.clone()).await)
-            }
+            GeneratorBackend::Bedrock => Arc::new(BedrockGenerator::new(
+                self.sdk().await,
+                &self.config.generator,
+                self.metrics.clone(),
+            )),
             GeneratorBackend::Offline => Arc::new(OfflineGenerator::from_config(
                 &self.config.generator,
                 self.metrics.clone(),
