@@ -138,7 +138,7 @@ async fn open_store(
 ) -> Result<Arc<dyn Store>, AppError> {
     let check = health.check("database", true);
     if config.database.migrate_on_start {
-        migrate::migrate(&config.database)
+        migrate::migrate(&config.database, migrate::Mode::Shared)
             .await
             .map_err(AppError::Migrate)?;
     }

@@ -115,6 +115,8 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
     pub statement_timeout_ms: u64,
     pub migrate_on_start: bool,
+    /// PostgreSQL schema of the daemon's own tables (see docs/decisions.md, "Own schema").
+    pub schema: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -613,6 +615,22 @@ fn validate(loaded: &Loaded) -> Vec<Problem> {
         &["postgres", "postgresql"],
     );
     checks.range("database.pool_size", c.database.pool_size.into(), 1, 200);
+    let schema = &c.database.schema;
+    if schema.is_empty()
+        || schema.len() > 63
+        || schema == "public"
+        || schema.starts_with("pg_")
+        || !schema.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
+        || !schema
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+    {
+        checks.fail(
+            "database.schema",
+            "must be a lowercase PostgreSQL identifier (a-z, 0-9, _; at most 63 characters), \
+             not public or pg_*",
+        );
+    }
     checks.range(
         "database.statement_timeout_ms",
         c.database.statement_timeout_ms,

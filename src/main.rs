@@ -50,6 +50,7 @@ fn main() -> ExitCode {
                 latency: Duration::from_millis(args.latency_ms),
                 twice: args.twice,
                 database_url: args.database_url.clone(),
+                allow_shared_database: args.allow_shared_database,
                 queue_url: args.queue_url.clone(),
                 redis_url: args.redis_url.clone(),
                 progress: !args.no_progress && std::io::stderr().is_terminal(),
@@ -91,7 +92,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Migrate => {
+        Command::Migrate { standalone } => {
             if let Err(err) = loaded.require(Needs {
                 database: true,
                 ..Needs::default()
@@ -100,7 +101,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
             telemetry::init(&loaded.config.log);
-            match runtime.block_on(store::migrate::migrate(&loaded.config.database)) {
+            match runtime.block_on(store::migrate::migrate(
+                &loaded.config.database,
+                if *standalone {
+                    store::migrate::Mode::Standalone
+                } else {
+                    store::migrate::Mode::Shared
+                },
+            )) {
                 Ok(applied) => {
                     println!("applied {} migration(s)", applied.len());
                     ExitCode::SUCCESS

@@ -40,6 +40,8 @@ pub struct Options {
     /// Run a second generate-all pass, which finds every profile fresh.
     pub twice: bool,
     pub database_url: Option<String>,
+    /// Use `database_url` even when it has `alembic_version` or stored profiles.
+    pub allow_shared_database: bool,
     pub queue_url: Option<String>,
     pub redis_url: Option<String>,
     /// Draw a progress bar on stderr.
@@ -58,6 +60,13 @@ pub enum DemoError {
     Store(#[from] StoreError),
     #[error("migrations: {0}")]
     Migrate(#[from] MigrateError),
+    #[error(
+        "refusing to run the demo on a database that {0}: the demo writes sample entities and \
+         offline profiles; use a throw-away database, or pass --allow-shared-database"
+    )]
+    SharedDatabase(String),
+    #[error("database: {0}")]
+    Schema(#[from] crate::store::schema_check::SchemaError),
     #[error("cannot load the sample collection: {0}")]
     Load(String),
     #[error("queue: {0}")]
@@ -213,8 +222,10 @@ async fn open_store(options: &Options) -> Result<(Arc<dyn Store>, &'static str),
         pool_size: 10,
         statement_timeout_ms: 30_000,
         migrate_on_start: true,
+        schema: "profile_worker".into(),
     };
-    migrate::migrate(&config).await?;
+    let mode = guard_shared_database(url, options.allow_shared_database).await?;
+    migrate::migrate(&config, mode).await?;
     let store = PgStore::connect(&config)?;
     if store.collection_entities().await?.is_empty() {
         use diesel_async::SimpleAsyncConnection;
@@ -227,6 +238,55 @@ async fn open_store(options: &Options) -> Result<(Arc<dyn Store>, &'static str),
             .map_err(|e| DemoError::Load(e.to_string()))?;
     }
     Ok((Arc::new(store), "PostgreSQL"))
+}
+
+/// Refuses a database the demo could pollute: one the API's Alembic manages, or one holding
+/// profiles (the demo's offline profiles would sit among them), unless `allowed`. Returns how to
+/// migrate it: beside the API only the daemon's schema, otherwise the stand-in domain tables too.
+async fn guard_shared_database(url: &str, allowed: bool) -> Result<migrate::Mode, DemoError> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    use diesel_async::RunQueryDsl;
+    let mut conn = crate::store::tls::establish(url)
+        .await
+        .map_err(|e| DemoError::Store(StoreError::Unavailable(e.to_string())))?;
+    let alembic = crate::store::schema_check::has_alembic(&mut conn).await?;
+    let has_profiles_table: Count =
+        diesel::sql_query("SELECT (to_regclass('entity_profiles') IS NOT NULL)::int8 AS n")
+            .get_result(&mut conn)
+            .await
+            .map_err(crate::store::connection::classify)?;
+    let profiles = if has_profiles_table.n == 1 {
+        let row: Count = diesel::sql_query("SELECT count(*) AS n FROM entity_profiles")
+            .get_result(&mut conn)
+            .await
+            .map_err(crate::store::connection::classify)?;
+        row.n
+    } else {
+        0
+    };
+    let reason = if alembic {
+        Some("has the API's schema (alembic_version)".to_owned())
+    } else if profiles > 0 {
+        Some(format!("holds {profiles} stored profile(s)"))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) if !allowed => Err(DemoError::SharedDatabase(reason)),
+        Some(reason) => {
+            tracing::warn!(%reason, "running the demo on a shared database (--allow-shared-database)");
+            Ok(if alembic {
+                migrate::Mode::Shared
+            } else {
+                migrate::Mode::Standalone
+            })
+        }
+        None => Ok(migrate::Mode::Standalone),
+    }
 }
 
 async fn open_queue(
