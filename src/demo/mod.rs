@@ -255,7 +255,7 @@ async fn guard_shared_database(url: &str, allowed: bool) -> Result<migrate::Mode
         .map_err(|e| DemoError::Store(StoreError::Unavailable(e.to_string())))?;
     let alembic = crate::store::schema_check::has_alembic(&mut conn).await?;
     let has_profiles_table: Count =
-        diesel::sql_query("SELECT (to_regclass('entity_profiles') IS NOT NULL)::int8 AS n")
+        diesel::sql_query("SELECT (to_regclass('entity_profiles') IS NOT NULL)::int::int8 AS n")
             .get_result(&mut conn)
             .await
             .map_err(crate::store::connection::classify)?;
