@@ -43,8 +43,14 @@ const LONG_VERSION: &str = concat!(
 pub enum Command {
     /// Run the daemon: consume the queue until SIGTERM (the default).
     Run,
-    /// Apply pending database migrations (under an advisory lock; safe to run from several hosts).
-    Migrate,
+    /// Apply pending migrations of the daemon's own schema (under an advisory lock; safe to run
+    /// from several hosts). Never creates or alters the API's tables.
+    Migrate {
+        /// Also create the API's domain tables, for a database without the API (development, the
+        /// demo). Not a schema the API's Alembic can adopt; refused when alembic_version exists.
+        #[arg(long)]
+        standalone: bool,
+    },
     /// Print the effective configuration (TOML, secrets redacted) and exit.
     Config,
     /// GET the side server's /health; exit 0 when it answers 200, else 1 (for container health checks).
@@ -166,8 +172,13 @@ pub struct DemoArgs {
     #[arg(long)]
     pub twice: bool,
     /// Use this PostgreSQL database (migrated; the sample is loaded if it has no collection).
+    /// Refused when it has the API's schema (alembic_version) or stored profiles.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Run on a --database-url that has the API's schema or stored profiles anyway: the demo
+    /// writes sample entities (into an empty collection) and offline profiles.
+    #[arg(long, requires = "database_url")]
+    pub allow_shared_database: bool,
     /// Use this SQS queue instead of the in-memory one (endpoint and credentials from the AWS chain).
     #[arg(long, value_name = "URL")]
     pub queue_url: Option<String>,

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Command::Version => unreachable!("answered before the configuration is loaded"),
         Command::Run => commands::run(loaded),
         Command::Config => commands::config(&loaded),
-        Command::Migrate => commands::migrate(&loaded),
+        Command::Migrate { standalone } => commands::migrate(&loaded, *standalone),
         Command::Demo(args) => commands::demo(loaded, args),
         Command::Healthcheck { url, timeout } => {
             commands::healthcheck(&loaded, url.as_deref(), Duration::from_secs(*timeout))

@@ -204,4 +204,44 @@ async fn demo_runs_against_postgresql() {
     .await
     .unwrap();
     assert_eq!(completed.n, 1);
+
+    // The database now holds profiles: a second demo needs to be told it may share it.
+    let args = [
+        "--latency-ms",
+        "1",
+        "--no-progress",
+        "--database-url",
+        &db.url,
+    ];
+    let (code, out, err) = demo(&args, &[]);
+    assert_ne!(code, 0, "stdout:\n{out}");
+    assert!(err.contains("stored profile(s)"), "{err}");
+    assert!(err.contains("--allow-shared-database"), "{err}");
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-shared-database");
+    let (code, out, err) = demo(&allowed, &[]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+}
+
+#[tokio::test]
+async fn demo_refuses_a_database_the_api_manages() {
+    let db = TestDb::empty().await;
+    db.exec(include_str!("data/api-schema-alembic-head.sql"))
+        .await;
+    let (code, out, err) = demo(&["--no-progress", "--database-url", &db.url], &[]);
+    assert_ne!(code, 0, "stdout:\n{out}");
+    assert!(err.contains("alembic_version"), "{err}");
+    assert!(err.contains("--allow-shared-database"), "{err}");
+    let mut conn = db.conn().await;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        s: Option<String>,
+    }
+    let schema: Name = diesel::sql_query("SELECT to_regnamespace('profile_worker')::text AS s")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(schema.s, None, "nothing migrated");
 }

@@ -6,10 +6,10 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::RunQueryDsl;
 use profile_worker::model::EntityType;
-use profile_worker::store::migrate::{MIGRATIONS, run_migrations};
-use profile_worker::store::schema_check::SchemaError;
+use profile_worker::store::migrate::{MIGRATIONS, MigrateError, Mode, run_migrations};
+use profile_worker::store::schema_check::{Problem, SchemaError};
 use profile_worker::store::{JobStore, PgStore, ProfileStore};
-use support::db::{TestDb, load_fixture};
+use support::db::{SCHEMA, TestDb, load_fixture};
 
 const DOMAIN_TABLES: &str = "'users','authors','publishers','binders','books','entity_profiles',\
                              'ai_connections','profile_generation_jobs','app_config'";
@@ -64,92 +64,54 @@ async fn domain_rows(db: &TestDb) -> String {
     out
 }
 
-async fn table_exists(db: &TestDb, table: &str) -> bool {
-    text(
+async fn table_exists(db: &TestDb, schema: &str, table: &str) -> bool {
+    !text(
         db,
-        &format!("SELECT to_regclass('public.{table}')::text AS s"),
+        &format!("SELECT to_regclass('{schema}.{table}')::text AS s"),
     )
     .await
-        == table
+    .is_empty()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_build_an_empty_database_and_rerun_as_a_no_op() {
-    let db = TestDb::empty().await;
-    let applied = run_migrations(&db.url).await.expect("first run");
-    assert_eq!(applied.len(), 2, "both migrations applied: {applied:?}");
-    let shape = domain_shape(&db).await;
-    for expected in [
-        "uq_entity_profile UNIQUE (entity_type, entity_id)",
-        "uq_ai_connection UNIQUE (source_type, source_id, target_type, target_id, relationship)",
-        "CREATE INDEX ix_ai_connections_source ON public.ai_connections USING btree (source_type, source_id)",
-        "CREATE INDEX ix_ai_connections_target ON public.ai_connections USING btree (target_type, target_id)",
-        "CREATE INDEX ix_profile_generation_jobs_status ON public.profile_generation_jobs USING btree (status)",
-        "col entity_profiles.personal_stories json YES",
-        "col entity_profiles.relationship_stories json YES",
-        "col profile_generation_jobs.id character varying NO",
-    ] {
-        assert!(shape.contains(expected), "missing {expected:?} in\n{shape}");
-    }
-    assert!(table_exists(&db, "profile_generation_job_items").await);
-    assert!(table_exists(&db, "profile_generations").await);
-    db.store().check_schema().await.expect("schema complete");
-
-    let again = run_migrations(&db.url).await.expect("second run");
-    assert!(again.is_empty(), "nothing pending: {again:?}");
-    assert_eq!(domain_shape(&db).await, shape);
+/// Foreign keys from the daemon's schema into any other schema.
+async fn foreign_keys_out(db: &TestDb) -> String {
+    text(
+        db,
+        &format!(
+            "SELECT string_agg(c.conname, ',') AS s FROM pg_constraint c \
+             JOIN pg_class own ON own.oid = c.conrelid JOIN pg_class other ON other.oid = c.confrelid \
+             WHERE c.contype = 'f' AND own.relnamespace = '{SCHEMA}'::regnamespace \
+               AND other.relnamespace <> own.relnamespace"
+        ),
+    )
+    .await
 }
 
-/// The original's tables as its Alembic history leaves them: extra API-only columns, default
-/// constraint names, an `alembic_version` table, and rows.
-const ALEMBIC_SCHEMA: &str = r#"
-CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num));
-INSERT INTO alembic_version VALUES ('e9a5101c8557');
-CREATE TABLE users (id SERIAL NOT NULL, cognito_sub VARCHAR(100) NOT NULL, email VARCHAR(255), role VARCHAR(20) NOT NULL,
-  mfa_exempt BOOLEAN DEFAULT false NOT NULL, created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
-  updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, PRIMARY KEY (id), UNIQUE (cognito_sub));
-CREATE TABLE authors (id SERIAL NOT NULL, name VARCHAR(200) NOT NULL, birth_year INTEGER, death_year INTEGER,
-  era VARCHAR(50), first_acquired_date DATE, priority_score INTEGER DEFAULT 0 NOT NULL, tier VARCHAR(10),
-  preferred BOOLEAN DEFAULT false NOT NULL, image_url VARCHAR(500), created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
-  PRIMARY KEY (id), CONSTRAINT uq_authors_name UNIQUE (name));
-CREATE TABLE publishers (id SERIAL NOT NULL, name VARCHAR(100) NOT NULL, tier VARCHAR(10), founded_year INTEGER,
-  description TEXT, preferred BOOLEAN DEFAULT false NOT NULL, image_url VARCHAR(500), PRIMARY KEY (id), UNIQUE (name));
-CREATE TABLE binders (id SERIAL NOT NULL, name VARCHAR(100) NOT NULL, tier VARCHAR(20), full_name VARCHAR(200),
-  authentication_markers TEXT, preferred BOOLEAN DEFAULT false NOT NULL, image_url VARCHAR(500), founded_year INTEGER,
-  closed_year INTEGER, PRIMARY KEY (id), UNIQUE (name));
-CREATE TABLE books (id SERIAL NOT NULL, title VARCHAR(500) NOT NULL, author_id INTEGER, publisher_id INTEGER,
-  binder_id INTEGER, status VARCHAR(20) NOT NULL, year_start INTEGER, year_end INTEGER, edition VARCHAR(100),
-  condition_grade VARCHAR(20), value_mid NUMERIC(10, 2), purchase_date DATE, is_first_edition BOOLEAN,
-  inventory_type VARCHAR(20) DEFAULT 'PRIMARY' NOT NULL, tracking_last_checked TIMESTAMP WITH TIME ZONE,
-  created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
-  PRIMARY KEY (id), FOREIGN KEY(author_id) REFERENCES authors (id), FOREIGN KEY(publisher_id) REFERENCES publishers (id),
-  FOREIGN KEY(binder_id) REFERENCES binders (id));
-CREATE INDEX books_status_idx ON books (status);
-CREATE INDEX books_author_id_idx ON books (author_id);
-CREATE INDEX books_publisher_id_idx ON books (publisher_id);
-CREATE INDEX books_binder_id_idx ON books (binder_id);
-CREATE INDEX ix_books_is_first_edition ON books (is_first_edition);
-CREATE TABLE entity_profiles (id SERIAL NOT NULL, entity_type VARCHAR(20) NOT NULL, entity_id INTEGER NOT NULL,
-  bio_summary TEXT, personal_stories JSON, connection_narratives JSON, relationship_stories JSON, ai_connections JSON,
-  generated_at TIMESTAMP WITH TIME ZONE NOT NULL, model_version VARCHAR(100),
-  created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
-  PRIMARY KEY (id), CONSTRAINT uq_entity_profile UNIQUE (entity_type, entity_id));
-CREATE TABLE ai_connections (id SERIAL NOT NULL, source_type VARCHAR(20) NOT NULL, source_id INTEGER NOT NULL,
-  target_type VARCHAR(20) NOT NULL, target_id INTEGER NOT NULL, relationship VARCHAR(20) NOT NULL, sub_type VARCHAR(50),
-  confidence FLOAT DEFAULT 0.5 NOT NULL, evidence TEXT, created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
-  updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, PRIMARY KEY (id),
-  CONSTRAINT uq_ai_connection UNIQUE (source_type, source_id, target_type, target_id, relationship));
-CREATE INDEX ix_ai_connections_source ON ai_connections (source_type, source_id);
-CREATE INDEX ix_ai_connections_target ON ai_connections (target_type, target_id);
-CREATE TABLE profile_generation_jobs (id VARCHAR(36) NOT NULL, status VARCHAR(20) DEFAULT 'pending' NOT NULL,
-  owner_id INTEGER NOT NULL, total_entities INTEGER DEFAULT 0 NOT NULL, succeeded INTEGER DEFAULT 0 NOT NULL,
-  failed INTEGER DEFAULT 0 NOT NULL, error_log TEXT, completed_at TIMESTAMP WITH TIME ZONE,
-  created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
-  PRIMARY KEY (id), FOREIGN KEY(owner_id) REFERENCES users (id));
-CREATE INDEX ix_profile_generation_jobs_status ON profile_generation_jobs (status);
-CREATE TABLE app_config (key VARCHAR(100) NOT NULL, value VARCHAR(500) NOT NULL, description VARCHAR(500),
-  updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, updated_by VARCHAR(100), PRIMARY KEY (key));
+/// `pg_dump --schema=public --schema-only` of the test database.
+fn dump_public(db: &TestDb) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args(["--schema=public", "--schema-only", "--no-owner", &db.url])
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_dump brackets its output with `\restrict KEY` / `\unrestrict KEY`, a random key per run.
+    String::from_utf8(out.stdout)
+        .expect("dump is UTF-8")
+        .lines()
+        .filter(|line| !line.starts_with("\\restrict") && !line.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
+/// The API's schema at Alembic head (tests/data), as the API's migrations leave it.
+const ALEMBIC_HEAD: &str = include_str!("data/api-schema-alembic-head.sql");
+
+/// Rows in the API's tables.
+const API_ROWS: &str = r#"
 INSERT INTO users (id, cognito_sub, email, role) VALUES (1, 'sub-1', 'admin@example.com', 'admin');
 INSERT INTO authors (id, name, birth_year, death_year) VALUES (1, 'Charles Dickens', 1812, 1870);
 INSERT INTO publishers (id, name, founded_year) VALUES (1, 'Chapman & Hall', 1830);
@@ -165,23 +127,70 @@ INSERT INTO app_config (key, value) VALUES ('model.entity_profiles', 'sonnet');
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_leave_an_alembic_database_and_its_rows_untouched() {
+async fn standalone_builds_an_empty_database_and_reruns_as_a_no_op() {
     let db = TestDb::empty().await;
-    db.exec(ALEMBIC_SCHEMA).await;
+    let applied = run_migrations(&db.url, SCHEMA, Mode::Standalone)
+        .await
+        .expect("first run");
+    assert_eq!(applied.len(), MIGRATIONS_COUNT, "{applied:?}");
     let shape = domain_shape(&db).await;
-    let rows = domain_rows(&db).await;
-    assert!(!table_exists(&db, "profile_generation_job_items").await);
-
-    let applied = run_migrations(&db.url).await.expect("migrations apply");
-    assert_eq!(applied.len(), 2);
-    assert_eq!(domain_shape(&db).await, shape, "domain tables changed");
-    assert_eq!(domain_rows(&db).await, rows, "domain rows changed");
+    for expected in [
+        "uq_entity_profile UNIQUE (entity_type, entity_id)",
+        "uq_ai_connection UNIQUE (source_type, source_id, target_type, target_id, relationship)",
+        "CREATE INDEX ix_ai_connections_source ON public.ai_connections USING btree (source_type, source_id)",
+        "CREATE INDEX ix_profile_generation_jobs_status ON public.profile_generation_jobs USING btree (status)",
+        "col entity_profiles.personal_stories json YES",
+        "col profile_generation_jobs.id character varying NO",
+    ] {
+        assert!(shape.contains(expected), "missing {expected:?} in\n{shape}");
+    }
+    for table in [
+        "profile_generation_job_items",
+        "profile_generations",
+        "__diesel_schema_migrations",
+    ] {
+        assert!(
+            table_exists(&db, SCHEMA, table).await,
+            "{table} in {SCHEMA}"
+        );
+        assert!(
+            !table_exists(&db, "public", table).await,
+            "{table} not in public"
+        );
+    }
     assert_eq!(
-        text(&db, "SELECT version_num::text AS s FROM alembic_version").await,
-        "e9a5101c8557"
+        foreign_keys_out(&db).await,
+        "",
+        "no foreign key into the API's tables"
     );
-    assert!(table_exists(&db, "profile_generation_job_items").await);
-    assert!(table_exists(&db, "profile_generations").await);
+    db.store().check_schema().await.expect("schema complete");
+
+    let again = run_migrations(&db.url, SCHEMA, Mode::Standalone)
+        .await
+        .expect("second run");
+    assert!(again.is_empty(), "nothing pending: {again:?}");
+    assert_eq!(domain_shape(&db).await, shape);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_leaves_the_api_schema_byte_for_byte_unchanged() {
+    let db = TestDb::empty().await;
+    db.exec(ALEMBIC_HEAD).await;
+    db.exec(API_ROWS).await;
+    let before = dump_public(&db);
+    let rows = domain_rows(&db).await;
+
+    let applied = run_migrations(&db.url, SCHEMA, Mode::Shared)
+        .await
+        .expect("migrations apply");
+    assert_eq!(applied.len(), MIGRATIONS_COUNT);
+    assert_eq!(dump_public(&db), before, "public changed");
+    assert_eq!(domain_rows(&db).await, rows, "domain rows changed");
+    assert!(table_exists(&db, SCHEMA, "profile_generations").await);
+    assert!(table_exists(&db, SCHEMA, "__diesel_schema_migrations").await);
+    assert_eq!(foreign_keys_out(&db).await, "");
+
+    // The daemon works on it, writing its own tables only in its schema.
     let store = db.store();
     store.check_schema().await.expect("schema complete");
     assert_eq!(
@@ -189,16 +198,152 @@ async fn migrations_leave_an_alembic_database_and_its_rows_untouched() {
         Some("sonnet")
     );
     assert_eq!(store.job("job-1").await.unwrap().unwrap().total_entities, 3);
+    assert!(
+        run_migrations(&db.url, SCHEMA, Mode::Shared)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(dump_public(&db), before, "public changed on the second run");
+
+    let refused = run_migrations(&db.url, SCHEMA, Mode::Standalone)
+        .await
+        .expect_err("standalone beside the API");
+    assert!(
+        matches!(refused, MigrateError::StandaloneBesideApi),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_api_table_or_column_stops_migrate_with_the_alembic_advice() {
+    let db = TestDb::empty().await;
+    db.exec(ALEMBIC_HEAD).await;
+    db.exec("DROP TABLE ai_connections; ALTER TABLE books DROP COLUMN year_start")
+        .await;
+    let before = dump_public(&db);
+    let err = run_migrations(&db.url, SCHEMA, Mode::Shared)
+        .await
+        .expect_err("API schema behind");
+    let MigrateError::Schema(SchemaError::ApiBehind { problems }) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(problems.contains(&Problem::MissingTable {
+        table: "ai_connections".into()
+    }));
+    assert!(problems.contains(&Problem::MissingColumn {
+        table: "books".into(),
+        column: "year_start".into()
+    }));
+    let message = err.to_string();
+    assert!(message.contains("alembic upgrade head"), "{message}");
+    assert!(
+        message.contains("table ai_connections is missing"),
+        "{message}"
+    );
+    assert!(message.contains("books.year_start"), "{message}");
+    assert_eq!(dump_public(&db), before, "public changed");
+    assert_eq!(
+        text(
+            &db,
+            &format!("SELECT to_regnamespace('{SCHEMA}')::text AS s")
+        )
+        .await,
+        "",
+        "nothing created"
+    );
+
+    // `run` refuses the same way at start-up.
+    let mut config = db.config();
+    config.migrate_on_start = false;
+    let err = PgStore::connect(&config)
+        .unwrap()
+        .check_schema()
+        .await
+        .expect_err("run refuses");
+    assert!(err.to_string().contains("alembic upgrade head"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_database_needs_the_api_or_standalone() {
+    let db = TestDb::empty().await;
+    let err = run_migrations(&db.url, SCHEMA, Mode::Shared)
+        .await
+        .expect_err("no API schema");
+    assert!(
+        matches!(&err, MigrateError::Schema(SchemaError::NoApi { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("migrate --standalone"), "{err}");
+    assert!(!table_exists(&db, "public", "authors").await);
+}
+
+/// Before the daemon had its own schema, `migrate` put everything in public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_install_moves_its_tables_out_of_public_with_their_rows() {
+    let db = TestDb::empty().await;
+    db.exec(include_str!("../src/store/standalone.sql")).await;
+    db.exec(include_str!(
+        "../migrations/2026-01-01-000002_daemon_tables/up.sql"
+    ))
+    .await;
+    db.exec(
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, \
+                                                  run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('20260101000001'), ('20260101000002'); \
+         INSERT INTO users (id, cognito_sub, role) VALUES (1, 's', 'admin'); \
+         INSERT INTO profile_generation_jobs (id, status, owner_id, total_entities) VALUES ('j', 'in_progress', 1, 2); \
+         INSERT INTO profile_generation_job_items (job_id, entity_type, entity_id, outcome) VALUES ('j', 'author', 1, 'succeeded'); \
+         INSERT INTO profile_generations (entity_type, entity_id, job_id, model_id, calls, input_tokens, \
+                                          output_tokens, latency_ms, cost_usd) \
+         VALUES ('author', 1, 'j', 'm', 3, 10, 20, 30, 0.5)",
+    )
+    .await;
+
+    let applied = run_migrations(&db.url, SCHEMA, Mode::Shared)
+        .await
+        .expect("migrate an older install");
+    assert_eq!(applied.len(), 1, "only the move is new: {applied:?}");
+    for table in [
+        "profile_generation_job_items",
+        "profile_generations",
+        "__diesel_schema_migrations",
+    ] {
+        assert!(table_exists(&db, SCHEMA, table).await, "{table} moved");
+        assert!(
+            !table_exists(&db, "public", table).await,
+            "{table} left public"
+        );
+    }
+    assert_eq!(foreign_keys_out(&db).await, "", "foreign key dropped");
+    assert_eq!(
+        text(
+            &db,
+            &format!(
+                "SELECT (SELECT count(*) FROM {SCHEMA}.profile_generation_job_items) || '/' || \
+                      (SELECT sum(calls) FROM {SCHEMA}.profile_generations) AS s"
+            )
+        )
+        .await,
+        "1/3",
+        "rows kept"
+    );
+    let store = db.store();
+    store.check_schema().await.expect("schema complete");
+    assert_eq!(store.job_usage("j").await.unwrap().calls, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_migrate_runs_both_succeed() {
     let db = TestDb::empty().await;
-    let (a, b) = tokio::join!(run_migrations(&db.url), run_migrations(&db.url));
+    let (a, b) = tokio::join!(
+        run_migrations(&db.url, SCHEMA, Mode::Standalone),
+        run_migrations(&db.url, SCHEMA, Mode::Standalone)
+    );
     let (a, b) = (a.expect("first run"), b.expect("second run"));
     assert_eq!(
         a.len() + b.len(),
-        2,
+        MIGRATIONS_COUNT,
         "each migration applied once: {a:?} {b:?}"
     );
     db.store().check_schema().await.expect("schema complete");
@@ -213,12 +358,13 @@ async fn schema_check_names_what_is_missing_or_wrong() {
     db.exec("ALTER TABLE books DROP COLUMN year_start").await;
     let err = store.check_schema().await.expect_err("column dropped");
     assert!(
-        matches!(&err, SchemaError::MissingColumn { table, column } if table == "books" && column == "year_start"),
+        err.problems().contains(&Problem::MissingColumn {
+            table: "books".into(),
+            column: "year_start".into()
+        }),
         "{err:?}"
     );
-    let message = err.to_string();
-    assert!(message.contains("books.year_start"), "{message}");
-    assert!(message.contains("profile-worker migrate"), "{message}");
+    assert!(err.to_string().contains("books.year_start"), "{err}");
 
     db.exec("ALTER TABLE books ADD COLUMN year_start INTEGER")
         .await;
@@ -236,9 +382,11 @@ async fn schema_check_names_what_is_missing_or_wrong() {
     db.exec("DROP TABLE profile_generations").await;
     let err = store.check_schema().await.expect_err("table dropped");
     assert!(
-        matches!(&err, SchemaError::MissingTable { table } if table == "profile_generations"),
+        matches!(&err, SchemaError::Daemon { problems, .. }
+            if problems == &[Problem::MissingTable { table: "profile_generations".into() }]),
         "{err:?}"
     );
+    assert!(err.to_string().contains("profile-worker migrate"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +411,7 @@ async fn migrate_subcommand_applies_migrations_and_needs_a_database_url() {
         let mut cmd = std::process::Command::new(bin);
         // A clean environment: cargo exports the build script's PROFILE_WORKER_BUILD_DATE and
         // PROFILE_WORKER_COMMIT to test processes, which the config loader would read as keys.
-        cmd.arg("migrate")
+        cmd.args(["migrate", "--standalone"])
             .env_clear()
             .env("PROFILE_WORKER_LOG__FORMAT", "pretty");
         if let Some(url) = url {

@@ -187,6 +187,7 @@ async fn statement_timeout_is_applied_and_transient() {
     let (db, _, job_id) = seeded().await;
     let store = PgStore::connect(&DatabaseConfig {
         statement_timeout_ms: 200,
+        schema: "profile_worker".into(),
         ..db.config()
     })
     .unwrap();
@@ -233,6 +234,7 @@ async fn an_unreachable_database_is_transient() {
         url: SecretUrl::new("postgres://postgres@127.0.0.1:1/nothing"),
         pool_size: 2,
         statement_timeout_ms: 1000,
+        schema: "profile_worker".into(),
         migrate_on_start: false,
     })
     .expect("the pool builds without connecting");

@@ -35,7 +35,9 @@ async fn sslmode_require_encrypts_and_plain_urls_do_not() {
     config.url = profile_worker::config::SecretUrl::new(required.clone());
     let store = profile_worker::store::PgStore::connect(&config).unwrap();
     store.ping().await.expect("pooled TLS connection works");
-    assert!(migrate::run_migrations(&required).await.unwrap().is_empty());
+    let applied =
+        migrate::run_migrations(&required, support::db::SCHEMA, migrate::Mode::Standalone);
+    assert!(applied.await.unwrap().is_empty());
 }
 
 #[tokio::test]

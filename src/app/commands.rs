@@ -103,7 +103,9 @@ pub fn demo(loaded: Loaded, args: &DemoArgs) -> Result {
     };
     if let Some(url) = &args.database_url {
         config.database.url = SecretUrl::new(url.clone());
-        adapters.store = StoreAdapter::PostgresWithSample;
+        adapters.store = StoreAdapter::PostgresWithSample {
+            allow_shared_database: args.allow_shared_database,
+        };
     }
     if let Some(url) = &args.queue_url {
         config.queue.url = url.clone();
@@ -136,14 +138,20 @@ pub fn healthcheck(loaded: &Loaded, url: Option<&str>, timeout: Duration) -> Res
     }
 }
 
-/// `migrate`: apply pending migrations.
-pub fn migrate(loaded: &Loaded) -> Result {
+/// `migrate`: apply pending migrations (`standalone`: also the API's domain tables, for a
+/// database without the API).
+pub fn migrate(loaded: &Loaded, standalone: bool) -> Result {
     let needs = Needs {
         database: true,
         ..Needs::default()
     };
     prepare(loaded, needs)?;
-    let applied = block_on(migrate::migrate(&loaded.config.database))?;
+    let mode = if standalone {
+        migrate::Mode::Standalone
+    } else {
+        migrate::Mode::Shared
+    };
+    let applied = block_on(migrate::migrate(&loaded.config.database, mode))?;
     println!("applied {} migration(s)", applied.len());
     Ok(Exit::Success)
 }

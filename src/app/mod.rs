@@ -60,6 +60,11 @@ pub enum AppError {
     Cache(#[source] CacheError),
     #[error("cannot load the sample collection: {0}")]
     Sample(String),
+    #[error(
+        "refusing to run the demo on a database that {0}: the demo writes sample entities and \
+         offline profiles; use a throw-away database, or pass --allow-shared-database"
+    )]
+    SharedDatabase(String),
 }
 
 /// Which adapter serves the `Store` port.
@@ -68,8 +73,9 @@ pub enum StoreAdapter {
     /// PostgreSQL at `database.url`, migrated first when `database.migrate_on_start` is set.
     Postgres,
     /// PostgreSQL at `database.url`, always migrated, and loaded with the bundled sample when
-    /// it holds no collection (the demo against a real database).
-    PostgresWithSample,
+    /// it holds no collection (the demo against a real database). A database the API manages or
+    /// one holding profiles is refused unless `allow_shared_database`.
+    PostgresWithSample { allow_shared_database: bool },
     /// The in-memory store holding the bundled sample collection.
     Sample,
 }
@@ -179,8 +185,11 @@ impl App {
             StoreAdapter::Postgres => {
                 Arc::new(PgStore::connect(database).map_err(AppError::Database)?)
             }
-            StoreAdapter::PostgresWithSample => {
-                migrate::migrate(database)
+            StoreAdapter::PostgresWithSample {
+                allow_shared_database,
+            } => {
+                let mode = guard_shared_database(database, allow_shared_database).await?;
+                migrate::migrate(database, mode)
                     .await
                     .map_err(AppError::Migrate)?;
                 let store = PgStore::connect(database).map_err(AppError::Database)?;
@@ -205,7 +214,7 @@ impl App {
             return self.store().await;
         }
         if database.migrate_on_start {
-            migrate::migrate(database)
+            migrate::migrate(database, migrate::Mode::Shared)
                 .await
                 .map_err(AppError::Migrate)?;
         }
@@ -297,5 +306,61 @@ impl App {
             self.metrics.clone(),
             self.health.clone(),
         )
+    }
+}
+
+/// Refuses a database the demo could pollute: one the API's Alembic manages, or one holding
+/// profiles (the demo's offline profiles would sit among them), unless `allowed`. Returns how to
+/// migrate it: beside the API only the daemon's schema, otherwise the stand-in domain tables too.
+async fn guard_shared_database(
+    database: &crate::config::DatabaseConfig,
+    allowed: bool,
+) -> Result<migrate::Mode, AppError> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    use diesel_async::RunQueryDsl;
+    let unavailable = |e: String| AppError::Database(StoreError::Unavailable(e));
+    let mut conn = crate::store::tls::establish(database.url.expose())
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let alembic = crate::store::schema_check::has_alembic(&mut conn)
+        .await
+        .map_err(AppError::Database)?;
+    let classify = |e| AppError::Database(crate::store::connection::classify(e));
+    let has_profiles_table: Count =
+        diesel::sql_query("SELECT (to_regclass('entity_profiles') IS NOT NULL)::int::int8 AS n")
+            .get_result(&mut conn)
+            .await
+            .map_err(classify)?;
+    let profiles = if has_profiles_table.n == 1 {
+        let row: Count = diesel::sql_query("SELECT count(*) AS n FROM entity_profiles")
+            .get_result(&mut conn)
+            .await
+            .map_err(classify)?;
+        row.n
+    } else {
+        0
+    };
+    let reason = if alembic {
+        Some("has the API's schema (alembic_version)".to_owned())
+    } else if profiles > 0 {
+        Some(format!("holds {profiles} stored profile(s)"))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) if !allowed => Err(AppError::SharedDatabase(reason)),
+        Some(reason) => {
+            tracing::warn!(%reason, "running the demo on a shared database (--allow-shared-database)");
+            Ok(if alembic {
+                migrate::Mode::Shared
+            } else {
+                migrate::Mode::Standalone
+            })
+        }
+        None => Ok(migrate::Mode::Standalone),
     }
 }

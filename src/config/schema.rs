@@ -115,6 +115,8 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
     pub statement_timeout_ms: u64,
     pub migrate_on_start: bool,
+    /// PostgreSQL schema of the daemon's own tables (see docs/decisions.md, "Own schema").
+    pub schema: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

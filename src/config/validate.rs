@@ -113,6 +113,22 @@ impl Checks<'_> {
         );
         let d = &c.database;
         self.range("database.pool_size", d.pool_size.into(), 1, 200);
+        let schema = &d.schema;
+        if schema.is_empty()
+            || schema.len() > 63
+            || schema == "public"
+            || schema.starts_with("pg_")
+            || !schema.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
+            || !schema
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        {
+            self.fail(
+                "database.schema",
+                "must be a lowercase PostgreSQL identifier (a-z, 0-9, _; at most 63 characters), \
+                 not public or pg_*",
+            );
+        }
         self.range(
             "database.statement_timeout_ms",
             d.statement_timeout_ms,

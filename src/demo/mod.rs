@@ -117,7 +117,7 @@ async fn passes(
         metrics_addr,
         store_kind: match app.adapters().store {
             StoreAdapter::Sample => "memory (bundled sample collection)",
-            StoreAdapter::Postgres | StoreAdapter::PostgresWithSample => "PostgreSQL",
+            StoreAdapter::Postgres | StoreAdapter::PostgresWithSample { .. } => "PostgreSQL",
         },
         queue_kind: match app.adapters().queue {
             QueueAdapter::Memory => "memory",

@@ -39,6 +39,8 @@ pub struct Settings {
     pub prices: BTreeMap<String, Price>,
     /// `staleness.model_change`.
     pub model_change: bool,
+    /// `generator.backend = "offline"`: profiles are written with model `offline`.
+    pub offline: bool,
 }
 
 impl Settings {
@@ -49,6 +51,7 @@ impl Settings {
             models: config.generator.models.clone(),
             prices: config.generator.prices.clone(),
             model_change: config.staleness.model_change,
+            offline: config.generator.backend == crate::config::GeneratorBackend::Offline,
         }
     }
 }
@@ -154,8 +157,13 @@ impl Pipeline {
         let profile = self.store.profile(entity).await?;
         let latest = self.store.latest_book_update(entity).await?;
         let current_model = self.settings.model_change.then_some(model.as_str());
-        let Some(reason) = staleness::check(profile.as_ref(), latest, msg.demand(), current_model)
-        else {
+        let Some(reason) = staleness::check(
+            profile.as_ref(),
+            latest,
+            msg.demand(),
+            current_model,
+            self.settings.offline,
+        ) else {
             return self.skip(msg, attempt, SkipReason::ProfileCurrent).await;
         };
         tracing::debug!(?reason, "profile is stale");

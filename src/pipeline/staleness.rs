@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::message::Demand;
+use crate::generate::offline::OFFLINE_MODEL;
 use crate::model::StoredProfile;
 
 /// Why a profile is (re)generated; `None` from [`check`] means it is fresh.
@@ -16,6 +17,9 @@ pub enum StaleReason {
     BooksChanged,
     /// The profile was made by another model and `staleness.model_change` is on.
     ModelChanged,
+    /// The profile was made by the offline generator (the demo's) and this daemon generates
+    /// with a real model: a placeholder is never kept as current.
+    OfflineProfile,
     /// The message asked for regeneration (`"force": true`).
     Forced,
     /// A person asked for this profile (a message without a job).
@@ -27,12 +31,14 @@ pub enum StaleReason {
 /// The original rule exactly: no profile (or no `generated_at`) ⇒ stale; otherwise stale iff the
 /// newest `updated_at` of the entity's qualifying books is strictly later than `generated_at`.
 /// The message's [`Demand`] and `current_model` (set only when `staleness.model_change` is on)
-/// extend it.
+/// extend it, and a profile of the offline generator is stale unless `offline` (this daemon
+/// generates offline too).
 pub fn check(
     profile: Option<&StoredProfile>,
     latest_book_update: Option<DateTime<Utc>>,
     demand: Demand,
     current_model: Option<&str>,
+    offline: bool,
 ) -> Option<StaleReason> {
     match demand {
         Demand::Forced => return Some(StaleReason::Forced),
@@ -44,6 +50,9 @@ pub fn check(
     };
     if latest_book_update.is_some_and(|latest| latest > generated_at) {
         return Some(StaleReason::BooksChanged);
+    }
+    if !offline && profile.and_then(|p| p.model_version.as_deref()) == Some(OFFLINE_MODEL) {
+        return Some(StaleReason::OfflineProfile);
     }
     let model_differs = current_model
         .is_some_and(|model| profile.and_then(|p| p.model_version.as_deref()) != Some(model));
@@ -77,11 +86,17 @@ mod tests {
     #[test]
     fn no_profile_or_no_generated_at_is_stale() {
         assert_eq!(
-            check(None, Some(at(1)), Demand::IfStale, None),
+            check(None, Some(at(1)), Demand::IfStale, None, false),
             Some(StaleReason::Missing)
         );
         assert_eq!(
-            check(Some(&profile(None, "m")), None, Demand::IfStale, None),
+            check(
+                Some(&profile(None, "m")),
+                None,
+                Demand::IfStale,
+                None,
+                false
+            ),
             Some(StaleReason::Missing)
         );
     }
@@ -90,17 +105,20 @@ mod tests {
     fn book_updated_after_generation_is_stale_strictly() {
         let p = profile(Some(at(10)), "m");
         assert_eq!(
-            check(Some(&p), Some(at(11)), Demand::IfStale, None),
+            check(Some(&p), Some(at(11)), Demand::IfStale, None, false),
             Some(StaleReason::BooksChanged)
         );
         assert_eq!(
-            check(Some(&p), Some(at(10)), Demand::IfStale, None),
+            check(Some(&p), Some(at(10)), Demand::IfStale, None, false),
             None,
             "equal is fresh"
         );
-        assert_eq!(check(Some(&p), Some(at(9)), Demand::IfStale, None), None);
         assert_eq!(
-            check(Some(&p), None, Demand::IfStale, None),
+            check(Some(&p), Some(at(9)), Demand::IfStale, None, false),
+            None
+        );
+        assert_eq!(
+            check(Some(&p), None, Demand::IfStale, None, false),
             None,
             "no qualifying books: nothing newer"
         );
@@ -110,7 +128,7 @@ mod tests {
     fn generated_in_the_future_is_fresh() {
         let p = profile(Some(Utc::now() + chrono::Duration::days(1)), "m");
         assert_eq!(
-            check(Some(&p), Some(Utc::now()), Demand::IfStale, None),
+            check(Some(&p), Some(Utc::now()), Demand::IfStale, None, false),
             None
         );
     }
@@ -119,20 +137,50 @@ mod tests {
     fn force_and_model_change_extend_the_rule() {
         let p = profile(Some(at(10)), "old-model");
         assert_eq!(
-            check(Some(&p), Some(at(1)), Demand::Forced, None),
+            check(Some(&p), Some(at(1)), Demand::Forced, None, false),
             Some(StaleReason::Forced)
         );
         assert_eq!(
-            check(Some(&p), Some(at(1)), Demand::Requested, None),
+            check(Some(&p), Some(at(1)), Demand::Requested, None, false),
             Some(StaleReason::Requested),
             "a person's request regenerates a fresh profile"
         );
         assert_eq!(
-            check(Some(&p), Some(at(1)), Demand::IfStale, Some("new-model")),
+            check(
+                Some(&p),
+                Some(at(1)),
+                Demand::IfStale,
+                Some("new-model"),
+                false
+            ),
             Some(StaleReason::ModelChanged)
         );
         assert_eq!(
-            check(Some(&p), Some(at(1)), Demand::IfStale, Some("old-model")),
+            check(
+                Some(&p),
+                Some(at(1)),
+                Demand::IfStale,
+                Some("old-model"),
+                false
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn an_offline_profile_is_stale_for_any_other_generator() {
+        let p = profile(Some(at(10)), "offline");
+        assert_eq!(
+            check(Some(&p), Some(at(1)), Demand::IfStale, None, false),
+            Some(StaleReason::OfflineProfile)
+        );
+        assert_eq!(
+            check(Some(&p), Some(at(1)), Demand::IfStale, None, true),
+            None
+        );
+        let real = profile(Some(at(10)), "anthropic.claude-3-5-haiku");
+        assert_eq!(
+            check(Some(&real), Some(at(1)), Demand::IfStale, None, false),
             None
         );
     }

@@ -1,11 +1,12 @@
 //! PostgreSQL sessions for every part of the store: the connection pool [`super::PgStore`] runs
-//! on, the pooled-connection wait, and the sorting of diesel errors into transient and
-//! rejected. [`super::migrate`] and [`super::schema_check`] use the same pieces, so none of
+//! on, the session's search path, the pooled-connection wait, and the sorting of diesel errors
+//! into transient and rejected. [`super::migrate`] and [`super::schema_check`] use the same pieces, so none of
 //! them depends on another.
 
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::Text;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -16,18 +17,41 @@ use crate::config::DatabaseConfig;
 /// Longest wait for a pooled connection before the operation fails as unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// Puts the daemon's schema in front of the session's search path: its own tables
+/// (`profile_generation_job_items`, `profile_generations`, diesel's migrations table) resolve
+/// there, and the API's tables through the path the database or role already sets (usually
+/// `public`). The schema name is bound, never spliced into SQL.
+pub async fn use_schema(
+    conn: &mut AsyncPgConnection,
+    schema: &str,
+) -> Result<(), diesel::result::Error> {
+    diesel::sql_query(
+        "SELECT set_config('search_path', quote_ident($1) || ', ' || current_setting('search_path'), \
+         false)",
+    )
+    .bind::<Text, _>(schema)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 /// Builds the pool; connections are opened lazily (TLS as the URL's `sslmode` asks), so this
 /// succeeds while the database is down (readiness reports it). Each new connection runs
-/// `SET statement_timeout`.
+/// `SET statement_timeout` and [`use_schema`].
 pub fn pool(config: &DatabaseConfig) -> Result<Pool<AsyncPgConnection>, StoreError> {
     let timeout_ms = config.statement_timeout_ms;
+    let schema = config.schema.clone();
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
+        let schema = schema.clone();
         Box::pin(async move {
             let mut conn = super::tls::establish(&url).await?;
             diesel::sql_query(format!("SET statement_timeout = {timeout_ms}"))
                 .execute(&mut conn)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            use_schema(&mut conn, &schema)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)

@@ -144,6 +144,10 @@ const FLOAT8: &[&str] = &["double precision"];
 const JSON: &[&str] = &["json"];
 const TIMESTAMPTZ: &[&str] = &["timestamp with time zone"];
 
+/// The daemon's own tables, kept in its own schema (`database.schema`); every other table in
+/// [`REQUIRED_COLUMNS`] belongs to the API.
+pub const DAEMON_TABLES: &[&str] = &["profile_generation_job_items", "profile_generations"];
+
 /// Every `(table, column, accepted information_schema.data_type values)` the daemon uses; the
 /// start-up schema check compares the database against it. Keep it in step with the tables above.
 pub const REQUIRED_COLUMNS: &[(&str, &str, &[&str])] = &[
@@ -205,6 +209,8 @@ pub const REQUIRED_COLUMNS: &[(&str, &str, &[&str])] = &[
     ("profile_generation_jobs", "completed_at", TIMESTAMPTZ),
     ("profile_generation_jobs", "created_at", TIMESTAMPTZ),
     ("profile_generation_jobs", "updated_at", TIMESTAMPTZ),
+    ("users", "id", INT4),
+    ("users", "role", VARCHAR),
     ("app_config", "key", VARCHAR),
     ("app_config", "value", VARCHAR),
     ("profile_generation_job_items", "job_id", VARCHAR),

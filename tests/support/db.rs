@@ -4,7 +4,11 @@
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use profile_worker::config::{DatabaseConfig, SecretUrl};
 use profile_worker::store::PgStore;
-use profile_worker::store::migrate::run_migrations;
+use profile_worker::store::connection::use_schema;
+use profile_worker::store::migrate::{Mode, run_migrations};
+
+/// The daemon's schema in test databases (the configuration's default).
+pub const SCHEMA: &str = "profile_worker";
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -47,10 +51,13 @@ impl TestDb {
         }
     }
 
-    /// A new database with every migration applied.
+    /// A new database with every migration applied and the domain tables created, as
+    /// `migrate --standalone` does (no API beside it).
     pub async fn migrated() -> Self {
         let db = Self::empty().await;
-        run_migrations(&db.url).await.expect("migrations apply");
+        run_migrations(&db.url, SCHEMA, Mode::Standalone)
+            .await
+            .expect("migrations apply");
         db
     }
 
@@ -61,11 +68,16 @@ impl TestDb {
         db
     }
 
-    /// A direct connection (not pooled).
+    /// A direct connection (not pooled), with the daemon's schema first on the search path as
+    /// the daemon's own connections have it.
     pub async fn conn(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.url)
+        let mut conn = AsyncPgConnection::establish(&self.url)
             .await
-            .expect("connect to test database")
+            .expect("connect to test database");
+        use_schema(&mut conn, SCHEMA)
+            .await
+            .expect("set the search path");
+        conn
     }
 
     /// Runs one or more SQL statements.
@@ -83,6 +95,7 @@ impl TestDb {
             url: SecretUrl::new(self.url.clone()),
             pool_size: 12,
             statement_timeout_ms: 30_000,
+            schema: SCHEMA.into(),
             migrate_on_start: false,
         }
     }

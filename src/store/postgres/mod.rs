@@ -21,6 +21,8 @@ use crate::config::DatabaseConfig;
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
+    /// The daemon's own schema (`database.schema`).
+    schema: String,
 }
 
 impl PgStore {
@@ -28,6 +30,7 @@ impl PgStore {
     pub fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
         Ok(Self {
             pool: connection::pool(config)?,
+            schema: config.schema.clone(),
         })
     }
 
@@ -38,7 +41,7 @@ impl PgStore {
     /// Start-up schema check (see [`schema_check::check_schema`]).
     pub async fn check_schema(&self) -> Result<(), SchemaError> {
         let mut conn = self.conn().await?;
-        schema_check::check_schema(&mut conn).await
+        schema_check::check_schema(&mut conn, &self.schema).await
     }
 }
 

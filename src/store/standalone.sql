@@ -1,7 +1,8 @@
--- Domain tables of the original system (docs/compatibility.md, "Shared tables"), owned by the Python API's Alembic.
--- Everything is IF NOT EXISTS so that running this over a database Alembic already built changes
--- nothing; on an empty database it builds the same shape (used by tests, the demo and new setups).
--- There is deliberately no down.sql: reverting must never drop the API's tables.
+-- The API's domain tables for a database WITHOUT the API: development, tests and the demo
+-- (`profile-worker migrate --standalone`). A stand-in with the columns profile-worker uses, not a
+-- schema the API's Alembic can adopt: beside the API, its own migrations create these tables and
+-- profile-worker never touches them (docs/decisions.md, "Own schema"). Everything is IF NOT EXISTS,
+-- so a second run changes nothing.
 
 CREATE TABLE IF NOT EXISTS users (
     id SERIAL PRIMARY KEY,
