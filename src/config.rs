@@ -125,6 +125,9 @@ pub struct CacheConfig {
     pub redis_ttl_seconds: u64,
     pub redis_timeout_ms: u64,
     pub lock_wait_ms: u64,
+    /// PEM file of the CA(s) a `rediss://` server's certificate must chain to; empty = the
+    /// system's trust store (enough for ElastiCache and other public CAs).
+    pub tls_ca_file: String,
 }
 
 /// Which generator produces profiles.
@@ -643,6 +646,12 @@ fn validate(loaded: &Loaded) -> Vec<Problem> {
         60_000,
     );
     checks.range("cache.lock_wait_ms", c.cache.lock_wait_ms, 0, 600_000);
+    if !c.cache.tls_ca_file.is_empty() && !c.cache.redis_url.expose().starts_with("rediss://") {
+        checks.fail(
+            "cache.tls_ca_file",
+            "is only used with a rediss:// cache.redis_url",
+        );
+    }
     if c.generator.model.trim().is_empty() {
         checks.fail(
             "generator.model",

@@ -52,8 +52,7 @@ fn open_store(config: &Config) -> Result<PgStore, JobsError> {
 }
 
 async fn open_queue(config: &Config) -> Result<SqsQueue, JobsError> {
-    // Sends never long-poll: the per-attempt timeout only needs the SDK's margin.
-    Ok(SqsQueue::connect(&config.queue, &config.aws, Duration::ZERO).await?)
+    Ok(SqsQueue::connect_sender(&config.queue, &config.aws).await?)
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), JobsError> {

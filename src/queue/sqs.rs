@@ -55,27 +55,8 @@ impl SqsQueue {
         aws: &AwsConfig,
         wait: Duration,
     ) -> Result<Self, QueueError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if !aws.region.is_empty() {
-            loader = loader.region(Region::new(aws.region.clone()));
-        }
-        let shared = loader.load().await;
-        let mut builder = aws_sdk_sqs::config::Builder::from(&shared).timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(wait + ATTEMPT_MARGIN)
-                .build(),
-        );
-        if !queue.endpoint_url.is_empty() {
-            builder = builder.endpoint_url(&queue.endpoint_url);
-        }
-        let client = Client::from_conf(builder.build());
-
-        let url = if queue.url.is_empty() {
-            resolve_url(&client, &queue.name, None).await?
-        } else {
-            queue.url.clone()
-        };
+        let client = build_client(queue, aws, wait).await;
+        let url = queue_url(&client, queue).await?;
         let redrive = read_redrive(&client, &url).await?;
         let dead_letter_url = if !queue.dead_letter_url.is_empty() {
             Some(queue.dead_letter_url.clone())
@@ -114,6 +95,49 @@ impl SqsQueue {
     /// The dead-letter queue URL, when there is one.
     pub fn dead_letter_url(&self) -> Option<&str> {
         self.dead_letter.as_deref().map(SqsQueue::url)
+    }
+
+    /// A queue for producers (`enqueue`): resolves only the URL, so sending needs no more than
+    /// `sqs:SendMessage` and `sqs:GetQueueUrl` on the main queue (deploy/ecs/enqueue-policy.json).
+    /// It has no dead-letter queue and no redrive limit.
+    pub async fn connect_sender(queue: &QueueConfig, aws: &AwsConfig) -> Result<Self, QueueError> {
+        let client = build_client(queue, aws, Duration::ZERO).await;
+        let url = queue_url(&client, queue).await?;
+        Ok(Self {
+            client,
+            url,
+            max_receive_count: None,
+            dead_letter: None,
+        })
+    }
+}
+
+/// The SDK client: region and endpoint from config, else the standard chain. Every call's attempt
+/// timeout stays above `wait`, the longest long poll the caller will ask for.
+async fn build_client(queue: &QueueConfig, aws: &AwsConfig, wait: Duration) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if !aws.region.is_empty() {
+        loader = loader.region(Region::new(aws.region.clone()));
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_sqs::config::Builder::from(&shared).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(wait + ATTEMPT_MARGIN)
+            .build(),
+    );
+    if !queue.endpoint_url.is_empty() {
+        builder = builder.endpoint_url(&queue.endpoint_url);
+    }
+    Client::from_conf(builder.build())
+}
+
+/// `queue.url`, else the URL of `queue.name` (GetQueueUrl).
+async fn queue_url(client: &Client, queue: &QueueConfig) -> Result<String, QueueError> {
+    if queue.url.is_empty() {
+        resolve_url(client, &queue.name, None).await
+    } else {
+        Ok(queue.url.clone())
     }
 }
 
