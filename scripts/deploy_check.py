@@ -515,6 +515,7 @@ def cmd_ecs(args):
     f.check(any(p["containerPort"] == port for p in ctr.get("portMappings", [])),
             f"port mapping exposes the side server port {port}")
     f.check(docs["service.json"]["taskDefinition"] == td["family"], "service runs the task definition's family")
+    dockerfile_version_arg(f)
 
     ecs_scaling_and_metrics(f, docs, td, ctr, env, port)
 
@@ -722,9 +723,9 @@ TARGET_LABELS = {"job", "namespace", "instance", "pod", "container", "service", 
 
 
 def referenced(expr):
-    """(metric, {label: [values]}) for every profile_worker_ selector in a PromQL expression."""
+    """(metric, {label: [values]}) for every profile_worker_, process_ and up selector in a PromQL expression."""
     out = []
-    for m in re.finditer(r"\b(profile_worker_[a-z0-9_]+)\b(\{([^}]*)\})?", expr):
+    for m in re.finditer(r"(?<![a-z_])(profile_worker_[a-z0-9_]+|process_[a-z0-9_]+|up)\b(\{([^}]*)\})?", expr):
         matchers = {}
         for label, op, value in re.findall(r'([a-zA-Z_]+)\s*(=~|!~|!=|=)\s*"([^"]*)"', m.group(3) or ""):
             matchers[label] = value.split("|") if op == "=~" else [value]
@@ -764,11 +765,12 @@ def cmd_metrics(args):
             known[s] = label_names
     for name in scraped:
         known.setdefault(name, set()).update(scraped_labels.get(name, set()))
+    known.setdefault("up", set())  # synthesized by Prometheus for every target
     exprs = dashboard_exprs()[1] + rule_exprs(args.rules)
     used = set()
     for where, expr in exprs:
         refs = referenced(expr)
-        f.check(bool(refs), f"{where} queries a profile_worker_ metric")
+        f.check(bool(refs), f"{where} queries a profile_worker_, process_ or up metric")
         for metric, matchers in refs:
             used.add(metric)
             if f.check(metric in known, f"{where}: {metric} exists"):
@@ -838,7 +840,7 @@ def cmd_rules_sync(args):
     f.check(RULES.exists() and RULES.read_text() == text,
             f"{RULES.relative_to(ROOT)} matches the chart's rules (run scripts/deploy-check --write-rules)")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    for a in ("ProfileWorkerMessagesDeadLettered", "ProfileWorkerNoProgress", "ProfileWorkerErrorRatioHigh",
+    for a in ("ProfileWorkerNotScraped", "ProfileWorkerMessagesDeadLettered", "ProfileWorkerNoProgress", "ProfileWorkerErrorRatioHigh",
               "ProfileWorkerPollLoopUnhealthy", "ProfileWorkerBedrockThrottling", "ProfileWorkerCostPerHourHigh"):
         f.check(a in alerts, f"alert {a} defined")
     return f.finish()
@@ -875,6 +877,27 @@ def cmd_adapter_rules(args):
     f.check(proc.returncode == 0, "promtool: backlog of two pods reporting 7 visible, 3 in flight, 4 delayed is 10"
             + ("" if proc.returncode == 0 else f":\n{proc.stdout}{proc.stderr}"))
     return f.finish()
+
+
+def cmd_image_labels(args):
+    """The built image's OCI labels: source, version (= Cargo.toml), created (RFC 3339), revision."""
+    f = Findings("image OCI labels")
+    labels = json.loads(Path(args.labels).read_text())
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    f.check(labels.get("org.opencontainers.image.version") == version, f"version label is Cargo.toml's {version}: {labels}")
+    f.check(labels.get("org.opencontainers.image.source", "").startswith("https://"), "source label is a URL")
+    f.check(bool(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", labels.get("org.opencontainers.image.created", ""))),
+            "created label is an RFC 3339 time")
+    f.check(labels.get("org.opencontainers.image.revision") == args.commit, f"revision label is the commit {args.commit}")
+    return f.finish()
+
+
+def dockerfile_version_arg(f):
+    """The Dockerfile's default version label must follow Cargo.toml."""
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    m = re.search(r"^ARG PROFILE_WORKER_VERSION=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    f.check(bool(m) and m.group(1) == version, f"Dockerfile ARG PROFILE_WORKER_VERSION = Cargo.toml version {version}")
+    f.check("FROM scratch" in (ROOT / "Dockerfile").read_text(), "the runtime stage is FROM scratch (no shell, no package manager)")
 
 
 def cmd_ready(args):
@@ -969,6 +992,8 @@ def main():
     s.set_defaults(fn=cmd_rules_sync)
     s = sub.add_parser("adapter-rules"); s.add_argument("--promtool", required=True); s.add_argument("--workdir", required=True)
     s.set_defaults(fn=cmd_adapter_rules)
+    s = sub.add_parser("image-labels"); s.add_argument("labels"); s.add_argument("--commit", required=True)
+    s.set_defaults(fn=cmd_image_labels)
     s = sub.add_parser("ready"); s.add_argument("body"); s.set_defaults(fn=cmd_ready)
     s = sub.add_parser("hook-args"); s.add_argument("rendered"); s.add_argument("workdir"); s.set_defaults(fn=cmd_hook_args)
     s = sub.add_parser("smoke-args"); s.add_argument("rendered"); s.add_argument("workdir"); s.set_defaults(fn=cmd_smoke_args)

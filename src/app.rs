@@ -64,6 +64,12 @@ pub enum Mode {
 pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let health = Health::new();
+    // Every required check exists before the side server answers: /ready stays 503 until each
+    // one has been registered by its component and passes.
+    if matches!(mode, Mode::Pipeline) {
+        health.expect("database");
+    }
+    health.expect("queue");
 
     let addr = config.server.listen;
     let state = server::State {
@@ -168,7 +174,7 @@ async fn watch_database(
             let gauge = &metrics.db_pool_connections;
             gauge.with_label_values(&["idle"]).set(pool.idle as i64);
             gauge.with_label_values(&["in_use"]).set(pool.in_use as i64);
-            gauge.with_label_values(&["max"]).set(pool.max as i64);
+            metrics.db_pool_max_connections.set(pool.max as i64);
         }
         tokio::select! {
             _ = stop.cancelled() => return,

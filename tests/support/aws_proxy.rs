@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -57,6 +58,12 @@ pub struct RecordingProxy {
 impl RecordingProxy {
     /// Listens on 127.0.0.1 (free port) and forwards to `upstream` (e.g. `http://127.0.0.1:5000`).
     pub fn start(upstream: &str) -> Self {
+        Self::with_delay(upstream, Duration::ZERO)
+    }
+
+    /// Like [`RecordingProxy::start`], holding every request for `delay` before forwarding it (a
+    /// slow AWS endpoint, to widen start-up windows).
+    pub fn with_delay(upstream: &str, delay: Duration) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind recording proxy");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -70,7 +77,7 @@ impl RecordingProxy {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(serve(listener, upstream, sink, stopped));
+            rt.block_on(serve(listener, upstream, sink, stopped, delay));
         });
         Self {
             addr,
@@ -107,6 +114,7 @@ async fn serve(
     upstream: String,
     calls: Arc<Mutex<Vec<AwsCall>>>,
     mut stopped: oneshot::Receiver<()>,
+    delay: Duration,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let client: Client<HttpConnector, Full<Bytes>> =
@@ -122,7 +130,11 @@ async fn serve(
         let (client, upstream, calls) = (client.clone(), upstream.clone(), calls.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                forward(req, client.clone(), upstream.clone(), calls.clone())
+                let (client, upstream, calls) = (client.clone(), upstream.clone(), calls.clone());
+                async move {
+                    tokio::time::sleep(delay).await;
+                    forward(req, client, upstream, calls).await
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
