@@ -157,10 +157,10 @@ async fn forward(
     let mut out = Request::builder()
         .method(parts.method.clone())
         .uri(format!("{upstream}{path}"));
+    // The Host header is kept: moto builds the queue URLs it returns from it, so clients that
+    // send to the QueueUrl itself (the JavaScript SDK does) come back through the proxy.
     for (name, value) in &parts.headers {
-        if name != hyper::header::HOST {
-            out = out.header(name, value);
-        }
+        out = out.header(name, value);
     }
     let reply = match client.request(out.body(Full::new(body)).unwrap()).await {
         Ok(reply) => reply,
