@@ -272,7 +272,7 @@ async fn a_batch_call_that_keeps_failing_stops_the_rest_and_lowers_the_total() {
 async fn enqueue_one_sends_a_message_without_a_job() {
     let q = moto_queue().await;
     let queue = q.connect(Duration::from_secs(1)).await;
-    enqueue_one(&queue, author(12), false).await.unwrap();
+    enqueue_one(&queue, author(12)).await.unwrap();
     let messages = received(&q).await;
     assert_eq!(messages.len(), 1);
     let (body, m) = &messages[0];

@@ -73,12 +73,13 @@ fn print_text(text: &str) -> Result<(), JobsError> {
 pub async fn enqueue(config: &Config, args: &EnqueueArgs) -> Result<Exit, JobsError> {
     let queue = open_queue(config).await?;
     if let Some(entity) = args.entity {
-        let message_id = enqueue_one(&queue, entity, args.force).await?;
+        // A message without a job always regenerates, so `--force` changes nothing here.
+        let message_id = enqueue_one(&queue, entity).await?;
         if args.json {
             print_json(&json!({
                 "entity": entity.to_string(),
                 "job_id": null,
-                "force": args.force,
+                "force": true,
                 "message_id": message_id,
             }))?;
         } else {

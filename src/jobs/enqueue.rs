@@ -97,14 +97,11 @@ pub async fn resolve_owner(store: &dyn Store, explicit: Option<i32>) -> Result<i
     }
 }
 
-/// Queues one entity outside any job (`job_id: null`); the existing profile is kept until the
-/// new one replaces it. Returns the queue's message id.
-pub async fn enqueue_one(
-    queue: &dyn Queue,
-    entity: EntityRef,
-    force: bool,
-) -> Result<String, JobsError> {
-    let message = OutgoingMessage::new(message_body(None, entity, force));
+/// Queues one entity outside any job (`job_id: null`), which the worker regenerates even when its
+/// profile is fresh (a person's request); the existing profile is kept until the new one replaces
+/// it. Returns the queue's message id.
+pub async fn enqueue_one(queue: &dyn Queue, entity: EntityRef) -> Result<String, JobsError> {
+    let message = OutgoingMessage::new(message_body(None, entity, false));
     Ok(queue.send(&message).await?)
 }
 
