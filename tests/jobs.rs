@@ -18,7 +18,7 @@ use profile_worker::jobs::{
 use profile_worker::model::{EntityRef, EntityType, Job, JobStatus};
 use profile_worker::pipeline::message::parse;
 use profile_worker::queue::{Queue, QueueError};
-use profile_worker::store::{Outcome, OutcomeRecord, Store};
+use profile_worker::store::{JobStore, Outcome, OutcomeRecord, Store};
 use support::daemon::command;
 use support::db::TestDb;
 use support::jobs::{ENTITIES, FailingQueue, add_usage, seed_collection};

@@ -866,7 +866,7 @@ async fn token_usage_and_cost_are_recorded_per_profile_and_in_metrics() {
     );
 
     let totals = {
-        use profile_worker::store::Store;
+        use profile_worker::store::JobStore;
         h.store.job_usage(&job).await.unwrap()
     };
     assert_eq!(

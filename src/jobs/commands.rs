@@ -18,7 +18,7 @@ use crate::cli::{EnqueueArgs, StatusArgs};
 use crate::config::Config;
 use crate::model::{Job, JobStatus};
 use crate::queue::SqsQueue;
-use crate::store::{CancelOutcome, PgStore, Store};
+use crate::store::{CancelOutcome, JobStore, PgStore, Store};
 
 /// How an operator command ended, as an exit status (documented in each subcommand's `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
