@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use profile_worker::generate::CallKind;
 use profile_worker::model::JobStatus;
-use profile_worker::store::Store;
+use profile_worker::store::JobStore;
 use serde_json::{Value, json};
 use support::aws_proxy::{AwsCall, RecordingProxy};
 use support::bedrock::{FakeBedrock, FakeReply};
