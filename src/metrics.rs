@@ -272,7 +272,8 @@ mod tests {
             build_info::COMMIT,
             build_info::VERSION
         )));
-        assert!(text.contains("profile_worker_process_resident_memory_bytes"));
+        assert!(text.contains("\nprocess_resident_memory_bytes "));
+        assert!(!text.contains("profile_worker_process_"));
         assert!(text.contains("profile_worker_messages_processed_total{outcome=\"done\"} 1"));
     }
 }
