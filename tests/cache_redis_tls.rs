@@ -73,18 +73,13 @@ fn an_unreadable_ca_file_fails_naming_the_key() {
 
 #[test]
 fn a_ca_file_without_rediss_is_a_config_error() {
-    let env = [
-        (
-            "PROFILE_WORKER_CACHE__REDIS_URL".to_string(),
-            "redis://localhost:6379".to_string(),
-        ),
-        (
-            "PROFILE_WORKER_CACHE__TLS_CA_FILE".to_string(),
-            "/etc/ca.pem".to_string(),
-        ),
-    ];
-    let err = profile_worker::config::load_from(None, &env)
-        .err()
-        .expect("rejected");
-    assert!(err.to_string().contains("cache.tls_ca_file"), "{err}");
+    let out = support::daemon::command()
+        .arg("config")
+        .env("PROFILE_WORKER_CACHE__REDIS_URL", "redis://localhost:6379")
+        .env("PROFILE_WORKER_CACHE__TLS_CA_FILE", "/etc/ca.pem")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("cache.tls_ca_file"), "{stderr}");
 }
