@@ -182,6 +182,7 @@ fn cache_config(url: &str, local_ttl_seconds: u64) -> CacheConfig {
         redis_ttl_seconds: 300,
         redis_timeout_ms: 250,
         lock_wait_ms: 5000,
+        tls_ca_file: String::new(),
     }
 }
 

@@ -337,6 +337,7 @@ fn bench_cache(redis: &str) -> Result<GraphCache> {
         redis_ttl_seconds: 300,
         redis_timeout_ms: 1000,
         lock_wait_ms: 0,
+        tls_ca_file: String::new(),
     };
     GraphCache::new(&config, std::sync::Arc::new(Metrics::new()), &Health::new())
         .map_err(|e| anyhow::anyhow!("graph cache on {redis}: {e}"))

@@ -25,7 +25,10 @@ RULES = ROOT / "deploy" / "prometheus" / "profile-worker-alerts.yaml"
 NAMESPACE = "books"
 RELEASE = "pw"
 # Kinds kubernetes-validate has no schema for; everything else must be validated.
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
+SCHEMAS = ROOT / "deploy" / "schemas"
+# KEDA kinds validated against the CRD schemas stored in deploy/schemas (see its README).
+KEDA_CRDS = {"ScaledObject": "keda.sh_scaledobjects.yaml", "TriggerAuthentication": "keda.sh_triggerauthentications.yaml"}
 # The IAM actions the daemon (task role) and its operators use; anything else is a finding.
 TASK_ACTIONS = {
     "sqs:ReceiveMessage",
@@ -37,7 +40,7 @@ TASK_ACTIONS = {
     "bedrock:InvokeModel",
 }
 POLICY_ACTIONS = {
-    "task-role-policy.json": TASK_ACTIONS,
+    "task-role-policy.json": TASK_ACTIONS | {"aps:RemoteWrite"},
     "enqueue-policy.json": {"sqs:SendMessage", "sqs:GetQueueUrl"},
     "execution-role-policy.json": {"secretsmanager:GetSecretValue", "ssm:GetParameters"},
 }
@@ -109,6 +112,13 @@ def cmd_wiring(args):
         docs = render(args.helm, *values)
         wire_variant(f, variant, docs)
     wire_checksum(f, args.helm)
+    own = by_kind(render(args.helm, "-f", str(CHART / "ci" / "all-features-values.yaml"),
+                         "--set", "autoscaling.keda.authenticationRef=shared-aws"))
+    f.check("TriggerAuthentication" not in own
+            and one(own, "ScaledObject")["spec"]["triggers"][0]["authenticationRef"]["name"] == "shared-aws",
+            "autoscaling.keda.authenticationRef names an existing TriggerAuthentication instead of the chart's")
+    off = by_kind(render(args.helm, "--set", "config.queue.name=q", "--set", "migrations.job.enabled=false"))
+    f.check("Job" not in off and len(off.get("ConfigMap", [])) == 1, "migrations.job.enabled=false renders no hook")
     wire_bad_values(f, args.helm)
     wire_config_accepted(f, args.helm, args.binary)
     return f.finish()
@@ -180,6 +190,8 @@ def wire_variant(f, variant, docs):
     f.check(pdb is not None and matches(pdb["spec"]["selector"]["matchLabels"], pod_labels),
             f"[{variant}] PodDisruptionBudget selects the pods")
 
+    wire_migrate_job(f, variant, docs, dep, cm)
+
     hpa, keda = one(kinds, "HorizontalPodAutoscaler"), one(kinds, "ScaledObject")
     f.check(not (hpa and keda), f"[{variant}] HPA and KEDA are not both rendered")
     for scaler in (hpa, keda):
@@ -194,6 +206,16 @@ def wire_variant(f, variant, docs):
         f.check(trigger["type"] == "aws-sqs-queue" and trigger["metadata"]["queueLength"] == str(conc),
                 f"[{variant}] KEDA aws-sqs-queue queueLength = consumer.concurrency ({conc})")
         f.check(trigger["metadata"]["queueURL"].startswith("https://sqs."), f"[{variant}] KEDA has the queue URL")
+        f.check(trigger["metadata"].get("scaleOnInFlight") == "true", f"[{variant}] KEDA counts in-flight messages too")
+        ta = one(kinds, "TriggerAuthentication")
+        f.check(ta is not None and trigger.get("authenticationRef", {}).get("name") == ta["metadata"]["name"]
+                and ta["spec"].get("podIdentity") == {"provider": "aws", "identityOwner": "workload"},
+                f"[{variant}] KEDA authenticates with the pods' own AWS identity (TriggerAuthentication podIdentity aws/workload)")
+    if hpa:
+        metrics = hpa["spec"]["metrics"]
+        f.check(all(m["type"] == "External" for m in metrics)
+                and any(m["external"]["metric"]["name"] == "profile_worker_queue_backlog" for m in metrics),
+                f"[{variant}] HPA scales on the external queue backlog metric, not CPU")
 
     sm = one(kinds, "ServiceMonitor")
     if sm:
@@ -211,6 +233,40 @@ def wire_variant(f, variant, docs):
                 "[all-features] ServiceAccount carries the IRSA role annotation")
     if variant == "hpa":
         f.check(bool(hpa) and not keda, "[hpa] HPA rendered, no ScaledObject")
+
+
+def hook_of(doc):
+    return set(doc["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(",")) - {""}
+
+
+def wire_migrate_job(f, variant, docs, dep, cm):
+    """The pre-install/pre-upgrade hook runs `migrate` with the Deployment's image, env and config."""
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    if not f.check(len(jobs) == 1, f"[{variant}] one migration Job rendered (migrations.job.enabled defaults to true)"):
+        return
+    job = jobs[0]
+    ann = job["metadata"]["annotations"]
+    f.check(hook_of(job) == {"pre-install", "pre-upgrade"}, f"[{variant}] migration Job is a pre-install,pre-upgrade hook")
+    f.check("before-hook-creation" in ann.get("helm.sh/hook-delete-policy", ""),
+            f"[{variant}] migration Job is replaced on the next upgrade (before-hook-creation)")
+    spec = job["spec"]["template"]["spec"]
+    (jctr,) = spec["containers"]
+    (dctr,) = dep["spec"]["template"]["spec"]["containers"]
+    f.check(spec.get("restartPolicy") == "Never", f"[{variant}] migration pod restartPolicy Never")
+    f.check(jctr["image"] == dctr["image"], f"[{variant}] migration Job uses the Deployment's image")
+    args = jctr.get("args", [])
+    f.check(args[:1] == ["migrate"] and args[1:3] == dctr["args"][1:3],
+            f"[{variant}] migration Job runs `migrate` with the Deployment's --config: {args}")
+    f.check(jctr.get("env") == dctr.get("env") and jctr.get("envFrom") == dctr.get("envFrom"),
+            f"[{variant}] migration Job has the Deployment's env and envFrom")
+    f.check(jctr.get("securityContext") == dctr.get("securityContext"), f"[{variant}] migration Job is as locked down")
+    vol = next((v for v in spec.get("volumes", []) if v["name"] == "config"), {})
+    hook_cm = next((d for d in docs if d["kind"] == "ConfigMap"
+                    and d["metadata"]["name"] == vol.get("configMap", {}).get("name")), None)
+    f.check(hook_cm is not None and hook_of(hook_cm) == hook_of(job)
+            and int(hook_cm["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(ann.get("helm.sh/hook-weight", "0")),
+            f"[{variant}] migration Job mounts a hook ConfigMap created before it (hooks run before the release's objects)")
+    f.check(hook_cm is not None and hook_cm["data"] == cm["data"], f"[{variant}] hook ConfigMap holds the Deployment's config.toml")
 
 
 def checksum(helm_bin, *values):
@@ -318,6 +374,74 @@ def cmd_kubeval(args):
     return f.finish()
 
 
+def strict(schema):
+    """An openAPIV3Schema as the API server applies it to known fields, with unknown fields an error
+    (the server would silently prune them) unless the schema preserves them."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        if schema.get("x-kubernetes-int-or-string"):
+            out["type"] = ["integer", "string"]
+        return out
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+def crd_validator(kind):
+    import jsonschema
+    crd = yaml.safe_load((SCHEMAS / KEDA_CRDS[kind]).read_text())
+    versions = {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
+    return crd["spec"]["group"], {v: jsonschema.Draft7Validator(strict(s)) for v, s in versions.items()}
+
+
+def keda_findings(f, where, doc, validators):
+    group, by_version = validators[doc["kind"]]
+    api_group, _, version = doc["apiVersion"].partition("/")
+    if not f.check(api_group == group and version in by_version, f"{where}: apiVersion {doc['apiVersion']} is served by the CRD"):
+        return
+    errors = sorted(by_version[version].iter_errors(doc), key=lambda e: list(e.path))
+    f.check(not errors, f"{where}: valid against the {doc['kind']} CRD schema"
+            + "".join(f"\n    {'/'.join(map(str, e.path))}: {e.message}" for e in errors))
+    if doc["kind"] == "ScaledObject":
+        keys = json.loads((SCHEMAS / "keda-aws-sqs-queue.json").read_text())
+        for t in doc["spec"]["triggers"]:
+            if t["type"] != "aws-sqs-queue":
+                continue
+            meta = t.get("metadata", {})
+            unknown = set(meta) - set(keys["required"]) - set(keys["optional"])
+            f.check(not unknown, f"{where}: aws-sqs-queue metadata keys are the scaler's (unknown: {sorted(unknown)})")
+            f.check(all(meta.get(k) for k in keys["required"]), f"{where}: aws-sqs-queue has {keys['required']}")
+            f.check(all(meta[k] in ("true", "false") for k in keys["booleans"] if k in meta)
+                    and all(meta[k].isdigit() for k in keys["integers"] if k in meta),
+                    f"{where}: aws-sqs-queue boolean and integer values parse")
+
+
+def cmd_keda(args):
+    """Every rendered KEDA object validates against the stored CRD schema; a planted typo must not."""
+    f = Findings("KEDA objects against the CRDs")
+    validators = {kind: crd_validator(kind) for kind in KEDA_CRDS}
+    seen = {}
+    for path in args.files:
+        for doc in yaml.safe_load_all(Path(path).read_text()):
+            if doc and doc["kind"] in KEDA_CRDS:
+                seen.setdefault(doc["kind"], doc)
+                keda_findings(f, f"{Path(path).name} {doc['kind']} {doc['metadata']['name']}", doc, validators)
+    f.check(set(seen) == set(KEDA_CRDS), f"rendered {sorted(seen)} (expected {sorted(KEDA_CRDS)})")
+    if "ScaledObject" in seen:
+        canary = Findings("canary")
+        bad = copy.deepcopy(seen["ScaledObject"])
+        bad["spec"]["triggers"][0]["authenticationRef"]["nme"] = "x"
+        bad["spec"]["triggers"][0]["metadata"]["queueUrl"] = "wrong case"
+        import io, contextlib
+        with contextlib.redirect_stdout(io.StringIO()):
+            keda_findings(canary, "canary", bad, validators)
+        f.check(len(canary.failures) == 2, f"a ScaledObject with a typo'd field and a typo'd metadata key is rejected ({len(canary.failures)} findings)")
+    return f.finish()
+
+
 def cmd_kubeval_canary(args):
     """The validator must reject a Deployment with an unknown field, or the step above proves nothing."""
     f = Findings("kubernetes-validate canary")
@@ -354,6 +478,11 @@ def cmd_ecs(args):
         "task-definition.json": (ecs_model, "RegisterTaskDefinition"),
         "service.json": (ecs_model, "CreateService"),
         "dlq-alarm.json": (session.get_service_model("cloudwatch"), "PutMetricAlarm"),
+        "migrate-task-definition.json": (ecs_model, "RegisterTaskDefinition"),
+        "migrate-run-task.json": (ecs_model, "RunTask"),
+        "oldest-message-alarm.json": (session.get_service_model("cloudwatch"), "PutMetricAlarm"),
+        "autoscaling-target.json": (session.get_service_model("application-autoscaling"), "RegisterScalableTarget"),
+        "autoscaling-policy.json": (session.get_service_model("application-autoscaling"), "PutScalingPolicy"),
     }
     docs = {}
     for name, (model, op) in shapes.items():
@@ -364,7 +493,7 @@ def cmd_ecs(args):
                 + ("" if not report.has_errors() else ":\n" + report.generate_report()))
 
     td = docs["task-definition.json"]
-    (ctr,) = td["containerDefinitions"]
+    ctr = next(c for c in td["containerDefinitions"] if c["name"] == "profile-worker")
     env = {e["name"]: e["value"] for e in ctr.get("environment", [])}
     grace = int(env.get("PROFILE_WORKER_SHUTDOWN__GRACE_SECONDS", "60"))
     f.check(td.get("requiresCompatibilities") == ["FARGATE"] and td.get("networkMode") == "awsvpc",
@@ -386,11 +515,33 @@ def cmd_ecs(args):
     f.check(any(p["containerPort"] == port for p in ctr.get("portMappings", [])),
             f"port mapping exposes the side server port {port}")
     f.check(docs["service.json"]["taskDefinition"] == td["family"], "service runs the task definition's family")
+    dockerfile_version_arg(f)
+
+    ecs_scaling_and_metrics(f, docs, td, ctr, env, port)
+
+    # Migrations: a one-off task of the same image and database secret, run before the service.
+    mtd, run = docs["migrate-task-definition.json"], docs["migrate-run-task.json"]
+    (mctr,) = mtd["containerDefinitions"]
+    menv = {e["name"]: e["value"] for e in mctr.get("environment", [])}
+    msecrets = {s["name"]: s["valueFrom"] for s in mctr.get("secrets", [])}
+    f.check(mctr.get("command") == ["migrate"], f"migrate task runs `migrate`: {mctr.get('command')}")
+    f.check(mctr["image"] == ctr["image"], "migrate task uses the service's image")
+    f.check(msecrets.get("DATABASE_URL") == secrets.get("DATABASE_URL"), "migrate task reads the same DATABASE_URL secret")
+    f.check(all(env.get(k) == v for k, v in menv.items()), "migrate task environment agrees with the service's")
+    f.check(mtd.get("executionRoleArn") == td.get("executionRoleArn"), "migrate task uses the execution role that reads the secret")
+    f.check(mctr.get("readonlyRootFilesystem") is True and mctr.get("user") == ctr.get("user"), "migrate task is as locked down as the service")
+    f.check(run["taskDefinition"] == mtd["family"] and run["cluster"] == docs["service.json"]["cluster"]
+            and run["networkConfiguration"] == docs["service.json"]["networkConfiguration"],
+            "migrate-run-task.json runs the migrate family in the service's cluster and network")
 
     if args.binary:
         extra = dict(env)
         extra.update({name: "postgres://user:secret@db.invalid/app" if name == "DATABASE_URL" else "redis://cache.invalid:6379"
                       for name in secrets})
+        mextra = {k: v for k, v in extra.items() if k in menv or k == "DATABASE_URL"}
+        proc = subprocess.run([args.binary, "config"], capture_output=True, text=True, env=clean_env(mextra))
+        f.check(proc.returncode == 0, "profile-worker accepts the migrate task's environment"
+                + ("" if proc.returncode == 0 else f": {proc.stderr.strip()}"))
         proc = subprocess.run([args.binary, "config"], capture_output=True, text=True, env=clean_env(extra))
         f.check(proc.returncode == 0, "profile-worker accepts the task definition's environment"
                 + ("" if proc.returncode == 0 else f": {proc.stderr.strip()}"))
@@ -424,9 +575,11 @@ def cmd_ecs(args):
     queue_arn = f"arn:aws:sqs:{region}:{account(td)}:{queue}"
     dlq_url = env.get("PROFILE_WORKER_QUEUE__DEAD_LETTER_URL", "")
     dlq_arn = f"arn:aws:sqs:{region}:{account(td)}:{dlq_url.rsplit('/', 1)[-1]}"
-    for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes",
-              "sqs:GetQueueUrl"):
+    for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"):
         f.check(granted.get(a) == {queue_arn}, f"{a} is granted on the queue {queue_arn} only")
+    # Start-up resolves the DLQ named by the RedrivePolicy when queue.dead_letter_url is empty (the chart's default).
+    f.check(granted.get("sqs:GetQueueUrl") == {queue_arn, dlq_arn},
+            f"sqs:GetQueueUrl is granted on the queue and the DLQ only")
     f.check(granted.get("sqs:SendMessage") == {dlq_arn}, f"sqs:SendMessage is granted on the DLQ {dlq_arn} only")
     bedrock = granted.get("bedrock:InvokeModel", set())
     defaults = tomllib.loads((ROOT / "config" / "default.toml").read_text())
@@ -444,6 +597,64 @@ def cmd_ecs(args):
     alarm = docs["dlq-alarm.json"]
     f.check(alarm["Dimensions"][0]["Value"] == dlq_url.rsplit("/", 1)[-1], "DLQ alarm watches the task's DLQ")
     return f.finish()
+
+
+def ecs_scaling_and_metrics(f, docs, td, ctr, env, port):
+    """Application Auto Scaling on backlog per task, the oldest-message alarm, the ADOT sidecar."""
+    svc = docs["service.json"]
+    queue = env.get("BMX_PROFILE_GENERATION_QUEUE_NAME")
+    resource_id = f"service/{svc['cluster']}/{svc['serviceName']}"
+    target, policy = docs["autoscaling-target.json"], docs["autoscaling-policy.json"]
+    f.check(target["ResourceId"] == resource_id == policy["ResourceId"]
+            and target["ScalableDimension"] == policy["ScalableDimension"] == "ecs:service:DesiredCount",
+            f"auto scaling target and policy address {resource_id} DesiredCount")
+    f.check(1 <= target["MinCapacity"] <= svc["desiredCount"] <= target["MaxCapacity"],
+            "service desiredCount lies within the scaling range (and at least one task stays)")
+    tt = policy["TargetTrackingScalingPolicyConfiguration"]
+    conc = int(env.get("PROFILE_WORKER_CONSUMER__CONCURRENCY", "5"))
+    f.check(policy["PolicyType"] == "TargetTrackingScaling" and tt["TargetValue"] == conc,
+            f"target tracking keeps backlog per task at consumer.concurrency ({conc})")
+    metrics = {m["Id"]: m for m in tt["CustomizedMetricSpecification"]["Metrics"]}
+    stat = lambda i: metrics.get(i, {}).get("MetricStat", {}).get("Metric", {})
+    dims = lambda i: {d["Name"]: d["Value"] for d in stat(i).get("Dimensions", [])}
+    f.check(stat("visible").get("MetricName") == "ApproximateNumberOfMessagesVisible" and dims("visible") == {"QueueName": queue}
+            and stat("inflight").get("MetricName") == "ApproximateNumberOfMessagesNotVisible" and dims("inflight") == {"QueueName": queue},
+            f"backlog = visible + in-flight messages of {queue}")
+    f.check(stat("tasks").get("MetricName") == "RunningTaskCount"
+            and dims("tasks") == {"ClusterName": svc["cluster"], "ServiceName": svc["serviceName"]},
+            "divided by the service's running tasks (Container Insights)")
+    returned = [m for m in metrics.values() if m.get("ReturnData", True)]
+    f.check(len(returned) == 1 and re.sub(r"\s", "", returned[0].get("Expression", "")) == "(visible+inflight)/tasks",
+            "exactly one returned series: (visible + inflight) / tasks")
+    old = docs["oldest-message-alarm.json"]
+    f.check(old["Namespace"] == "AWS/SQS" and old["MetricName"] == "ApproximateAgeOfOldestMessage"
+            and old["Dimensions"] == [{"Name": "QueueName", "Value": queue}] and old.get("AlarmActions"),
+            f"alarm on the age of the oldest message of {queue}, with an action")
+
+    side = next((c for c in td["containerDefinitions"] if c["name"] == "adot-collector"), None)
+    if not f.check(side is not None, "task definition has the ADOT collector sidecar"):
+        return
+    f.check(side.get("essential") is False, "the sidecar is not essential (metrics never stop the worker)")
+    senv = {e["name"]: e["value"] for e in side.get("environment", [])}
+    text = (ECS / "adot-collector-config.yaml").read_text()
+    f.check(senv.get("AOT_CONFIG_CONTENT") == text, "AOT_CONFIG_CONTENT equals deploy/ecs/adot-collector-config.yaml")
+    cfg = yaml.safe_load(text)
+    (scrape,) = cfg["receivers"]["prometheus"]["config"]["scrape_configs"]
+    targets = [t for sc in scrape["static_configs"] for t in sc["targets"]]
+    f.check(targets == [f"localhost:{port}"], f"collector scrapes the daemon's port in the task: {targets}")
+    rules_job = re.search(r'job="([^"]+)"', RULES.read_text().split("Selector:", 1)[1]).group(1)
+    f.check(scrape["job_name"] == rules_job, f"scrape job {scrape['job_name']} is the one the alert rules select ({rules_job})")
+    pipe = cfg["service"]["pipelines"]["metrics"]
+    f.check(pipe["receivers"] == ["prometheus"] and all(e in cfg["exporters"] for e in pipe["exporters"]),
+            "the metrics pipeline runs from the prometheus receiver to a defined exporter")
+    endpoint = cfg["exporters"]["prometheusremotewrite"]["endpoint"]
+    m = re.match(r"https://aps-workspaces\.([a-z0-9-]+)\.amazonaws\.com/workspaces/(ws-[0-9a-f-]+)/api/v1/remote_write$", endpoint)
+    region = env.get("AWS_REGION")
+    allowed = {r for st in json.loads((ECS / "task-role-policy.json").read_text())["Statement"]
+               if "aps:RemoteWrite" in st["Action"] for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])}
+    f.check(bool(m) and m.group(1) == region and cfg["extensions"]["sigv4auth"]["region"] == region
+            and f"arn:aws:aps:{region}:{account(td)}:workspace/{m.group(2)}" in allowed,
+            f"remote write goes to an AMP workspace in {region} the task role may write to")
 
 
 def account(td):
@@ -512,9 +723,9 @@ TARGET_LABELS = {"job", "namespace", "instance", "pod", "container", "service", 
 
 
 def referenced(expr):
-    """(metric, {label: [values]}) for every profile_worker_ selector in a PromQL expression."""
+    """(metric, {label: [values]}) for every profile_worker_, process_ and up selector in a PromQL expression."""
     out = []
-    for m in re.finditer(r"\b(profile_worker_[a-z0-9_]+)\b(\{([^}]*)\})?", expr):
+    for m in re.finditer(r"(?<![a-z_])(profile_worker_[a-z0-9_]+|process_[a-z0-9_]+|up)\b(\{([^}]*)\})?", expr):
         matchers = {}
         for label, op, value in re.findall(r'([a-zA-Z_]+)\s*(=~|!~|!=|=)\s*"([^"]*)"', m.group(3) or ""):
             matchers[label] = value.split("|") if op == "=~" else [value]
@@ -554,11 +765,12 @@ def cmd_metrics(args):
             known[s] = label_names
     for name in scraped:
         known.setdefault(name, set()).update(scraped_labels.get(name, set()))
+    known.setdefault("up", set())  # synthesized by Prometheus for every target
     exprs = dashboard_exprs()[1] + rule_exprs(args.rules)
     used = set()
     for where, expr in exprs:
         refs = referenced(expr)
-        f.check(bool(refs), f"{where} queries a profile_worker_ metric")
+        f.check(bool(refs), f"{where} queries a profile_worker_, process_ or up metric")
         for metric, matchers in refs:
             used.add(metric)
             if f.check(metric in known, f"{where}: {metric} exists"):
@@ -628,10 +840,64 @@ def cmd_rules_sync(args):
     f.check(RULES.exists() and RULES.read_text() == text,
             f"{RULES.relative_to(ROOT)} matches the chart's rules (run scripts/deploy-check --write-rules)")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    for a in ("ProfileWorkerMessagesDeadLettered", "ProfileWorkerNoProgress", "ProfileWorkerErrorRatioHigh",
+    for a in ("ProfileWorkerNotScraped", "ProfileWorkerMessagesDeadLettered", "ProfileWorkerNoProgress", "ProfileWorkerErrorRatioHigh",
               "ProfileWorkerPollLoopUnhealthy", "ProfileWorkerBedrockThrottling", "ProfileWorkerCostPerHourHigh"):
         f.check(a in alerts, f"alert {a} defined")
     return f.finish()
+
+
+def cmd_adapter_rules(args):
+    """The prometheus-adapter rule behind the HPA's external metric, run by promtool: its query with
+    the adapter's placeholders filled in must give visible + in-flight of one queue reported by two
+    pods (not twice, not the delayed messages, not another namespace)."""
+    f = Findings("prometheus-adapter external rule")
+    doc = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus-adapter-rules.yaml").read_text())
+    (rule,) = doc["rules"]["external"]
+    f.check(rule["name"]["as"] == "profile_worker_queue_backlog", "rule serves profile_worker_queue_backlog")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    names = [m["external"]["metric"]["name"] for m in values["autoscaling"]["hpa"]["metrics"] if m["type"] == "External"]
+    f.check(names == [rule["name"]["as"]], f"the chart's default HPA metric is the rule's ({names})")
+    query = (rule["metricsQuery"].replace("<<.Series>>", "profile_worker_queue_messages")
+             .replace("<<.LabelMatchers>>", 'namespace="books"').replace("<<.GroupBy>>", "namespace"))
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "rules.yaml").write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": [
+        {"record": "profile_worker_queue_backlog", "expr": query}]}]}))
+    series = []
+    for pod in ("a", "b"):
+        for state, value in (("visible", 7), ("in_flight", 3), ("delayed", 4)):
+            series.append({"series": f'profile_worker_queue_messages{{namespace="books",pod="{pod}",state="{state}"}}',
+                           "values": f"{value}x5"})
+    series.append({"series": 'profile_worker_queue_messages{namespace="other",pod="c",state="visible"}', "values": "100x5"})
+    (work / "test.yaml").write_text(yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"expr": "profile_worker_queue_backlog", "eval_time": "2m",
+                              "exp_samples": [{"labels": 'profile_worker_queue_backlog{namespace="books"}', "value": 10}]}]}]}))
+    proc = subprocess.run([args.promtool, "test", "rules", "test.yaml"], cwd=work, capture_output=True, text=True)
+    f.check(proc.returncode == 0, "promtool: backlog of two pods reporting 7 visible, 3 in flight, 4 delayed is 10"
+            + ("" if proc.returncode == 0 else f":\n{proc.stdout}{proc.stderr}"))
+    return f.finish()
+
+
+def cmd_image_labels(args):
+    """The built image's OCI labels: source, version (= Cargo.toml), created (RFC 3339), revision."""
+    f = Findings("image OCI labels")
+    labels = json.loads(Path(args.labels).read_text())
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    f.check(labels.get("org.opencontainers.image.version") == version, f"version label is Cargo.toml's {version}: {labels}")
+    f.check(labels.get("org.opencontainers.image.source", "").startswith("https://"), "source label is a URL")
+    f.check(bool(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", labels.get("org.opencontainers.image.created", ""))),
+            "created label is an RFC 3339 time")
+    f.check(labels.get("org.opencontainers.image.revision") == args.commit, f"revision label is the commit {args.commit}")
+    return f.finish()
+
+
+def dockerfile_version_arg(f):
+    """The Dockerfile's default version label must follow Cargo.toml."""
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    m = re.search(r"^ARG PROFILE_WORKER_VERSION=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    f.check(bool(m) and m.group(1) == version, f"Dockerfile ARG PROFILE_WORKER_VERSION = Cargo.toml version {version}")
+    f.check("FROM scratch" in (ROOT / "Dockerfile").read_text(), "the runtime stage is FROM scratch (no shell, no package manager)")
 
 
 def cmd_ready(args):
@@ -688,6 +954,25 @@ def cmd_smoke_args(args):
     return 0
 
 
+def cmd_hook_args(args):
+    """Prints, NUL-separated, the migration hook Job's container args, with its ConfigMap written
+    under `workdir` and --config pointed there (to run the hook's command with the local binary)."""
+    docs = [d for d in yaml.safe_load_all(Path(args.rendered).read_text()) if d]
+    (job,) = [d for d in docs if d["kind"] == "Job" and {"pre-install", "pre-upgrade"} <= hook_of(d)]
+    spec = job["spec"]["template"]["spec"]
+    (ctr,) = spec["containers"]
+    vol = next(v for v in spec["volumes"] if v["name"] == "config")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == vol["configMap"]["name"])
+    mount = next(m for m in ctr["volumeMounts"] if m["name"] == "config")["mountPath"]
+    out_dir = Path(args.workdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for key, value in cm["data"].items():
+        (out_dir / key).write_text(value)
+    out = [a.replace(mount.rstrip("/") + "/", str(out_dir) + "/") for a in ctr["args"]]
+    sys.stdout.write("".join(f"{a}\0" for a in out))
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -698,13 +983,19 @@ def main():
     s.add_argument("files", nargs="+"); s.set_defaults(fn=cmd_kubeval)
     s = sub.add_parser("kubeval-canary"); s.add_argument("--validator", required=True); s.add_argument("--kube", required=True)
     s.add_argument("file"); s.set_defaults(fn=cmd_kubeval_canary)
+    s = sub.add_parser("keda"); s.add_argument("files", nargs="+"); s.set_defaults(fn=cmd_keda)
     s = sub.add_parser("ecs"); s.add_argument("--binary"); s.set_defaults(fn=cmd_ecs)
     s = sub.add_parser("metrics"); s.add_argument("--scrape", required=True); s.add_argument("--rules", default=str(RULES))
     s.set_defaults(fn=cmd_metrics)
     s = sub.add_parser("dashboard"); s.set_defaults(fn=cmd_dashboard)
     s = sub.add_parser("rules-sync"); s.add_argument("--helm", required=True); s.add_argument("--write", action="store_true")
     s.set_defaults(fn=cmd_rules_sync)
+    s = sub.add_parser("adapter-rules"); s.add_argument("--promtool", required=True); s.add_argument("--workdir", required=True)
+    s.set_defaults(fn=cmd_adapter_rules)
+    s = sub.add_parser("image-labels"); s.add_argument("labels"); s.add_argument("--commit", required=True)
+    s.set_defaults(fn=cmd_image_labels)
     s = sub.add_parser("ready"); s.add_argument("body"); s.set_defaults(fn=cmd_ready)
+    s = sub.add_parser("hook-args"); s.add_argument("rendered"); s.add_argument("workdir"); s.set_defaults(fn=cmd_hook_args)
     s = sub.add_parser("smoke-args"); s.add_argument("rendered"); s.add_argument("workdir"); s.set_defaults(fn=cmd_smoke_args)
     args = p.parse_args()
     sys.exit(args.fn(args))

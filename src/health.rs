@@ -128,6 +128,22 @@ impl Health {
         }
     }
 
+    /// Declares a required check before its component registers it: `/ready` fails, reporting it
+    /// as "not started", until the component has registered it and it passes. The daemon declares
+    /// its checks before the side server listens, so no probe sees an empty, passing list.
+    pub fn expect(&self, name: &'static str) {
+        self.inner
+            .checks
+            .lock()
+            .expect("health lock")
+            .entry(name)
+            .or_insert(CheckState {
+                ok: false,
+                required: true,
+                detail: "not started".into(),
+            });
+    }
+
     /// `Ok` when every registered loop beat recently; else the names of the stalled loops.
     pub fn liveness(&self) -> Result<(), Vec<&'static str>> {
         let now = self.started().elapsed();
@@ -174,6 +190,19 @@ mod tests {
         let r = health.readiness();
         assert!(r.ready);
         assert_eq!(r.checks["redis"].detail, "connection refused");
+    }
+
+    #[test]
+    fn an_expected_check_is_unready_until_registered_and_passing() {
+        let health = Health::new();
+        health.expect("queue");
+        let r = health.readiness();
+        assert!(!r.ready);
+        assert_eq!(r.checks["queue"].detail, "not started");
+        let queue = health.check("queue", true);
+        assert!(!health.readiness().ready, "registered but not yet passing");
+        queue.set(true, "ok");
+        assert!(health.readiness().ready);
     }
 
     #[test]

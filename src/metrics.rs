@@ -31,6 +31,7 @@ pub struct Metrics {
     pub jobs_completed: IntCounter,
     pub queue_messages: IntGaugeVec,
     pub db_pool_connections: IntGaugeVec,
+    pub db_pool_max_connections: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -191,10 +192,17 @@ impl Metrics {
                 IntGaugeVec::new(
                     opts(
                         "db_pool_connections",
-                        "Database pool connections, by state (idle, in_use, max).",
+                        "Database pool connections, by state (idle, in_use).",
                     ),
                     &["state"],
                 ),
+            ),
+            db_pool_max_connections: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "db_pool_max_connections",
+                    "Capacity of the database pool (database.pool_size).",
+                )),
             ),
             registry,
         };
@@ -214,10 +222,8 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         m.registry
             .register(Box::new(
-                prometheus::process_collector::ProcessCollector::new(
-                    std::process::id() as i32,
-                    PREFIX,
-                ),
+                // No namespace: the standard process_* names dashboards and alerts expect.
+                prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, ""),
             ))
             .expect("process collector registers once");
         m
@@ -266,7 +272,8 @@ mod tests {
             build_info::COMMIT,
             build_info::VERSION
         )));
-        assert!(text.contains("profile_worker_process_resident_memory_bytes"));
+        assert!(text.contains("\nprocess_resident_memory_bytes "));
+        assert!(!text.contains("profile_worker_process_"));
         assert!(text.contains("profile_worker_messages_processed_total{outcome=\"done\"} 1"));
     }
 }

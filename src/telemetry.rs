@@ -16,6 +16,9 @@ pub fn init(log: &LogConfig) {
     let result = match log.format {
         LogFormat::Json => builder
             .json()
+            // The message and the event's fields at the top level of each line, where log
+            // pipelines (CloudWatch Logs Insights, Loki, Elasticsearch) look for them.
+            .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),

@@ -116,8 +116,8 @@ async fn demo_metrics_show_the_run_while_it_goes() {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "side server listening" {
-                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_string());
+            if v["message"] == "side server listening" {
+                let _ = tx.send(v["addr"].as_str().unwrap().to_string());
             }
         }
     });

@@ -25,9 +25,9 @@ async fn endpoints_behave() {
     assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
     assert!(build.labels.get("commit").is_some());
     for name in [
-        "profile_worker_process_resident_memory_bytes",
-        "profile_worker_process_cpu_seconds_total",
-        "profile_worker_process_open_fds",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
         "profile_worker_concurrency_limit",
     ] {
         assert!(

@@ -165,8 +165,7 @@ pub fn enqueue(loaded: Loaded, args: &EnqueueArgs) -> Result {
     prepare(&loaded, needs)?;
     let app = App::new(loaded.config, Adapters::PRODUCTION);
     block_on(async {
-        // Sends never long-poll.
-        let queue = app.queue(Duration::ZERO).await?;
+        let queue = app.sender_queue().await?;
         let outcome = if args.all {
             let store = app.store().await?;
             let options = JobOptions {

@@ -24,6 +24,10 @@ const DATABASE_CHECK: Backoff = Backoff::fixed(Duration::from_secs(10));
 
 /// Runs the daemon until `shutdown` is cancelled, then drains and returns.
 pub async fn run(app: &App, shutdown: CancellationToken) -> Result<(), AppError> {
+    // Every required check exists before the side server answers: /ready stays 503 until each
+    // one has been registered by its component and passes.
+    app.health().expect("database");
+    app.health().expect("queue");
     let server = app.serve().await?;
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
@@ -89,7 +93,7 @@ async fn watch_database(
             let gauge = &metrics.db_pool_connections;
             gauge.with_label_values(&["idle"]).set(pool.idle as i64);
             gauge.with_label_values(&["in_use"]).set(pool.in_use as i64);
-            gauge.with_label_values(&["max"]).set(pool.max as i64);
+            metrics.db_pool_max_connections.set(pool.max as i64);
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -251,6 +251,19 @@ impl App {
         })
     }
 
+    /// Opens the queue for a producer (`enqueue`): only its URL is resolved, so sending needs
+    /// no more than `sqs:SendMessage` and `sqs:GetQueueUrl` (deploy/ecs/enqueue-policy.json).
+    pub async fn sender_queue(&self) -> Result<Arc<dyn Queue>, AppError> {
+        Ok(match self.adapters.queue {
+            QueueAdapter::Memory => Arc::new(MemoryQueue::with_dead_letter(MEMORY_MAX_RECEIVES)),
+            QueueAdapter::Sqs => Arc::new(
+                SqsQueue::connect_sender(self.sdk().await, &self.config.queue)
+                    .await
+                    .map_err(AppError::Queue)?,
+            ),
+        })
+    }
+
     /// The graph cache: in-process, plus the shared layer the adapters name.
     pub async fn cache(&self) -> Result<GraphCache, AppError> {
         if self.adapters.shared_cache == SharedCacheAdapter::Memory {

@@ -45,6 +45,12 @@ pub enum CacheError {
     RedisUrl(#[source] deadpool_redis::redis::RedisError),
     #[error("cannot create the Redis pool: {0}")]
     Pool(#[source] deadpool_redis::BuildError),
+    #[error("cache.tls_ca_file {path}: {source}")]
+    TlsCaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The Redis key of a graph: the original's recipe for the three parameters it knows; an era

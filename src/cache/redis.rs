@@ -49,7 +49,7 @@ impl RedisCache {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let manager = Manager::new_with_config(config.redis_url.expose(), connection)
+        let manager = Manager::new_with_config(connection_info(config)?, connection)
             .map_err(CacheError::RedisUrl)?;
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
@@ -177,6 +177,26 @@ impl SharedCache for RedisCache {
             cursor = next;
         }
     }
+}
+
+/// The Redis address; with `cache.tls_ca_file`, a `rediss://` connection trusts that CA bundle
+/// instead of the system store (the redis crate's rustls backend, see docs/deploy.md).
+fn connection_info(config: &CacheConfig) -> Result<redis::ConnectionInfo, CacheError> {
+    use redis::IntoConnectionInfo;
+    let url = config.redis_url.expose();
+    if config.tls_ca_file.is_empty() {
+        return url.into_connection_info().map_err(CacheError::RedisUrl);
+    }
+    let pem = std::fs::read(&config.tls_ca_file).map_err(|source| CacheError::TlsCaFile {
+        path: config.tls_ca_file.clone(),
+        source,
+    })?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    let client = redis::Client::build_with_tls(url, certs).map_err(CacheError::RedisUrl)?;
+    Ok(client.get_connection_info().clone())
 }
 
 #[cfg(test)]

@@ -127,6 +127,9 @@ pub struct CacheConfig {
     pub redis_ttl_seconds: u64,
     pub redis_timeout_ms: u64,
     pub lock_wait_ms: u64,
+    /// PEM file of the CA(s) a `rediss://` server's certificate must chain to; empty = the
+    /// system's trust store (enough for ElastiCache and other public CAs).
+    pub tls_ca_file: String,
 }
 
 /// Which generator produces profiles.

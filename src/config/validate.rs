@@ -140,6 +140,12 @@ impl Checks<'_> {
         self.range("cache.redis_ttl_seconds", r.redis_ttl_seconds, 1, 86_400);
         self.range("cache.redis_timeout_ms", r.redis_timeout_ms, 1, 60_000);
         self.range("cache.lock_wait_ms", r.lock_wait_ms, 0, 600_000);
+        if !r.tls_ca_file.is_empty() && !r.redis_url.expose().starts_with("rediss://") {
+            self.fail(
+                "cache.tls_ca_file",
+                "is only used with a rediss:// cache.redis_url",
+            );
+        }
         self.range(
             "jobs.check_interval_seconds",
             c.jobs.check_interval_seconds,

@@ -52,22 +52,8 @@ impl SqsQueue {
         queue: &QueueConfig,
         wait: Duration,
     ) -> Result<Self, QueueError> {
-        let mut builder = aws_sdk_sqs::config::Builder::from(sdk).timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(sqs_attempt_timeout(wait))
-                .build(),
-        );
-        if !queue.endpoint_url.is_empty() {
-            builder = builder.endpoint_url(&queue.endpoint_url);
-        }
-        let client = Client::from_conf(builder.build());
-
-        let url = if queue.url.is_empty() {
-            resolve_url(&client, &queue.name, None).await?
-        } else {
-            queue.url.clone()
-        };
+        let client = build_client(sdk, queue, wait);
+        let url = queue_url(&client, queue).await?;
         let redrive = read_redrive(&client, &url).await?;
         let dead_letter_url = if !queue.dead_letter_url.is_empty() {
             Some(queue.dead_letter_url.clone())
@@ -106,6 +92,45 @@ impl SqsQueue {
     /// The dead-letter queue URL, when there is one.
     pub fn dead_letter_url(&self) -> Option<&str> {
         self.dead_letter.as_deref().map(SqsQueue::url)
+    }
+
+    /// A queue for producers (`enqueue`): resolves only the URL, so sending needs no more than
+    /// `sqs:SendMessage` and `sqs:GetQueueUrl` on the main queue (deploy/ecs/enqueue-policy.json).
+    /// It has no dead-letter queue and no redrive limit.
+    pub async fn connect_sender(sdk: &SdkConfig, queue: &QueueConfig) -> Result<Self, QueueError> {
+        let client = build_client(sdk, queue, Duration::ZERO);
+        let url = queue_url(&client, queue).await?;
+        Ok(Self {
+            client,
+            url,
+            max_receive_count: None,
+            dead_letter: None,
+        })
+    }
+}
+
+/// The SDK client on the process's shared AWS configuration, with the endpoint from
+/// `queue.endpoint_url` when set. Every call's attempt timeout stays above `wait`, the longest
+/// long poll the caller will ask for.
+fn build_client(sdk: &SdkConfig, queue: &QueueConfig, wait: Duration) -> Client {
+    let mut builder = aws_sdk_sqs::config::Builder::from(sdk).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(sqs_attempt_timeout(wait))
+            .build(),
+    );
+    if !queue.endpoint_url.is_empty() {
+        builder = builder.endpoint_url(&queue.endpoint_url);
+    }
+    Client::from_conf(builder.build())
+}
+
+/// `queue.url`, else the URL of `queue.name` (GetQueueUrl).
+async fn queue_url(client: &Client, queue: &QueueConfig) -> Result<String, QueueError> {
+    if queue.url.is_empty() {
+        resolve_url(client, &queue.name, None).await
+    } else {
+        Ok(queue.url.clone())
     }
 }
 

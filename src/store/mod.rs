@@ -151,7 +151,7 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
-/// Connection pool occupancy, for the `db_pool_connections{state}` gauge.
+/// Connection pool occupancy, for the `db_pool_connections{state}` and `db_pool_max_connections` gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
     pub idle: usize,

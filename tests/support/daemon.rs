@@ -118,11 +118,10 @@ impl Drop for Daemon {
 
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields")?;
-    if fields.get("message")?.as_str()? != "side server listening" {
+    if v.get("message")?.as_str()? != "side server listening" {
         return None;
     }
-    fields.get("addr")?.as_str()?.parse().ok()
+    v.get("addr")?.as_str()?.parse().ok()
 }
 
 /// A minimal HTTP/1.1 exchange: returns status, content type and body.

@@ -1,10 +1,12 @@
 #![allow(dead_code)]
 //! Helpers shared by the integration tests; each test binary uses only some of them.
 
+pub mod aws_proxy;
 pub mod bedrock;
 pub mod daemon;
 pub mod db;
 pub mod graph;
+pub mod iam;
 pub mod jobs;
 pub mod pipeline;
 pub mod redis;

@@ -63,6 +63,38 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 /etc/profile-worker/config.toml
 {{- end }}
 
+{{/* The container's env and envFrom, shared by the Deployment and the migration Job. */}}
+{{- define "profile-worker.env" -}}
+env:
+  {{- with .Values.secrets.existingSecret }}
+  - name: DATABASE_URL
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.secrets.databaseUrlKey }}
+  - name: REDIS_URL
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.secrets.redisUrlKey }}
+        optional: true
+  {{- end }}
+  {{- with .Values.env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .Values.envFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The config.toml the chart renders (ConfigMap data), shared by the Deployment's and the hook's ConfigMaps. */}}
+{{- define "profile-worker.configData" -}}
+config.toml: |
+  # Rendered by the profile-worker chart from .Values.config; layered over the built-in defaults.
+  {{- include "profile-worker.toml" .Values.config | trim | nindent 2 }}
+{{- end }}
+
 {{/* Fails when the values combine features that cannot work together. */}}
 {{- define "profile-worker.validate" -}}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}
