@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheError, GraphCache};
 use crate::config::{Config, GeneratorBackend};
+use crate::console::{self, Console, inflight::InFlight};
 use crate::consumer::diagnostic::HoldHandler;
 use crate::consumer::{Consumer, ConsumerSettings, Handler};
 use crate::generate::Generator;
@@ -49,6 +50,8 @@ pub enum AppError {
     Schema(#[source] SchemaError),
     #[error("cannot set up the graph cache: {0}")]
     Cache(#[source] CacheError),
+    #[error("cannot set up the console: {0}")]
+    Console(#[source] console::ConsoleError),
 }
 
 /// Which handler the consumer runs.
@@ -64,11 +67,13 @@ pub enum Mode {
 pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let health = Health::new();
+    let console = console::Slot::new(&config.console.path_prefix);
 
     let addr = config.server.listen;
     let state = server::State {
         metrics: metrics.clone(),
         health: health.clone(),
+        console: console.clone(),
     };
     let server = server::start(addr, state)
         .await
@@ -77,7 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
     let result = async {
-        let (handler, store): (Arc<dyn Handler>, Option<Arc<dyn Store>>) = match mode {
+        let (handler, store): (Arc<dyn Handler>, Option<Arc<PgStore>>) = match mode {
             Mode::DiagnosticHold(hold) => (Arc::new(HoldHandler::new(hold)), None),
             Mode::Pipeline => {
                 let store =
@@ -99,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
                     )),
                 };
                 let pipeline = Pipeline::new(
-                    store.clone(),
+                    store.clone() as Arc<dyn Store>,
                     cache,
                     generator,
                     metrics.clone(),
@@ -108,13 +113,22 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
                 (Arc::new(pipeline), Some(store))
             }
         };
+        // The console needs the database; without it (diagnostic mode) its paths answer 503.
+        let in_flight = InFlight::new(replica_name(&config));
+        let handler: Arc<dyn Handler> = match &store {
+            Some(_) => Arc::new(in_flight.track(handler)),
+            None => handler,
+        };
         let deps = Deps {
             handler,
-            store,
+            console: store
+                .clone()
+                .map(|store| (console.clone(), (*store).clone(), in_flight)),
+            store: store.map(|s| s as Arc<dyn Store>),
             metrics: metrics.clone(),
             health: health.clone(),
         };
-        consume(&config, &shutdown, deps, &background_stop).await
+        consume(&config, &shutdown, deps, &background, &background_stop).await
     }
     .await;
 
@@ -134,7 +148,7 @@ async fn open_store(
     metrics: &Arc<Metrics>,
     background: &TaskTracker,
     stop: &CancellationToken,
-) -> Result<Arc<dyn Store>, AppError> {
+) -> Result<Arc<PgStore>, AppError> {
     let check = health.check("database", true);
     if config.database.migrate_on_start {
         migrate::migrate(&config.database)
@@ -184,12 +198,24 @@ struct Deps {
     store: Option<Arc<dyn Store>>,
     metrics: Arc<Metrics>,
     health: Health,
+    /// Where to install the console once the queue is open, with what it reads.
+    console: Option<(console::Slot, PgStore, InFlight)>,
+}
+
+/// `console.replica`, else the host name.
+fn replica_name(config: &Config) -> String {
+    if config.console.replica.is_empty() {
+        console::inflight::host_name()
+    } else {
+        config.console.replica.clone()
+    }
 }
 
 async fn consume(
     config: &Config,
     shutdown: &CancellationToken,
     deps: Deps,
+    background: &TaskTracker,
     background_stop: &CancellationToken,
 ) -> Result<(), AppError> {
     let wait = Duration::from_secs(config.consumer.wait_seconds.into());
@@ -203,7 +229,14 @@ async fn consume(
         dead_letter = queue.dead_letter_url().unwrap_or("none"),
         "queue resolved"
     );
-    let queue: Arc<dyn Queue> = Arc::new(queue);
+    let queue = Arc::new(queue);
+    if let Some((slot, store, in_flight)) = deps.console {
+        let console = Console::new(config, store, queue.clone(), deps.metrics.clone(), in_flight)
+            .map_err(AppError::Console)?;
+        console.spawn_background(background, background_stop);
+        slot.install(console);
+    }
+    let queue: Arc<dyn Queue> = queue;
     let rescue = deps.store.map(|store| {
         jobs::spawn_rescue(
             store,

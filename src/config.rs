@@ -51,6 +51,7 @@ pub struct Config {
     pub generator: GeneratorConfig,
     pub staleness: StalenessConfig,
     pub jobs: JobsConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -170,6 +171,67 @@ pub struct StalenessConfig {
 pub struct JobsConfig {
     pub stale_after_seconds: u64,
     pub check_interval_seconds: u64,
+}
+
+/// The operator console on the side server (see the README's "Operator console").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Bearer token that enables the console's actions; empty (and no `token_file`) = read-only.
+    pub token: Secret,
+    /// File holding the token (a mounted secret); trailing whitespace is ignored.
+    pub token_file: String,
+    /// Path prefix the console is served under behind an ingress (`/ops`); empty = none.
+    pub path_prefix: String,
+    /// Name this replica publishes its in-flight work under; empty = the host name.
+    pub replica: String,
+}
+
+impl ConsoleConfig {
+    /// The action token from `token` or `token_file`; `None` leaves the actions off.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        let token = if !self.token_file.is_empty() {
+            std::fs::read_to_string(&self.token_file)
+                .map_err(|e| format!("cannot read {}: {e}", self.token_file))?
+                .trim_end()
+                .to_string()
+        } else {
+            self.token.expose().to_string()
+        };
+        Ok((!token.is_empty()).then_some(token))
+    }
+}
+
+/// A secret value that never reaches Debug output, logs or `config`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { "***" }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.shown())
+    }
 }
 
 /// A connection URL whose password never reaches Debug output, logs, `config` or metrics.
@@ -697,6 +759,22 @@ fn validate(loaded: &Loaded) -> Vec<Problem> {
         1,
         86_400,
     );
+    if !c.console.token.expose().is_empty() && !c.console.token_file.is_empty() {
+        checks.fail("console.token_file", "set console.token or console.token_file, not both");
+    } else if let Err(e) = c.console.resolve_token() {
+        checks.fail("console.token_file", &e);
+    } else if let Ok(Some(token)) = c.console.resolve_token()
+        && token.len() < 16
+    {
+        checks.fail("console.token", "must be at least 16 characters");
+    }
+    let prefix = &c.console.path_prefix;
+    if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+        checks.fail(
+            "console.path_prefix",
+            "must start with '/' and not end with one (e.g. \"/ops\")",
+        );
+    }
     checks.problems
 }
 

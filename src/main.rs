@@ -147,6 +147,15 @@ fn main() -> ExitCode {
             },
             jobs::commands::list(&loaded.config, *limit, *json),
         ),
+        Command::Dlq(args) => operator(
+            &loaded,
+            &runtime,
+            Needs {
+                queue: true,
+                ..Needs::default()
+            },
+            profile_worker::console::cli::run(&loaded.config, args),
+        ),
         Command::Run => {
             // The diagnostic handler opens no database, so only the queue is required then.
             let mode = match cli.diagnostic_hold_ms {

@@ -119,6 +119,7 @@ pub async fn run(
     let state = server::State {
         metrics: metrics.clone(),
         health: health.clone(),
+        console: crate::console::Slot::default(),
     };
     let server = server::start(addr, state)
         .await

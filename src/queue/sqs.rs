@@ -115,6 +115,16 @@ impl SqsQueue {
     pub fn dead_letter_url(&self) -> Option<&str> {
         self.dead_letter.as_deref().map(SqsQueue::url)
     }
+
+    /// The dead-letter queue, when there is one.
+    pub fn dead_letter(&self) -> Option<&SqsQueue> {
+        self.dead_letter.as_deref()
+    }
+
+    /// The SDK client, for the operations outside the [`Queue`] port (the console's DLQ tools).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
 }
 
 async fn resolve_url(
@@ -178,7 +188,7 @@ fn split_arn(arn: &str) -> Option<(&str, &str)> {
 }
 
 /// Maps an SDK error onto what the caller must do.
-fn classify<E>(
+pub(crate) fn classify<E>(
     context: &str,
     err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
 ) -> QueueError

@@ -71,7 +71,8 @@ impl PgStore {
         Ok(Self { pool })
     }
 
-    async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
+    /// A pooled connection (also for read modules outside the port, e.g. the console).
+    pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
         match tokio::time::timeout(POOL_WAIT, self.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
