@@ -77,6 +77,15 @@ async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, Str
     (status, body.to_string())
 }
 
+/// Waits until the console is installed (it answers 503 while the daemon opens its sources).
+async fn wait_console(daemon: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while request("GET", &daemon.url("/api/overview"), &[]).await.0 != 200 {
+        assert!(Instant::now() < deadline, "console never came up: {}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Headless Chromium under chromedriver; both stop on drop.
 struct Browser {
     driver: Child,
@@ -216,6 +225,7 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
             ("PROFILE_WORKER_CONSOLE__REPLICA", "replica-a"),
         ],
     );
+    wait_console(&daemon).await;
     let browser = Browser::start().await;
     browser.client.goto(&daemon.url("/")).await.unwrap();
 
@@ -300,7 +310,7 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
         })
         .await;
     assert_eq!(browser.text("#dlq-depth").await, "1");
-    let (_, metrics) = http("GET", &daemon.url("/metrics")).await;
+    let (_, _, metrics) = http("GET", &daemon.url("/metrics")).await;
     let received_before = received_total(&metrics);
     browser.click("#redrive").await;
     browser
@@ -314,7 +324,7 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
     // The redriven message is consumed again (and, still poison, dead-lettered again).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, metrics) = http("GET", &daemon.url("/metrics")).await;
+        let (_, _, metrics) = http("GET", &daemon.url("/metrics")).await;
         if received_total(&metrics) > received_before {
             break;
         }
@@ -333,6 +343,7 @@ async fn api_is_read_only_without_a_token_and_honours_the_path_prefix() {
     let stack = stack_with_sample().await;
     let bedrock = FakeBedrock::start().await;
     let mut daemon = start(&stack, &bedrock, &[("PROFILE_WORKER_CONSOLE__PATH_PREFIX", "/ops")]);
+    wait_console(&daemon).await;
 
     let (status, body) = request("GET", &daemon.url("/api/overview"), &[]).await;
     assert_eq!(status, 200, "{body}");
@@ -345,7 +356,7 @@ async fn api_is_read_only_without_a_token_and_honours_the_path_prefix() {
     let (status, page) = request("GET", &daemon.url("/ops/"), &[]).await;
     assert_eq!(status, 200);
     assert!(page.contains("<base href=\"/ops/\">"), "{page}");
-    assert!(!page.contains("button"), "actions are off without a token");
+    assert!(!page.contains("id=\"token\""), "actions are off without a token");
     let (_, page) = request("GET", &daemon.url("/"), &[("X-Forwarded-Prefix", "/tools/pw")]).await;
     assert!(page.contains("<base href=\"/tools/pw/\">"));
 

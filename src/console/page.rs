@@ -345,6 +345,7 @@ const SCRIPT: &str = r#"
 (function(){
 const $=s=>document.querySelector(s);
 function el(tag,text,cls){const e=document.createElement(tag);if(text!==undefined)e.textContent=text;if(cls)e.className=cls;return e;}
+function empty(tb,n,text){const td=el('td',text,'muted');td.colSpan=n;tb.appendChild(row([td]));}
 function row(cells){const tr=el('tr');cells.forEach(c=>{tr.appendChild(c instanceof Node?c:el('td',String(c)));});return tr;}
 function dur(s){if(s==null)return '–';s=Math.round(s);const h=Math.floor(s/3600),m=Math.floor(s%3600/60),x=s%60;return h?h+'h'+String(m).padStart(2,'0')+'m':m?m+'m'+String(x).padStart(2,'0')+'s':x+'s';}
 const actions=document.body.dataset.actions==='true';
@@ -358,16 +359,16 @@ function jobs(list){const tb=$('#jobs tbody');tb.replaceChildren();
    j.rate_per_minute==null?'–':j.rate_per_minute.toFixed(1)+'/min',dur(j.eta_seconds),dur(j.elapsed_seconds),
    j.usage.input_tokens+'/'+j.usage.output_tokens,'$'+j.usage.estimated_cost_usd.toFixed(4),act]);
   tr.dataset.job=j.job_id;tb.appendChild(tr);});
- if(!list.length)tb.appendChild(row([el('td','No jobs yet.','muted')]));}
+ if(!list.length)empty(tb,11,'No jobs yet.');}
 function inflight(sets,now){const tb=$('#inflight tbody');tb.replaceChildren();let any=false;
  sets.forEach(s=>s.items.forEach(i=>{any=true;const c=el('td');c.appendChild(el('code',i.job_id||'–'));
   tb.appendChild(row([s.replica,i.entity,c,i.attempt,((Date.parse(now)-Date.parse(i.started_at))/1000).toFixed(1)+'s']));}));
- if(!any)tb.appendChild(row([el('td','Nothing in flight.','muted')]));}
+ if(!any)empty(tb,5,'Nothing in flight.');}
 function dlq(d){const depth=d.depth;$('#dlq-depth').textContent=depth?depth.visible+depth.in_flight+depth.delayed:'no DLQ';
  const tb=$('#dlq tbody');tb.replaceChildren();
  d.recent.forEach(m=>{const body=el('td');body.appendChild(el('code',m.body_preview));
   tb.appendChild(row([m.sent_at?m.sent_at.substr(11,8):'',Object.entries(m.attributes).map(([k,v])=>k+'='+v).join('; '),m.receive_count,body]));});
- if(!d.recent.length)tb.appendChild(row([el('td','Empty.','muted')]));
+ if(!d.recent.length)empty(tb,4,'Empty.');
  const r=d.redrive;$('#redrive-status').textContent=r?'Last redrive ('+r.mode+'): '+r.status+' — '+r.moved+' moved'+(r.failure?' — '+r.failure:''):'';}
 function refresh(){fetch('api/overview',{cache:'no-store'}).then(r=>r.json()).then(o=>{
  jobs(o.jobs);inflight(o.in_flight,o.generated_at);dlq(o.dead_letter);
