@@ -8,7 +8,9 @@
 //! progress from `ListMessageMoveTasks`. Only when the endpoint does not implement that API (moto
 //! and other emulators answer an unknown action with a bare 404/500/501, or `InvalidAction`) does
 //! the daemon move the messages itself: receive from the dead-letter queue, send to the main queue
-//! with the same body and attributes, then delete. Any other refusal is reported, never papered
+//! with the same body and attributes, then delete — as many messages as the dead-letter queue held
+//! when the redrive started, so a message that fails again is not moved round in a loop. Any
+//! other refusal is reported, never papered
 //! over (docs/decisions.md, "Operator console").
 
 use std::collections::BTreeMap;
@@ -276,15 +278,16 @@ impl DeadLetters {
         status
     }
 
+    /// Moves as many messages as the dead-letter queue held at the start, like SQS's own task:
+    /// a redriven message that fails again and comes back must not be moved round in a loop.
     async fn move_locally(&self) -> Result<(), DlqError> {
         let dl = self.dead_letter()?;
-        if let Ok(depth) = dl.approximate_depth().await {
-            self.set_local(|s| s.to_move = Some(depth.visible));
-        }
-        loop {
-            let batch = dl
-                .receive(MAX_BATCH, Duration::ZERO, MOVE_VISIBILITY)
-                .await?;
+        let to_move = dl.approximate_depth().await?.visible;
+        self.set_local(|s| s.to_move = Some(to_move));
+        let mut moved = 0;
+        while moved < to_move {
+            let want = ((to_move - moved) as usize).min(MAX_BATCH);
+            let batch = dl.receive(want, Duration::ZERO, MOVE_VISIBILITY).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -307,6 +310,7 @@ impl DeadLetters {
                 .collect();
             dl.delete_batch(&sent).await?;
             let n = sent.len() as u64;
+            moved += n;
             self.set_local(|s| s.moved += n);
             if !refused.is_empty() {
                 return Err(DlqError::Queue(QueueError::Rejected(format!(
@@ -316,6 +320,7 @@ impl DeadLetters {
                 ))));
             }
         }
+        Ok(())
     }
 }
 
