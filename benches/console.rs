@@ -40,7 +40,9 @@ fn overview(jobs: usize) -> Overview {
                 failed,
                 error_log: (failed > 0).then(|| {
                     (0..failed)
-                        .map(|k| format!("author:{k}: Bedrock refused: <ValidationException> & more"))
+                        .map(|k| {
+                            format!("author:{k}: Bedrock refused: <ValidationException> & more")
+                        })
                         .collect::<Vec<_>>()
                         .join("\n")
                 }),

@@ -231,8 +231,14 @@ async fn consume(
     );
     let queue = Arc::new(queue);
     if let Some((slot, store, in_flight)) = deps.console {
-        let console = Console::new(config, store, queue.clone(), deps.metrics.clone(), in_flight)
-            .map_err(AppError::Console)?;
+        let console = Console::new(
+            config,
+            store,
+            queue.clone(),
+            deps.metrics.clone(),
+            in_flight,
+        )
+        .map_err(AppError::Console)?;
         console.spawn_background(background, background_stop);
         slot.install(console);
     }

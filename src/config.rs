@@ -760,7 +760,10 @@ fn validate(loaded: &Loaded) -> Vec<Problem> {
         86_400,
     );
     if !c.console.token.expose().is_empty() && !c.console.token_file.is_empty() {
-        checks.fail("console.token_file", "set console.token or console.token_file, not both");
+        checks.fail(
+            "console.token_file",
+            "set console.token or console.token_file, not both",
+        );
     } else if let Err(e) = c.console.resolve_token() {
         checks.fail("console.token_file", &e);
     } else if let Ok(Some(token)) = c.console.resolve_token()

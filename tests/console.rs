@@ -64,7 +64,10 @@ async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, Str
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
         "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
     );
@@ -81,7 +84,11 @@ async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, Str
 async fn wait_console(daemon: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while request("GET", &daemon.url("/api/overview"), &[]).await.0 != 200 {
-        assert!(Instant::now() < deadline, "console never came up: {}", daemon.logs());
+        assert!(
+            Instant::now() < deadline,
+            "console never came up: {}",
+            daemon.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -150,14 +157,23 @@ impl Browser {
     }
 
     /// Polls `css`'s text until `cond` holds; returns it.
-    async fn wait_text(&self, what: &str, css: &str, limit: Duration, cond: impl Fn(&str) -> bool) -> String {
+    async fn wait_text(
+        &self,
+        what: &str,
+        css: &str,
+        limit: Duration,
+        cond: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let t = self.text(css).await;
             if cond(&t) {
                 return t;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; {css} = {t:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; {css} = {t:?}"
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -195,7 +211,11 @@ async fn save_screenshot(browser: &Browser) {
     )
     .unwrap();
     if std::env::var("PW_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png"), &png).unwrap();
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png"),
+            &png,
+        )
+        .unwrap();
     }
 }
 
@@ -253,10 +273,16 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
             assert_eq!(p, format!("{total}/{total} (100%)"));
             break;
         }
-        assert!(Instant::now() < deadline, "job did not complete on the page; seen {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "job did not complete on the page; seen {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(seen.len() >= 3, "the page showed too few progress steps: {seen:?}");
+    assert!(
+        seen.len() >= 3,
+        "the page showed too few progress steps: {seen:?}"
+    );
     assert!(shot, "never saw the job in flight on this replica");
 
     // Cancel: a second job, refused without the token, done with it.
@@ -266,17 +292,30 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
     let cancel_url = daemon.url(&format!("/api/jobs/{second}/cancel"));
     assert_eq!(request("POST", &cancel_url, &[]).await.0, 401);
     assert_eq!(
-        request("POST", &cancel_url, &[("Authorization", "Bearer wrong-token-0123456789")]).await.0,
+        request(
+            "POST",
+            &cancel_url,
+            &[("Authorization", "Bearer wrong-token-0123456789")]
+        )
+        .await
+        .0,
         401
     );
     assert_eq!(request("GET", &cancel_url, &[]).await.0, 405);
     let button = format!("tr[data-job='{second}'] button.cancel");
     browser
-        .wait_text("the second job's cancel button", &button, Duration::from_secs(20), |t| t == "Cancel")
+        .wait_text(
+            "the second job's cancel button",
+            &button,
+            Duration::from_secs(20),
+            |t| t == "Cancel",
+        )
         .await;
     browser.click(&button).await;
     browser
-        .wait_text("refusal", "#action-result", Duration::from_secs(10), |t| t.starts_with("401"))
+        .wait_text("refusal", "#action-result", Duration::from_secs(10), |t| {
+            t.starts_with("401")
+        })
         .await;
     browser
         .client
@@ -288,7 +327,12 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
         .unwrap();
     browser.click(&button).await;
     browser
-        .wait_text("cancel result", "#action-result", Duration::from_secs(10), |t| t.starts_with("200"))
+        .wait_text(
+            "cancel result",
+            "#action-result",
+            Duration::from_secs(10),
+            |t| t.starts_with("200"),
+        )
         .await;
     browser
         .wait_text(
@@ -298,28 +342,42 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
             |t| t == "cancelled",
         )
         .await;
-    assert_eq!(json(&stack, &["status", &second, "--json"])["status"], "cancelled");
+    assert_eq!(
+        json(&stack, &["status", &second, "--json"])["status"],
+        "cancelled"
+    );
     assert!(daemon.logs().contains("console action refused"));
 
     // A poison message lands in the dead-letter panel, escaped, and is redriven from there.
     let poison = "not json <b>bold</b> & 'quoted'";
     stack.queue.send(poison).await;
     browser
-        .wait_text("the poison message in the DLQ panel", "#dlq tbody", Duration::from_secs(60), |t| {
-            t.contains(poison) && t.contains("outcome=poison")
-        })
+        .wait_text(
+            "the poison message in the DLQ panel",
+            "#dlq tbody",
+            Duration::from_secs(60),
+            |t| t.contains(poison) && t.contains("outcome=poison"),
+        )
         .await;
     assert_eq!(browser.text("#dlq-depth").await, "1");
     let (_, _, metrics) = http("GET", &daemon.url("/metrics")).await;
     let received_before = received_total(&metrics);
     browser.click("#redrive").await;
     browser
-        .wait_text("redrive accepted", "#action-result", Duration::from_secs(30), |t| t.starts_with("202"))
+        .wait_text(
+            "redrive accepted",
+            "#action-result",
+            Duration::from_secs(30),
+            |t| t.starts_with("202"),
+        )
         .await;
     browser
-        .wait_text("redrive completed", "#redrive-status", Duration::from_secs(60), |t| {
-            t.contains("COMPLETED") && t.contains("1 moved")
-        })
+        .wait_text(
+            "redrive completed",
+            "#redrive-status",
+            Duration::from_secs(60),
+            |t| t.contains("COMPLETED") && t.contains("1 moved"),
+        )
         .await;
     // The redriven message is consumed again (and, still poison, dead-lettered again).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -328,10 +386,17 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
         if received_total(&metrics) > received_before {
             break;
         }
-        assert!(Instant::now() < deadline, "the redriven message was never received");
+        assert!(
+            Instant::now() < deadline,
+            "the redriven message was never received"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(daemon.logs().contains("\"action\":\"redrive\""), "{}", daemon.logs());
+    assert!(
+        daemon.logs().contains("\"action\":\"redrive\""),
+        "{}",
+        daemon.logs()
+    );
 
     let _ = browser.client.clone().close().await;
     daemon.signal("TERM");
@@ -342,22 +407,37 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
 async fn api_is_read_only_without_a_token_and_honours_the_path_prefix() {
     let stack = stack_with_sample().await;
     let bedrock = FakeBedrock::start().await;
-    let mut daemon = start(&stack, &bedrock, &[("PROFILE_WORKER_CONSOLE__PATH_PREFIX", "/ops")]);
+    let mut daemon = start(
+        &stack,
+        &bedrock,
+        &[("PROFILE_WORKER_CONSOLE__PATH_PREFIX", "/ops")],
+    );
     wait_console(&daemon).await;
 
     let (status, body) = request("GET", &daemon.url("/api/overview"), &[]).await;
     assert_eq!(status, 200, "{body}");
     let o: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(o["actions_enabled"], false);
-    assert!(o["jobs"].is_array() && o["queue"]["visible"].is_u64(), "{o}");
+    assert!(
+        o["jobs"].is_array() && o["queue"]["visible"].is_u64(),
+        "{o}"
+    );
     assert!(o["problems"].as_array().unwrap().is_empty(), "{o}");
 
     // Behind an ingress that keeps the prefix, and with X-Forwarded-Prefix.
     let (status, page) = request("GET", &daemon.url("/ops/"), &[]).await;
     assert_eq!(status, 200);
     assert!(page.contains("<base href=\"/ops/\">"), "{page}");
-    assert!(!page.contains("id=\"token\""), "actions are off without a token");
-    let (_, page) = request("GET", &daemon.url("/"), &[("X-Forwarded-Prefix", "/tools/pw")]).await;
+    assert!(
+        !page.contains("id=\"token\""),
+        "actions are off without a token"
+    );
+    let (_, page) = request(
+        "GET",
+        &daemon.url("/"),
+        &[("X-Forwarded-Prefix", "/tools/pw")],
+    )
+    .await;
     assert!(page.contains("<base href=\"/tools/pw/\">"));
 
     // Actions are disabled, whatever the caller sends.
@@ -407,9 +487,16 @@ async fn dlq_cli_lists_without_consuming_and_redrives() {
     assert!(out.contains("reason=entity_id is missing"), "{out}");
 
     let moved = json(&stack, &["dlq", "redrive", "--json"]);
-    assert_eq!((moved["status"].as_str(), moved["moved"].as_u64()), (Some("COMPLETED"), Some(1)), "{moved}");
+    assert_eq!(
+        (moved["status"].as_str(), moved["moved"].as_u64()),
+        (Some("COMPLETED"), Some(1)),
+        "{moved}"
+    );
     let back = stack.queue.drain().await;
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].body(), Some("{\"entity_type\": \"author\"}"));
-    assert_eq!(json(&stack, &["dlq", "list", "--json"])["recent"], serde_json::json!([]));
+    assert_eq!(
+        json(&stack, &["dlq", "list", "--json"])["recent"],
+        serde_json::json!([])
+    );
 }

@@ -48,7 +48,10 @@ pub async fn run(config: &Config, args: &DlqArgs) -> Result<Exit, JobsError> {
     match &args.command {
         DlqCommand::List { limit, json } => {
             let depth = letters.dead_letter_depth().await?;
-            let recent = letters.peek(usize::from(*limit)).await.map_err(queue_error)?;
+            let recent = letters
+                .peek(usize::from(*limit))
+                .await
+                .map_err(queue_error)?;
             let mut out = std::io::stdout().lock();
             if *json {
                 writeln!(out, "{}", json!({"depth": depth, "recent": recent}))?;
@@ -61,8 +64,11 @@ pub async fn run(config: &Config, args: &DlqArgs) -> Result<Exit, JobsError> {
                     )?;
                 }
                 for m in &recent {
-                    let attrs: Vec<String> =
-                        m.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let attrs: Vec<String> = m
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
                     writeln!(
                         out,
                         "{}  {}  receives={}  {}\n    {}",
@@ -80,7 +86,10 @@ pub async fn run(config: &Config, args: &DlqArgs) -> Result<Exit, JobsError> {
         }
         DlqCommand::Redrive { no_wait, json } => {
             let mut status = letters.redrive().await.map_err(queue_error)?;
-            tracing::info!(mode = status.mode, "dlq redrive started from the command line");
+            tracing::info!(
+                mode = status.mode,
+                "dlq redrive started from the command line"
+            );
             // The local mover runs in this process, so it is always followed to the end.
             while status.running() && (!*no_wait || status.mode == "local") {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -94,11 +103,13 @@ pub async fn run(config: &Config, args: &DlqArgs) -> Result<Exit, JobsError> {
             } else {
                 writeln!(out, "{}", status_line(&status))?;
             }
-            Ok(if status.status == "FAILED" || status.status == "CANCELLED" {
-                Exit::EndedUnsuccessfully
-            } else {
-                Exit::Success
-            })
+            Ok(
+                if status.status == "FAILED" || status.status == "CANCELLED" {
+                    Exit::EndedUnsuccessfully
+                } else {
+                    Exit::Success
+                },
+            )
         }
     }
 }
@@ -109,9 +120,7 @@ fn status_line(s: &MoveStatus) -> String {
         s.mode,
         s.status,
         s.moved,
-        s.to_move
-            .map(|n| format!(" of {n}"))
-            .unwrap_or_default(),
+        s.to_move.map(|n| format!(" of {n}")).unwrap_or_default(),
         s.failure
             .as_deref()
             .map(|f| format!(" — {f}"))

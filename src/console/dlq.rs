@@ -155,7 +155,7 @@ impl DeadLetters {
             }
         }
         let mut letters: Vec<DeadLetter> = seen.into_values().collect();
-        letters.sort_by(|a, b| b.sent_at.cmp(&a.sent_at));
+        letters.sort_by_key(|l| std::cmp::Reverse(l.sent_at));
         letters.truncate(limit);
         Ok(letters)
     }
@@ -296,7 +296,6 @@ impl DeadLetters {
                 .map(|m| OutgoingMessage {
                     body: m.body.clone(),
                     attributes: m.attributes.clone(),
-                    ..OutgoingMessage::default()
                 })
                 .collect();
             let refused = self.queue.send_batch(&outgoing).await?;

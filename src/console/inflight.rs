@@ -98,7 +98,7 @@ impl InFlight {
     /// The current set, oldest first.
     pub fn snapshot(&self) -> ReplicaSet {
         let mut items: Vec<Item> = self.lock().values().cloned().collect();
-        items.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        items.sort_by_key(|i| i.started_at);
         ReplicaSet {
             replica: self.replica.clone(),
             published_at: Utc::now(),
@@ -201,9 +201,7 @@ impl Board {
     }
 }
 
-async fn timed<T>(
-    work: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+async fn timed<T>(work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
     tokio::time::timeout(REDIS_TIMEOUT, work)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {REDIS_TIMEOUT:?}")))
@@ -268,7 +266,11 @@ mod tests {
         assert_eq!(set.items.len(), 2);
         let first = set.items.iter().find(|i| i.message_id == "m1").unwrap();
         assert_eq!(
-            (first.entity.as_str(), first.job_id.as_deref(), first.attempt),
+            (
+                first.entity.as_str(),
+                first.job_id.as_deref(),
+                first.attempt
+            ),
             ("author:7", Some("j1"), 2)
         );
         assert!(set.items.iter().any(|i| i.entity == "(unparsable)"));

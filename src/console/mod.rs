@@ -166,7 +166,10 @@ impl Console {
         });
         let spend_today = spend.map_err(|e| note("spend", &e)).ok();
         let queue = queue.map_err(|e| note("queue", &e)).ok();
-        let dead_letter = dead_letter.map_err(|e| note("dead-letter queue", &e)).ok().flatten();
+        let dead_letter = dead_letter
+            .map_err(|e| note("dead-letter queue", &e))
+            .ok()
+            .flatten();
         let dead_letters = match letters {
             Ok(l) => l,
             Err(dlq::DlqError::NoDeadLetterQueue) => Vec::new(),
@@ -328,7 +331,10 @@ fn query_number(query: Option<&str>, key: &str) -> Option<i64> {
 fn html(body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert("cache-control", HeaderValue::from_static("no-store"));
     // The page loads nothing from elsewhere and may not be framed (clickjacking the actions).
     h.insert(
@@ -338,7 +344,10 @@ fn html(body: String) -> Response<Full<Bytes>> {
              connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'",
         ),
     );
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::api::Overview;
 use super::history::Point;
-use crate::jobs::status::{duration_text, eta_text, rate_text};
 use crate::jobs::JobReport;
+use crate::jobs::status::{duration_text, eta_text, rate_text};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn esc(text: &str) -> String {
@@ -61,9 +61,9 @@ pub fn render(o: &Overview, base: &str) -> String {
     if o.actions_enabled {
         actions(&mut h);
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<section id=\"chart\"><h2>This replica, last hour</h2>{}</section>\n",
+        "<section id=\"chart\"><h2>This replica, last hour</h2>{}</section>",
         chart(&o.chart, o.generated_at)
     );
     let _ = write!(h, "</main>\n<script>{SCRIPT}</script>\n</body></html>\n");
@@ -397,9 +397,6 @@ mod tests {
 
     #[test]
     fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc(r#"<b a="1">&'"#),
-            "&lt;b a=&quot;1&quot;&gt;&amp;&#39;"
-        );
+        assert_eq!(esc(r#"<b a="1">&'"#), "&lt;b a=&quot;1&quot;&gt;&amp;&#39;");
     }
 }

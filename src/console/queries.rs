@@ -77,9 +77,10 @@ pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>
         .map_err(crate::store::postgres::classify)?;
     rows.into_iter()
         .map(|r| {
-            let status = r.status.parse().map_err(|e: String| {
-                StoreError::InvalidData(format!("job {}: {e}", r.id))
-            })?;
+            let status = r
+                .status
+                .parse()
+                .map_err(|e: String| StoreError::InvalidData(format!("job {}: {e}", r.id)))?;
             Ok((
                 Job {
                     id: r.id,
