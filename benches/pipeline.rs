@@ -22,7 +22,9 @@ use profile_worker::model::{AuthorRow, EntityRef, EntityType};
 use profile_worker::pipeline::message::{Message, parse};
 use profile_worker::pipeline::{self, Pipeline, Processed, SkipReason};
 use profile_worker::store::memory::BookRecord;
-use profile_worker::store::{GenerationUsage, MemoryStore, ProfileUnit, ProfileWrite, Store};
+use profile_worker::store::{
+    GenerationUsage, MemoryStore, ProfileStore, ProfileUnit, ProfileWrite,
+};
 
 const MAX_BODY_BYTES: usize = 65_536;
 

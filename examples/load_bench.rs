@@ -39,7 +39,7 @@ use profile_worker::generate::CallKind;
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
 use profile_worker::model::CollectionEntity;
-use profile_worker::store::Store;
+use profile_worker::store::ProfileStore;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

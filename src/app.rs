@@ -25,12 +25,14 @@ use crate::jobs;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
 use crate::queue::{Queue, QueueError, SqsQueue};
+use crate::retry::Backoff;
 use crate::server;
-use crate::store::migrate::{self, MigrateError, SchemaError};
+use crate::store::migrate::{self, MigrateError};
+use crate::store::schema_check::SchemaError;
 use crate::store::{PgStore, Store, StoreError};
 
 /// How often the database readiness check and pool gauges are refreshed.
-const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+const DATABASE_CHECK: Backoff = Backoff::fixed(Duration::from_secs(10));
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,7 @@ async fn watch_database(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let mut waits = DATABASE_CHECK.steps();
     loop {
         match store.ping().await {
             Ok(()) => check.set(true, "ok"),
@@ -186,7 +189,7 @@ async fn watch_database(
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(DATABASE_CHECK_INTERVAL) => {}
+            _ = tokio::time::sleep(waits.next_delay()) => {}
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::config::CacheConfig;
 use crate::graph::{Graph, GraphParams, from_json, to_python_json};
 use crate::health::{Check, Health};
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 
 /// The original's key prefix; `invalidate` clears everything under it.
 pub const KEY_PREFIX: &str = "social_circles:graph:";
@@ -28,9 +29,9 @@ pub const KEY_PREFIX: &str = "social_circles:graph:";
 pub const MAX_CACHED_LEN: usize = 10 * 1024 * 1024;
 /// Redis connections per process; loads are single-flight, so few are ever busy.
 const POOL_SIZE: usize = 4;
-/// First and longest pause between polls while another replica builds.
-const POLL_FIRST: Duration = Duration::from_millis(20);
-const POLL_MAX: Duration = Duration::from_millis(200);
+/// Pauses between polls while another replica builds: from 20 ms, doubling up to 200 ms.
+const LOCK_POLL: Backoff =
+    Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200));
 /// Compare-and-delete, so a replica never releases a lock that expired and was retaken.
 const UNLOCK_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
@@ -366,10 +367,10 @@ impl RedisLayer {
     /// Polls for another replica's build until it lands, its lock goes away or `lock_wait` ends.
     async fn wait_for(&self, key: &str, lock_key: &str) -> Option<Graph> {
         let deadline = Instant::now() + self.lock_wait;
-        let mut pause = POLL_FIRST;
+        let mut pause = LOCK_POLL.steps();
         while Instant::now() < deadline {
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 2).min(POLL_MAX);
+            let delay = pause.next_delay();
+            tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
             match self.read(key).await {
                 L2::Hit(graph) => return Some(graph),
                 L2::Error => return None,

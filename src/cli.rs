@@ -110,7 +110,8 @@ pub struct EnqueueArgs {
     /// One entity as TYPE:ID (e.g. author:12), outside any job.
     #[arg(long, value_name = "TYPE:ID", value_parser = parse_entity)]
     pub entity: Option<EntityRef>,
-    /// Regenerate even profiles that are still fresh.
+    /// Regenerate even profiles that are still fresh (always so for --entity: a message without
+    /// a job is a person's request and regenerates regardless).
     #[arg(long)]
     pub force: bool,
     /// users.id recorded as the job's owner; default: the lowest id of an admin user.

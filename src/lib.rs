@@ -19,7 +19,8 @@
 //! - [`store`]: the `Store` port (PostgreSQL and in-memory adapters), embedded migrations and
 //!   the start-up schema check.
 //! - [`queue`]: the `Queue` port (SQS, in-memory); [`consumer`]: receive loop, concurrency,
-//!   visibility heartbeat, outcome handling, graceful drain.
+//!   visibility heartbeat, graceful drain; [`outcome`]: what each ending does to the message
+//!   and to its job; [`retry`]: the backoff every retrying loop uses.
 //! - [`jobs`]: batch jobs for operators (`enqueue`, `status`, `cancel`, `jobs`) and the
 //!   stuck-job rescue `run` hosts.
 //! - [`graph`]: the social-circles graph, built from rows, in the Python cache's JSON;
@@ -39,8 +40,10 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod outcome;
 pub mod pipeline;
 pub mod queue;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod store;

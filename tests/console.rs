@@ -178,14 +178,18 @@ impl Browser {
         }
     }
 
+    /// Clicks `css`, finding it again when the page's refresh replaced it in between.
     async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        for _ in 0..20 {
+            let found = self.client.find(Locator::Css(css)).await;
+            if let Ok(element) = found
+                && element.click().await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot click {css}");
     }
 }
 

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use profile_worker::consumer::{Consumer, Delivery, Outcome, Summary, retry_ceiling};
+use profile_worker::consumer::{Consumer, Delivery, Outcome, Summary};
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
 use profile_worker::queue::{
     BatchFailure, MemoryQueue, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
 };
+use profile_worker::retry::Backoff;
 use support::sqs::{TestQueue, eventually, handler, moto_url, settings};
 use tokio_util::sync::CancellationToken;
 
@@ -131,7 +132,7 @@ async fn transient_failures_back_off_then_fail_on_the_last_attempt_into_the_dead
     };
     // max_attempts 5 is lowered to the queue's maxReceiveCount of 3.
     let s = settings(2);
-    let (base, cap) = (s.retry_base, s.retry_cap);
+    let backoff = Backoff::exponential(s.retry_base, s.retry_cap);
     let consumer = Consumer::new(queue.clone(), h, s, Arc::new(Metrics::new()), Health::new());
     assert_eq!(consumer.max_attempts(), 3);
     let summary = run_until(consumer, || {
@@ -146,9 +147,9 @@ async fn transient_failures_back_off_then_fail_on_the_last_attempt_into_the_dead
     let delays = queue.visibility.lock().unwrap().clone();
     assert_eq!(delays.len(), 2, "{delays:?}");
     for (i, d) in delays.iter().enumerate() {
-        assert!(*d <= retry_ceiling(i as u32 + 1, base, cap), "{delays:?}");
+        assert!(*d <= backoff.ceiling(i as u32 + 1), "{delays:?}");
     }
-    assert!(retry_ceiling(2, base, cap) > retry_ceiling(1, base, cap));
+    assert!(backoff.ceiling(2) > backoff.ceiling(1));
 
     let dead = test.drain_dead_letters().await;
     assert_eq!(dead.len(), 1);

@@ -18,7 +18,7 @@ use profile_worker::jobs::{
 use profile_worker::model::{EntityRef, EntityType, Job, JobStatus};
 use profile_worker::pipeline::message::parse;
 use profile_worker::queue::{Queue, QueueError};
-use profile_worker::store::{Outcome, OutcomeRecord, Store};
+use profile_worker::store::{JobStore, Outcome, OutcomeRecord, Store};
 use support::daemon::command;
 use support::db::TestDb;
 use support::jobs::{ENTITIES, FailingQueue, add_usage, seed_collection};
@@ -272,7 +272,7 @@ async fn a_batch_call_that_keeps_failing_stops_the_rest_and_lowers_the_total() {
 async fn enqueue_one_sends_a_message_without_a_job() {
     let q = moto_queue().await;
     let queue = q.connect(Duration::from_secs(1)).await;
-    enqueue_one(&queue, author(12), false).await.unwrap();
+    enqueue_one(&queue, author(12)).await.unwrap();
     let messages = received(&q).await;
     assert_eq!(messages.len(), 1);
     let (body, m) = &messages[0];

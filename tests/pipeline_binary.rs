@@ -11,7 +11,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use profile_worker::generate::CallKind;
 use profile_worker::model::{CollectionEntity, EntityType, JobStatus};
-use profile_worker::store::Store;
+use profile_worker::store::{JobStore, ProfileStore};
 use serde_json::{Value, json};
 use support::bedrock::{FakeBedrock, FakeReply};
 use support::daemon::{Stack, http};

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use super::Console;
 use crate::jobs::enqueue_one;
 use crate::model::EntityRef;
-use crate::store::{CancelOutcome, Store};
+use crate::store::{CancelOutcome, JobStore};
 
 /// The action token, kept only as its digest.
 #[derive(Clone)]
@@ -138,7 +138,7 @@ async fn perform(console: &Console, action: Action) -> (StatusCode, Value) {
             Err(err) => unavailable(err),
         },
         Action::Regenerate(Err(reason)) => (StatusCode::BAD_REQUEST, json!({"message": reason})),
-        Action::Regenerate(Ok(entity)) => match enqueue_one(&*console.queue, entity, true).await {
+        Action::Regenerate(Ok(entity)) => match enqueue_one(&*console.queue, entity).await {
             Ok(message_id) => (
                 StatusCode::ACCEPTED,
                 json!({"message": format!("queued {entity} (message {message_id})"), "message_id": message_id}),

@@ -74,7 +74,7 @@ pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>
         .bind::<BigInt, _>(limit)
         .load(&mut conn)
         .await
-        .map_err(crate::store::postgres::classify)?;
+        .map_err(crate::store::connection::classify)?;
     rows.into_iter()
         .map(|r| {
             let status = r
@@ -133,7 +133,7 @@ pub async fn spend_today(store: &PgStore) -> Result<UsageTotals, StoreError> {
     )
     .get_result(&mut conn)
     .await
-    .map_err(crate::store::postgres::classify)?;
+    .map_err(crate::store::connection::classify)?;
     Ok(UsageTotals {
         profiles: row.profiles,
         calls: row.calls,

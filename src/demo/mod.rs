@@ -26,7 +26,7 @@ use crate::pipeline::{self, Pipeline};
 use crate::queue::{MemoryQueue, Queue, QueueError, SqsQueue};
 use crate::server;
 use crate::store::migrate::{self, MigrateError};
-use crate::store::{MemoryStore, PgStore, Store, StoreError};
+use crate::store::{MemoryStore, PgStore, ProfileStore, Store, StoreError};
 use sample::Sample;
 
 /// Deliveries a demo message gets on the memory queue before it is dead-lettered.

@@ -22,6 +22,7 @@ use aws_sdk_bedrockruntime::types::{
 
 use crate::config::{Config, GeneratorConfig, Price};
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 
 use super::{
     BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator, GeneratorError,
@@ -47,7 +48,8 @@ pub struct BedrockGenerator {
     temperature: Option<f32>,
     call_timeout: Duration,
     max_attempts: u32,
-    retry_base: Duration,
+    /// Full jitter below `generator.retry_base_ms · 2^(n−1)`, at most [`MAX_BACKOFF`].
+    backoff: Backoff,
     prices: BTreeMap<String, Price>,
     metrics: Arc<Metrics>,
 }
@@ -77,7 +79,8 @@ impl BedrockGenerator {
             temperature: config.temperature,
             call_timeout: Duration::from_secs(config.call_timeout_seconds),
             max_attempts: config.max_attempts.max(1),
-            retry_base: Duration::from_millis(config.retry_base_ms),
+            backoff: Backoff::exponential(Duration::from_millis(config.retry_base_ms), MAX_BACKOFF)
+                .full_jitter(),
             prices: config.prices.clone(),
             metrics,
         }
@@ -90,16 +93,6 @@ impl BedrockGenerator {
             loader = loader.region(Region::new(config.aws.region.clone()));
         }
         Self::new(&loader.load().await, &config.generator, metrics)
-    }
-
-    /// Backoff before attempt `attempt + 1`: uniform in `0..=min(MAX_BACKOFF, base·2^(attempt-1))`.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .retry_base
-            .saturating_mul(1u32 << (attempt - 1).min(20))
-            .min(MAX_BACKOFF);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::random_range(0..=millis))
     }
 
     /// One logical call with our retry policy; returns the reply text and all usage spent.
@@ -191,7 +184,7 @@ impl BedrockGenerator {
                     usage,
                 });
             }
-            let delay = self.backoff(attempt);
+            let delay = self.backoff.delay(attempt);
             tracing::warn!(call, model, attempt, delay_ms = delay.as_millis() as u64, %reason, "retrying generator call");
             tokio::time::sleep(delay).await;
         }

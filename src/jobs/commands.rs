@@ -18,7 +18,7 @@ use crate::cli::{EnqueueArgs, StatusArgs};
 use crate::config::Config;
 use crate::model::{Job, JobStatus};
 use crate::queue::SqsQueue;
-use crate::store::{CancelOutcome, PgStore, Store};
+use crate::store::{CancelOutcome, JobStore, PgStore, Store};
 
 /// How an operator command ended, as an exit status (documented in each subcommand's `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,12 +74,13 @@ fn print_text(text: &str) -> Result<(), JobsError> {
 pub async fn enqueue(config: &Config, args: &EnqueueArgs) -> Result<Exit, JobsError> {
     let queue = open_queue(config).await?;
     if let Some(entity) = args.entity {
-        let message_id = enqueue_one(&queue, entity, args.force).await?;
+        // A message without a job always regenerates, so `--force` changes nothing here.
+        let message_id = enqueue_one(&queue, entity).await?;
         if args.json {
             print_json(&json!({
                 "entity": entity.to_string(),
                 "job_id": null,
-                "force": args.force,
+                "force": true,
                 "message_id": message_id,
             }))?;
         } else {

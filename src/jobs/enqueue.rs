@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::JobsError;
 use crate::model::{EntityRef, Job, JobStatus};
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, QueueError};
+use crate::retry::Backoff;
 use crate::store::Store;
 
 /// Most entities named in the `error_log` note of unsent messages (the report lists them all).
@@ -32,17 +33,9 @@ impl Default for SendRetry {
 }
 
 impl SendRetry {
-    /// Longest wait after failed try `attempt` (1-based).
-    fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// A wait drawn uniformly from `0..=ceiling` (full jitter).
-    fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::random_range(0..=millis))
+    /// The wait after failed try n: full jitter below `base · 2^(n−1)`, at most `cap`.
+    fn backoff(&self) -> Backoff {
+        Backoff::exponential(self.base, self.cap).full_jitter()
     }
 }
 
@@ -97,14 +90,11 @@ pub async fn resolve_owner(store: &dyn Store, explicit: Option<i32>) -> Result<i
     }
 }
 
-/// Queues one entity outside any job (`job_id: null`); the existing profile is kept until the
-/// new one replaces it. Returns the queue's message id.
-pub async fn enqueue_one(
-    queue: &dyn Queue,
-    entity: EntityRef,
-    force: bool,
-) -> Result<String, JobsError> {
-    let message = OutgoingMessage::new(message_body(None, entity, force));
+/// Queues one entity outside any job (`job_id: null`), which the worker regenerates even when its
+/// profile is fresh (a person's request); the existing profile is kept until the new one replaces
+/// it. Returns the queue's message id.
+pub async fn enqueue_one(queue: &dyn Queue, entity: EntityRef) -> Result<String, JobsError> {
+    let message = OutgoingMessage::new(message_body(None, entity, false));
     Ok(queue.send(&message).await?)
 }
 
@@ -227,9 +217,10 @@ async fn send_chunk(
     let mut reasons: Vec<String> = vec![String::new(); chunk.len()];
     let mut failures = Vec::new();
     let mut call_error = None;
+    let backoff = retry.backoff();
     for attempt in 1..=retry.attempts.max(1) {
         if attempt > 1 {
-            tokio::time::sleep(retry.delay(attempt - 1)).await;
+            tokio::time::sleep(backoff.delay(attempt - 1)).await;
         }
         let messages: Vec<OutgoingMessage> = pending
             .iter()
@@ -406,10 +397,11 @@ mod tests {
             base: Duration::from_millis(100),
             cap: Duration::from_millis(300),
         };
-        let ceilings: Vec<u128> = (1..5).map(|a| retry.ceiling(a).as_millis()).collect();
+        let backoff = retry.backoff();
+        let ceilings: Vec<u128> = (1..5).map(|a| backoff.ceiling(a).as_millis()).collect();
         assert_eq!(ceilings, [100, 200, 300, 300]);
         for attempt in 1..6 {
-            assert!(retry.delay(attempt) <= retry.ceiling(attempt));
+            assert!(backoff.delay(attempt) <= backoff.ceiling(attempt));
         }
     }
 }

@@ -14,8 +14,38 @@ pub struct Message {
     pub job_id: Option<String>,
     /// The entity to profile.
     pub entity: EntityRef,
-    /// Regenerate even when the stored profile is fresh (design D5).
+    /// Regenerate even when the stored profile is fresh.
     pub force: bool,
+}
+
+impl Message {
+    /// Whether the stored profile's freshness may cancel this request.
+    ///
+    /// A message without a job is a person's request (the API's "regenerate" button): the API sends
+    /// it and then deletes the profile row to show a loading state, so a fast worker that applied
+    /// the staleness rule would read the still-fresh row, skip, and leave no profile at all. Such a
+    /// message regenerates as if `force` were set; batch messages keep the staleness rule
+    /// (docs/decisions.md, "A person's regenerate request always regenerates").
+    pub fn demand(&self) -> Demand {
+        if self.force {
+            Demand::Forced
+        } else if self.job_id.is_none() {
+            Demand::Requested
+        } else {
+            Demand::IfStale
+        }
+    }
+}
+
+/// What a message asks of an entity whose profile may already be fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// A batch job's message: generate only when the profile is stale.
+    IfStale,
+    /// `"force": true`: generate regardless.
+    Forced,
+    /// No job: a person asked for this profile; generate regardless.
+    Requested,
 }
 
 /// A body that can never succeed: dead-lettered (or logged) and deleted, never retried (D1).
@@ -165,6 +195,28 @@ mod tests {
         assert_eq!(m.job_id, None);
         assert!(m.force);
         assert_eq!(m.entity.to_string(), "binder:7");
+    }
+
+    #[test]
+    fn a_message_without_a_job_is_a_persons_request() {
+        let demand = |body: &str| parse(body, 1024).unwrap().demand();
+        assert_eq!(
+            demand(r#"{"job_id": null, "entity_type": "author", "entity_id": 1}"#),
+            Demand::Requested
+        );
+        assert_eq!(
+            demand(r#"{"entity_type": "author", "entity_id": 1}"#),
+            Demand::Requested,
+            "absent job_id is the same as null"
+        );
+        assert_eq!(
+            demand(r#"{"job_id": "j", "entity_type": "author", "entity_id": 1}"#),
+            Demand::IfStale
+        );
+        assert_eq!(
+            demand(r#"{"job_id": "j", "entity_type": "author", "entity_id": 1, "force": true}"#),
+            Demand::Forced
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
 use profile_worker::model::{EntityRef, Job, StoredProfile};
 use profile_worker::pipeline::{Pipeline, Settings};
-use profile_worker::store::{PgStore, Store};
+use profile_worker::store::{JobStore, PgStore, ProfileStore};
 use serde_json::Value;
 
 use super::bedrock::{FakeBedrock, sdk_config};

@@ -11,17 +11,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::queue::{MAX_BATCH, Queue, ReceivedMessage};
+use crate::retry::Backoff;
 
 /// Longest a delete waits for others to share its batch call.
 const LINGER: Duration = Duration::from_millis(10);
 /// Attempts of one batch call on transient errors (on top of the SDK's own retries).
 const ATTEMPTS: u32 = 3;
+/// Waits between those attempts: 100 ms, then 200 ms.
+const BACKOFF: Backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
 
 /// (message id for logs, receipt handle)
 type Entry = (String, String);
 
 /// The batching task; [`Deleter::flush`] sends what is pending and waits for every call.
-pub(super) struct Deleter {
+pub(crate) struct Deleter {
     tx: mpsc::UnboundedSender<Entry>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -29,10 +32,10 @@ pub(super) struct Deleter {
 
 /// Cheap handle message tasks use to ask for a delete.
 #[derive(Clone)]
-pub(super) struct DeleteSender(mpsc::UnboundedSender<Entry>);
+pub(crate) struct DeleteSender(mpsc::UnboundedSender<Entry>);
 
 impl DeleteSender {
-    pub(super) fn delete(&self, message: &ReceivedMessage) {
+    pub(crate) fn delete(&self, message: &ReceivedMessage) {
         // The receiver lives until `flush`, which runs after every message task has ended.
         let _ = self
             .0
@@ -41,19 +44,19 @@ impl DeleteSender {
 }
 
 impl Deleter {
-    pub(super) fn spawn(queue: Arc<dyn Queue>) -> Self {
+    pub(crate) fn spawn(queue: Arc<dyn Queue>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(queue, rx, stop.clone()));
         Self { tx, stop, task }
     }
 
-    pub(super) fn sender(&self) -> DeleteSender {
+    pub(crate) fn sender(&self) -> DeleteSender {
         DeleteSender(self.tx.clone())
     }
 
     /// Sends every pending delete and waits for the calls to finish.
-    pub(super) async fn flush(self) {
+    pub(crate) async fn flush(self) {
         self.stop.cancel();
         if let Err(err) = self.task.await {
             tracing::error!(error = %err, "delete batcher ended abnormally");
@@ -92,29 +95,39 @@ async fn run(
 
 async fn delete(queue: Arc<dyn Queue>, batch: Vec<Entry>) {
     let receipts: Vec<String> = batch.iter().map(|(_, r)| r.clone()).collect();
-    let mut attempt = 1;
-    loop {
-        match queue.delete_batch(&receipts).await {
-            Ok(failed) => {
-                for f in failed {
-                    tracing::warn!(
-                        message_id = %batch[f.index].0,
-                        code = %f.code,
-                        detail = %f.message,
-                        "delete refused; the message will be delivered again"
-                    );
+    let result = BACKOFF
+        .retry(
+            ATTEMPTS,
+            |attempt| {
+                let queue = queue.clone();
+                let receipts = &receipts;
+                async move {
+                    let result = queue.delete_batch(receipts).await;
+                    if let Err(err) = &result
+                        && err.is_transient()
+                        && attempt < ATTEMPTS
+                    {
+                        tracing::debug!(error = %err, attempt, "delete batch failed; retrying");
+                    }
+                    result
                 }
-                return;
+            },
+            |err| err.is_transient(),
+        )
+        .await;
+    match result {
+        Ok(failed) => {
+            for f in failed {
+                tracing::warn!(
+                    message_id = %batch[f.index].0,
+                    code = %f.code,
+                    detail = %f.message,
+                    "delete refused; the message will be delivered again"
+                );
             }
-            Err(err) if err.is_transient() && attempt < ATTEMPTS => {
-                tracing::debug!(error = %err, attempt, "delete batch failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, count = batch.len(), "delete batch failed; these messages will be delivered again");
-                return;
-            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, count = batch.len(), "delete batch failed; these messages will be delivered again");
         }
     }
 }
