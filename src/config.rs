@@ -860,6 +860,45 @@ mod tests {
     }
 
     #[test]
+    fn console_settings_are_checked_and_the_token_never_echoed() {
+        let keys = |pairs: &[(&str, &str)]| -> Vec<String> {
+            load_from(None, &env(pairs))
+                .err()
+                .map(|e| e.problems.into_iter().map(|p| p.key).collect())
+                .unwrap_or_default()
+        };
+        let short = load_from(None, &env(&[("PROFILE_WORKER_CONSOLE__TOKEN", "short")]))
+            .err()
+            .expect("rejected");
+        assert_eq!(short.problems[0].key, "console.token");
+        assert!(!short.problems[0].message.contains("short"), "{short:?}");
+        assert_eq!(
+            keys(&[("PROFILE_WORKER_CONSOLE__TOKEN_FILE", "/nonexistent/token")]),
+            ["console.token_file"]
+        );
+        assert_eq!(
+            keys(&[("PROFILE_WORKER_CONSOLE__PATH_PREFIX", "ops/")]),
+            ["console.path_prefix"]
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "from-a-file-0123456789\n").unwrap();
+        let path = file.path().display().to_string();
+        let loaded =
+            load_from(None, &env(&[("PROFILE_WORKER_CONSOLE__TOKEN_FILE", &path)])).unwrap();
+        assert_eq!(
+            loaded.config.console.resolve_token().unwrap().as_deref(),
+            Some("from-a-file-0123456789")
+        );
+        assert_eq!(
+            keys(&[
+                ("PROFILE_WORKER_CONSOLE__TOKEN_FILE", &path),
+                ("PROFILE_WORKER_CONSOLE__TOKEN", "another-token-0123456789"),
+            ]),
+            ["console.token_file"]
+        );
+    }
+
+    #[test]
     fn unknown_env_key_is_rejected() {
         let err = load_from(None, &env(&[("PROFILE_WORKER_CONSUMER__CONCURENCY", "3")]))
             .err()
