@@ -150,9 +150,7 @@ fn skip_path_benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let config = profile_worker::config::load_from(None, &[])
-        .expect("default config loads")
-        .config;
+    let config = profile_worker::config::defaults();
     let metrics = Arc::new(Metrics::new());
     let cache = GraphCache::new(
         &CacheConfig {

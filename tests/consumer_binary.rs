@@ -31,7 +31,9 @@ impl Worker {
             .env("PROFILE_WORKER_QUEUE__ENDPOINT_URL", &test.endpoint)
             .env("PROFILE_WORKER_SERVER__LISTEN", "127.0.0.1:0")
             .env("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "1")
-            .env("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "6")
+            // The shortest visibility a 1 s long poll allows: a renewal (every third of it) may
+            // take the SQS call timeout of 1 + 10 s, and both must end before it lapses.
+            .env("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "17")
             .env("RUST_LOG", "info,profile_worker=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -141,6 +143,7 @@ async fn sigterm_during_an_idle_long_poll_exits_0_and_leaves_nothing_invisible()
         600_000,
         &[
             ("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "5"),
+            ("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "23"),
             ("PROFILE_WORKER_SHUTDOWN__GRACE_SECONDS", "1"),
         ],
     );

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::SimpleAsyncConnection;
 use profile_worker::generate::CallKind;
 use profile_worker::model::{EntityRef, EntityType, JobStatus};
-use profile_worker::store::Store;
+use profile_worker::store::{JobStore, ProfileStore};
 use support::bedrock::FakeBedrock;
 use support::daemon::{Daemon, Stack, http};
 use support::db::load_fixture;

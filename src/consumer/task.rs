@@ -60,7 +60,7 @@ async fn supervise(ctx: &Ctx, message: &ReceivedMessage, delivery: Delivery) -> 
     let mut task = tokio::spawn(
         async move { handler.handle(&delivery).await }.instrument(tracing::Span::current()),
     );
-    let period = (ctx.settings.visibility / 3).max(Duration::from_millis(500));
+    let period = crate::config::renewal_period(ctx.settings.visibility);
     let mut next = Instant::now() + period;
     loop {
         tokio::select! {

@@ -21,11 +21,8 @@ use aws_sdk_sqs::types::{
 use super::{
     BatchFailure, MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
 };
-use crate::config::{AwsConfig, QueueConfig};
+use crate::config::{AwsConfig, QueueConfig, sqs_attempt_timeout};
 
-/// Margin of the per-attempt timeout over the long-poll wait: a client timeout shorter than the
-/// wait abandons receives the server still fulfils (ghost receive, see reference/local-aws.md).
-const ATTEMPT_MARGIN: Duration = Duration::from_secs(10);
 /// The SDK's own connect timeout under `BehaviorVersion::latest()`, restated because setting a
 /// timeout config replaces the defaults.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
@@ -63,7 +60,7 @@ impl SqsQueue {
         let mut builder = aws_sdk_sqs::config::Builder::from(&shared).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(wait + ATTEMPT_MARGIN)
+                .operation_attempt_timeout(sqs_attempt_timeout(wait))
                 .build(),
         );
         if !queue.endpoint_url.is_empty() {

@@ -110,9 +110,7 @@ impl Harness {
         let db = TestDb::migrated().await;
         db.exec(COLLECTION).await;
         let fake = FakeBedrock::start().await;
-        let config = profile_worker::config::load_from(None, &[])
-            .expect("default config loads")
-            .config;
+        let config = profile_worker::config::defaults();
         let mut settings = Settings::from_config(&config);
         let mut generator_config = fake.generator_config();
         configure(&mut settings, &mut generator_config);
