@@ -87,6 +87,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect (`dlq list`) or redrive (`dlq redrive`) the dead-letter queue.
+    Dlq(crate::console::cli::DlqArgs),
 }
 
 const ENQUEUE_EXIT: &str = "Exit status: 0 messages sent (or an active job already exists, or the \

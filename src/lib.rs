@@ -35,6 +35,7 @@ pub mod build_info;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod demo;
 pub mod generate;

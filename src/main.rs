@@ -39,5 +39,6 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status(loaded, args),
         Command::Cancel { job_id } => commands::cancel(loaded, job_id),
         Command::Jobs { limit, json } => commands::jobs(loaded, *limit, *json),
+        Command::Dlq(args) => commands::dlq(loaded, args),
     })
 }

@@ -1,4 +1,5 @@
-//! The side server: `/metrics`, `/health`, `/ready`, `/version` over HTTP/1.1 (hyper).
+//! The side server: `/metrics`, `/health`, `/ready`, `/version` and the operator console
+//! ([`crate::console`]) over HTTP/1.1 (hyper).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_info;
+use crate::console;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -24,6 +26,8 @@ use crate::metrics::Metrics;
 pub struct State {
     pub metrics: Arc<Metrics>,
     pub health: Health,
+    /// The operator console (`/`, `/api/…`), installed once its sources are open.
+    pub console: console::Slot,
 }
 
 /// A bound side server, not yet serving (binding first lets callers learn the real port).
@@ -52,7 +56,7 @@ impl Server {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => accepted,
             };
-            let (stream, _) = match accepted {
+            let (stream, peer) = match accepted {
                 Ok(conn) => conn,
                 Err(err) => {
                     tracing::warn!(error = %err, "side server accept failed");
@@ -65,7 +69,7 @@ impl Server {
             connections.spawn(async move {
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, &req)) }
+                    async move { Ok::<_, Infallible>(route(&state, &req, peer).await) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
@@ -109,8 +113,18 @@ pub async fn start(addr: SocketAddr, state: State) -> std::io::Result<Running> {
     Ok(Running { addr, stop, task })
 }
 
-fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if state.console.owns(path) {
+        let request = console::Request {
+            method: req.method(),
+            path,
+            query: req.uri().query(),
+            headers: req.headers(),
+            peer,
+        };
+        return console::handle(&state.console, request).await;
+    }
     let known = matches!(path, "/metrics" | "/health" | "/ready" | "/version");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");

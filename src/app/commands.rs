@@ -227,6 +227,28 @@ pub fn jobs(loaded: Loaded, limit: i64, json: bool) -> Result {
     })
 }
 
+/// `dlq list` / `dlq redrive`: the dead-letter queue from the command line.
+pub fn dlq(loaded: Loaded, args: &crate::console::cli::DlqArgs) -> Result {
+    let needs = Needs {
+        queue: true,
+        ..Needs::default()
+    };
+    prepare(&loaded, needs)?;
+    let app = App::new(loaded.config, Adapters::PRODUCTION);
+    block_on(async {
+        app.queue(Duration::ZERO).await?;
+        let queue = app
+            .opened_sqs()
+            .expect("the production queue adapter is SQS");
+        let ok = crate::console::cli::run(queue, args).await?;
+        Ok(if ok {
+            Exit::Success
+        } else {
+            Exit::EndedUnsuccessfully
+        })
+    })
+}
+
 /// Loads the configuration (file, environment), or says why it is invalid.
 pub fn load(file: Option<&std::path::Path>) -> Result<Loaded> {
     Ok(config::load(file)?)

@@ -68,7 +68,8 @@ async fn serve_queue(
         &config.jobs,
         background_stop.clone(),
     );
-    app.consumer(queue, pipeline).run(shutdown.clone()).await;
+    let handler = app.console(pipeline, background, background_stop)?;
+    app.consumer(queue, handler).run(shutdown.clone()).await;
     background_stop.cancel();
     if let Some(task) = rescue {
         let _ = task.await;

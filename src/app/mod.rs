@@ -11,16 +11,19 @@ pub mod commands;
 pub mod daemon;
 pub mod exit;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
 
 use diesel_async::SimpleAsyncConnection;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::aws;
 use crate::cache::{CacheError, GraphCache, KEY_PREFIX, MemoryCache};
 use crate::config::{Config, GeneratorBackend};
+use crate::console::{self, Console, inflight::InFlight};
 use crate::consumer::{Consumer, ConsumerSettings, Handler};
 use crate::demo::sample::Sample;
 use crate::generate::Generator;
@@ -60,6 +63,8 @@ pub enum AppError {
     Cache(#[source] CacheError),
     #[error("cannot load the sample collection: {0}")]
     Sample(String),
+    #[error("cannot set up the console: {0}")]
+    Console(#[source] console::ConsoleError),
     #[error(
         "refusing to run the demo on a database that {0}: the demo writes sample entities and \
          offline profiles; use a throw-away database, or pass --allow-shared-database"
@@ -124,16 +129,25 @@ pub struct App {
     health: Health,
     /// One AWS SDK configuration for the SQS and Bedrock clients, loaded on first use.
     sdk: tokio::sync::OnceCell<SdkConfig>,
+    /// The operator console's place on the side server, filled once its sources are open.
+    console: console::Slot,
+    /// The PostgreSQL store and SQS queue once opened, for the console's reads beyond the ports.
+    postgres: OnceLock<PgStore>,
+    sqs: OnceLock<Arc<SqsQueue>>,
 }
 
 impl App {
     pub fn new(config: Config, adapters: Adapters) -> Self {
+        let config_prefix = config.console.path_prefix.clone();
         Self {
             config,
             adapters,
             metrics: Arc::new(Metrics::new()),
             health: Health::new(),
             sdk: tokio::sync::OnceCell::new(),
+            console: console::Slot::new(&config_prefix),
+            postgres: OnceLock::new(),
+            sqs: OnceLock::new(),
         }
     }
 
@@ -166,6 +180,7 @@ impl App {
         let state = server::State {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
+            console: self.console.clone(),
         };
         server::start(addr, state)
             .await
@@ -220,6 +235,7 @@ impl App {
         }
         let store = PgStore::connect(database).map_err(AppError::Database)?;
         store.check_schema().await.map_err(AppError::Schema)?;
+        let _ = self.postgres.set(store.clone());
         Ok(Arc::new(store))
     }
 
@@ -246,9 +262,16 @@ impl App {
                     dead_letter = queue.dead_letter_url().unwrap_or("none"),
                     "queue resolved"
                 );
-                Arc::new(queue)
+                let queue = Arc::new(queue);
+                let _ = self.sqs.set(queue.clone());
+                queue
             }
         })
+    }
+
+    /// The SQS queue [`App::queue`] opened, for the operations outside the `Queue` port.
+    pub fn opened_sqs(&self) -> Option<Arc<SqsQueue>> {
+        self.sqs.get().cloned()
     }
 
     /// Opens the queue for a producer (`enqueue`): only its URL is resolved, so sending needs
@@ -311,6 +334,38 @@ impl App {
     }
 
     /// A consumer of `queue` handing each message to `handler`.
+    /// Installs the operator console once the daemon's PostgreSQL store and SQS queue are open
+    /// (without either, e.g. in the demo, its paths answer 503), and returns `handler` wrapped so
+    /// that every replica publishes what it is working on.
+    pub fn console(
+        &self,
+        handler: Arc<dyn Handler>,
+        background: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<Arc<dyn Handler>, AppError> {
+        let (Some(store), Some(queue)) = (self.postgres.get(), self.sqs.get()) else {
+            return Ok(handler);
+        };
+        let replica = if self.config.console.replica.is_empty() {
+            console::inflight::host_name()
+        } else {
+            self.config.console.replica.clone()
+        };
+        let in_flight = InFlight::new(replica);
+        let handler: Arc<dyn Handler> = Arc::new(in_flight.track(handler));
+        let console = Console::new(
+            &self.config,
+            store.clone(),
+            queue.clone(),
+            self.metrics.clone(),
+            in_flight,
+        )
+        .map_err(AppError::Console)?;
+        console.spawn_background(background, stop);
+        self.console.install(console);
+        Ok(handler)
+    }
+
     pub fn consumer(&self, queue: Arc<dyn Queue>, handler: Arc<dyn Handler>) -> Consumer {
         Consumer::new(
             queue,

@@ -18,11 +18,11 @@ use figment::Figment;
 use figment::providers::{Format, Toml};
 
 pub use schema::{
-    AwsConfig, CacheConfig, Config, ConsumerConfig, DEFAULTS, DatabaseConfig, GeneratorBackend,
-    GeneratorConfig, JobsConfig, LogConfig, LogFormat, Price, QueueConfig, ServerConfig,
-    ShutdownConfig, StalenessConfig, renewal_period, sqs_attempt_timeout,
+    AwsConfig, CacheConfig, Config, ConsoleConfig, ConsumerConfig, DEFAULTS, DatabaseConfig,
+    GeneratorBackend, GeneratorConfig, JobsConfig, LogConfig, LogFormat, Price, QueueConfig,
+    ServerConfig, ShutdownConfig, StalenessConfig, renewal_period, sqs_attempt_timeout,
 };
-pub use secret::{SecretUrl, redact_url};
+pub use secret::{Secret, SecretUrl, redact_url};
 pub use sources::ENV_PREFIX;
 
 /// One configuration problem, already phrased for the operator.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::secret::SecretUrl;
+use super::secret::{Secret, SecretUrl};
 
 /// The built-in defaults: the same file operators read.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -28,6 +28,7 @@ pub struct Config {
     pub generator: GeneratorConfig,
     pub staleness: StalenessConfig,
     pub jobs: JobsConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -177,6 +178,38 @@ pub struct StalenessConfig {
 pub struct JobsConfig {
     pub stale_after_seconds: u64,
     pub check_interval_seconds: u64,
+}
+
+/// The operator console on the side server (see the README's "Operator console").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Bearer token that enables the console's actions; empty (and no `token_file`) = read-only.
+    pub token: Secret,
+    /// File holding the token (a mounted secret); trailing whitespace is ignored.
+    #[serde(deserialize_with = "text")]
+    pub token_file: String,
+    /// Path prefix the console is served under behind an ingress (`/ops`); empty = none.
+    #[serde(deserialize_with = "text")]
+    pub path_prefix: String,
+    /// Name this replica publishes its in-flight work under; empty = the host name.
+    #[serde(deserialize_with = "text")]
+    pub replica: String,
+}
+
+impl ConsoleConfig {
+    /// The action token from `token` or `token_file`; `None` leaves the actions off.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        let token = if !self.token_file.is_empty() {
+            std::fs::read_to_string(&self.token_file)
+                .map_err(|e| format!("cannot read {}: {e}", self.token_file))?
+                .trim_end()
+                .to_string()
+        } else {
+            self.token.expose().to_string()
+        };
+        Ok((!token.is_empty()).then_some(token))
+    }
 }
 
 /// A text key that also takes a scalar: figment reads an environment value that looks like a

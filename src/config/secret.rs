@@ -7,6 +7,38 @@ use serde::{Deserialize, Serialize};
 /// Words that mark a key as secret wherever it appears.
 const SECRET_WORDS: [&str; 3] = ["secret", "password", "token"];
 
+/// A secret value that never reaches Debug output, logs or `config`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { "***" }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.shown())
+    }
+}
+
 /// A connection URL whose password never reaches Debug output, logs, `config` or metrics.
 /// Only [`SecretUrl::expose`] hands out the real value, for the one place that connects.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]

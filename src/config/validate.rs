@@ -29,6 +29,7 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
     checks.urls(c);
     checks.generator(c);
     checks.traps(c);
+    checks.console(c);
     checks.problems
 }
 
@@ -152,6 +153,30 @@ impl Checks<'_> {
             1,
             86_400,
         );
+    }
+
+    fn console(&mut self, c: &Config) {
+        if !c.console.token.expose().is_empty() && !c.console.token_file.is_empty() {
+            self.fail(
+                "console.token_file",
+                "set console.token or console.token_file, not both",
+            );
+        } else {
+            match c.console.resolve_token() {
+                Err(e) => self.fail("console.token_file", &e),
+                Ok(Some(token)) if token.len() < 16 => {
+                    self.fail("console.token", "must be at least 16 characters")
+                }
+                Ok(_) => {}
+            }
+        }
+        let prefix = &c.console.path_prefix;
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            self.fail(
+                "console.path_prefix",
+                "must start with '/' and not end with one (e.g. \"/ops\")",
+            );
+        }
     }
 
     fn urls(&mut self, c: &Config) {
@@ -278,6 +303,28 @@ mod tests {
         let found = problems(toml);
         assert_eq!(found.len(), 1, "{found:?}");
         found[0].message.clone()
+    }
+
+    #[test]
+    fn console_settings_are_checked_and_the_token_never_echoed() {
+        let short = only("[console]\ntoken = \"short\"");
+        assert!(short.starts_with("console.token = "), "{short}");
+        assert!(!short.contains("short\""), "{short}");
+        assert!(
+            only("[console]\ntoken_file = \"/nonexistent/token\"")
+                .starts_with("console.token_file")
+        );
+        assert!(only("[console]\npath_prefix = \"ops/\"").starts_with("console.path_prefix"));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "from-a-file-0123456789\n").unwrap();
+        let path = file.path().display().to_string();
+        assert_eq!(problems(&format!("[console]\ntoken_file = {path:?}")), []);
+        assert!(
+            only(&format!(
+                "[console]\ntoken_file = {path:?}\ntoken = \"another-token-0123456789\""
+            ))
+            .contains("not both")
+        );
     }
 
     #[test]

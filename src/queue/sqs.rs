@@ -94,6 +94,16 @@ impl SqsQueue {
         self.dead_letter.as_deref().map(SqsQueue::url)
     }
 
+    /// The dead-letter queue, when there is one.
+    pub fn dead_letter(&self) -> Option<&SqsQueue> {
+        self.dead_letter.as_deref()
+    }
+
+    /// The SDK client, for the operations outside the [`Queue`] port (the console's DLQ tools).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// A queue for producers (`enqueue`): resolves only the URL, so sending needs no more than
     /// `sqs:SendMessage` and `sqs:GetQueueUrl` on the main queue (deploy/ecs/enqueue-policy.json).
     /// It has no dead-letter queue and no redrive limit.
@@ -195,7 +205,7 @@ fn split_arn(arn: &str) -> Option<(&str, &str)> {
 }
 
 /// Maps an SDK error onto what the caller must do.
-fn classify<E>(
+pub(crate) fn classify<E>(
     context: &str,
     err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
 ) -> QueueError

@@ -34,7 +34,8 @@ impl PgStore {
         })
     }
 
-    async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
+    /// A pooled connection (also for read modules outside the port, e.g. the console).
+    pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
         connection::pooled(&self.pool).await
     }
 

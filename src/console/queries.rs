@@ -1,0 +1,144 @@
+//! The console's read queries: recent jobs with their Bedrock usage, and today's spend.
+//!
+//! Kept here rather than on the [`Store`](crate::store::Store) port: they exist for one page,
+//! run on the same pool as everything else (one connection, a few milliseconds each) and have no
+//! in-memory twin to keep in step.
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz, Varchar};
+use diesel_async::RunQueryDsl;
+
+use crate::model::Job;
+use crate::store::{PgStore, StoreError, UsageTotals};
+
+/// A job row with the usage summed over its `profile_generations` rows.
+#[derive(QueryableByName)]
+struct JobUsageRow {
+    #[diesel(sql_type = Varchar)]
+    id: String,
+    #[diesel(sql_type = Varchar)]
+    status: String,
+    #[diesel(sql_type = Integer)]
+    owner_id: i32,
+    #[diesel(sql_type = Integer)]
+    total_entities: i32,
+    #[diesel(sql_type = Integer)]
+    succeeded: i32,
+    #[diesel(sql_type = Integer)]
+    failed: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    error_log: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    completed_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    updated_at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    profiles: i64,
+    #[diesel(sql_type = BigInt)]
+    calls: i64,
+    #[diesel(sql_type = BigInt)]
+    input_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    output_tokens: i64,
+    #[diesel(sql_type = Double)]
+    cost_usd: f64,
+}
+
+/// Every active job and the `limit` most recent ones, newest first, each with its usage.
+const JOBS_SQL: &str = "
+SELECT j.id, j.status, j.owner_id, j.total_entities, j.succeeded, j.failed, j.error_log,
+       j.completed_at, j.created_at, j.updated_at,
+       COALESCE(u.profiles, 0)::bigint AS profiles, COALESCE(u.calls, 0)::bigint AS calls,
+       COALESCE(u.input_tokens, 0)::bigint AS input_tokens,
+       COALESCE(u.output_tokens, 0)::bigint AS output_tokens,
+       COALESCE(u.cost_usd, 0)::float8 AS cost_usd
+FROM (
+    SELECT * FROM profile_generation_jobs WHERE status IN ('pending', 'in_progress')
+    UNION
+    (SELECT * FROM profile_generation_jobs ORDER BY created_at DESC LIMIT $1)
+) j
+LEFT JOIN LATERAL (
+    SELECT count(*) AS profiles, sum(calls) AS calls, sum(input_tokens) AS input_tokens,
+           sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+    FROM profile_generations g WHERE g.job_id = j.id
+) u ON true
+ORDER BY j.created_at DESC, j.id";
+
+/// Active and recent jobs with their usage (see [`JOBS_SQL`]).
+pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>, StoreError> {
+    let mut conn = store.conn().await?;
+    let rows: Vec<JobUsageRow> = diesel::sql_query(JOBS_SQL)
+        .bind::<BigInt, _>(limit)
+        .load(&mut conn)
+        .await
+        .map_err(crate::store::connection::classify)?;
+    rows.into_iter()
+        .map(|r| {
+            let status = r
+                .status
+                .parse()
+                .map_err(|e: String| StoreError::InvalidData(format!("job {}: {e}", r.id)))?;
+            Ok((
+                Job {
+                    id: r.id,
+                    status,
+                    owner_id: r.owner_id,
+                    total_entities: r.total_entities,
+                    succeeded: r.succeeded,
+                    failed: r.failed,
+                    error_log: r.error_log,
+                    completed_at: r.completed_at,
+                    created_at: r.created_at,
+                    updated_at: r.updated_at,
+                },
+                UsageTotals {
+                    profiles: r.profiles,
+                    calls: r.calls,
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    cost_usd: r.cost_usd,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[derive(QueryableByName)]
+struct SpendRow {
+    #[diesel(sql_type = BigInt)]
+    profiles: i64,
+    #[diesel(sql_type = BigInt)]
+    calls: i64,
+    #[diesel(sql_type = BigInt)]
+    input_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    output_tokens: i64,
+    #[diesel(sql_type = Double)]
+    cost_usd: f64,
+}
+
+/// Bedrock usage recorded since midnight UTC, across every job and replica.
+pub async fn spend_today(store: &PgStore) -> Result<UsageTotals, StoreError> {
+    let mut conn = store.conn().await?;
+    let row: SpendRow = diesel::sql_query(
+        "SELECT count(*)::bigint AS profiles, COALESCE(sum(calls), 0)::bigint AS calls,
+                COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
+                COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
+                COALESCE(sum(cost_usd), 0)::float8 AS cost_usd
+         FROM profile_generations
+         WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .get_result(&mut conn)
+    .await
+    .map_err(crate::store::connection::classify)?;
+    Ok(UsageTotals {
+        profiles: row.profiles,
+        calls: row.calls,
+        input_tokens: row.input_tokens,
+        output_tokens: row.output_tokens,
+        cost_usd: row.cost_usd,
+    })
+}
