@@ -1,6 +1,6 @@
 //! Domain types shared by the store, the graph, the pipeline and the CLI.
 //!
-//! They mirror the original system's tables (reference §1); the store fills them, everything
+//! They mirror the original system's tables (docs/compatibility.md, "Shared tables"); the store fills them, everything
 //! else only reads them.
 
 use std::fmt;
@@ -94,7 +94,7 @@ impl FromStr for EntityRef {
     }
 }
 
-/// Book statuses that make a book part of the collection (reference §1.1).
+/// Book statuses that make a book part of the collection (docs/compatibility.md, "Qualifying books").
 pub const QUALIFYING_STATUSES: [&str; 2] = ["IN_TRANSIT", "ON_HAND"];
 
 /// A qualifying book's links, the graph builder's main input.
@@ -182,7 +182,7 @@ pub struct CollectionEntity {
     pub name: String,
 }
 
-/// Status of a batch job (reference §1.8); the strings are the stored values.
+/// Status of a batch job (docs/compatibility.md, "profile_generation_jobs"); the strings are the stored values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {

@@ -1,4 +1,4 @@
-//! Graph cache behaviours against the shared test Redis (reference §10.9 and issue 5); each
+//! Graph cache behaviours against the shared test Redis (docs/compatibility.md, "Graph cache in Redis"); each
 //! test has its own key prefix.
 
 mod support;

@@ -1,5 +1,5 @@
 //! BedrockGenerator against the fake Converse server: request shape, retry policy, parsing of
-//! every call kind, cross-link blocks and token accounting (reference §10.6, adapted to Converse).
+//! every call kind, cross-link blocks and token accounting (docs/compatibility.md, "Output hygiene", adapted to Converse).
 
 mod support;
 

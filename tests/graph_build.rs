@@ -1,4 +1,4 @@
-//! The graph behaviours the original's tests pin down (reference §10.8), on hand-made rows.
+//! The graph behaviours the original's tests pin down (docs/compatibility.md, "Social-circles graph"), on hand-made rows.
 //!
 //! The status filter belongs to the store (its rows hold qualifying books only); what the
 //! builder owns is everything after that.

@@ -1,4 +1,4 @@
-//! The cached graph's JSON against what the Python API writes (reference §12.2).
+//! The cached graph's JSON against what the Python API writes (docs/compatibility.md, "Graph cache in Redis").
 
 mod support;
 

@@ -1,6 +1,6 @@
 //! The graph read from real PostgreSQL through `PgStore::graph_rows`: the golden collection gives
 //! the original's graph, the qualifying-status filter holds, and `max_books` / `truncated` work
-//! through the store (reference §5, §10.8; issue 5).
+//! through the store (docs/compatibility.md, "Social-circles graph").
 
 mod support;
 

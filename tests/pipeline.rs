@@ -1,7 +1,7 @@
 //! The profile pipeline in process on real components (PostgreSQL, Redis, BedrockGenerator against
-//! the fake Converse server): the worker cases of reference §10.1, staleness (§10.3 plus design
-//! D5), narratives and AI connections (§10.4), Bedrock retries and failed biographies (D4), the
-//! API's strict story schema (§12.1-3) and token accounting (D8).
+//! the fake Converse server): the worker cases (docs/compatibility.md, "Handling one message"), staleness, narratives and
+//! AI connections, Bedrock retries and failed biographies, the API's strict story schema
+//! (docs/compatibility.md, "JSON columns") and token accounting (docs/decisions.md).
 
 mod support;
 
@@ -43,7 +43,7 @@ async fn seed_profile(h: &Harness, entity: &str, age: &str, extra: &str) {
     .await;
 }
 
-// ---- Reference §10.1: the worker ----
+// ---- docs/compatibility.md, "Handling one message": the worker ----
 
 #[tokio::test]
 async fn w1_stale_entity_is_generated_and_progress_counts_once() {
@@ -68,7 +68,7 @@ async fn w1_stale_entity_is_generated_and_progress_counts_once() {
         (1, 0, JobStatus::InProgress)
     );
 
-    // Redelivered: the profile is now current, and progress does not move again (design D2).
+    // Redelivered: the profile is now current, and progress does not move again (docs/decisions.md, "Progress counted once per (job, entity)").
     let before = h.fake.requests().len();
     assert_eq!(h.deliver(&msg).await, Outcome::Skipped);
     assert_eq!(h.fake.requests().len(), before, "no Bedrock call");
@@ -159,7 +159,7 @@ async fn w5_cancelled_job_is_skipped_without_bedrock_and_stays_cancelled() {
         h.deliver(&message(Some(&job), "author:1", false)).await,
         Outcome::Skipped
     );
-    assert!(h.fake.requests().is_empty(), "design D3: no Bedrock call");
+    assert!(h.fake.requests().is_empty(), "no Bedrock call for a cancelled job");
     assert!(h.profile("author:1").await.is_none());
     let j = h.job(&job).await;
     assert_eq!(j.status, JobStatus::Cancelled);
@@ -206,7 +206,7 @@ async fn book_updated_after_generation_regenerates() {
         Outcome::Skipped
     );
 
-    // Any column of a qualifying book counts (reference §4).
+    // Any column of a qualifying book counts (docs/compatibility.md, "Staleness rule").
     h.db.exec("UPDATE books SET edition = 'Second', updated_at = now() + interval '1 second' WHERE id = 1")
         .await;
     h.fake.push(
@@ -331,7 +331,7 @@ async fn app_config_model_is_used_and_stored() {
     );
 }
 
-// ---- Reference §10.4: narratives and AI connections ----
+// ---- docs/compatibility.md, "Narratives and relationship stories": narratives and AI connections ----
 
 #[tokio::test]
 async fn cross_era_bridge_gets_a_relationship_story_keyed_by_the_pair() {
@@ -508,7 +508,7 @@ async fn failed_discovery_does_not_fail_the_profile() {
     );
 }
 
-// ---- Bedrock retries and failed biographies (design D4) ----
+// ---- Bedrock retries and failed biographies (docs/decisions.md, "A failed biography is never a fresh profile") ----
 
 #[tokio::test]
 async fn throttled_twice_then_answered_gives_one_profile() {
@@ -617,7 +617,7 @@ async fn unusable_biography_is_transient_and_writes_nothing() {
     assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
 }
 
-// ---- Reference §12.1-3: what the API reads back ----
+// ---- docs/compatibility.md, "JSON columns": what the API reads back ----
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -820,7 +820,7 @@ async fn story_without_summary_is_not_stored_and_does_not_use_the_cap() {
     assert_eq!(p.connection_narratives.unwrap(), json!({}));
 }
 
-// ---- Design D8: token and cost accounting ----
+// ---- docs/decisions.md, "Token and cost accounting": token and cost accounting ----
 
 #[tokio::test]
 async fn token_usage_and_cost_are_recorded_per_profile_and_in_metrics() {

@@ -709,7 +709,7 @@ async fn unknown_job_records_nothing(store: Arc<dyn Store>) {
 }
 
 async fn cancelled_job_stays_cancelled(store: Arc<dyn Store>) {
-    // Reference §10.1 W5: counting continues, the status does not change.
+    // docs/compatibility.md, "Handling one message": counting continues, the status does not change.
     let j = new_job(&*store, 1).await;
     assert!(matches!(
         store.cancel_job(&j.id).await.unwrap(),
@@ -727,7 +727,7 @@ async fn cancelled_job_stays_cancelled(store: Arc<dyn Store>) {
 }
 
 async fn completed_job_is_never_reopened(store: Arc<dyn Store>) {
-    // Reference §10.1 W6, and completion happens once.
+    // docs/compatibility.md, "Handling one message", and completion happens once.
     let j = new_job(&*store, 1).await;
     assert_eq!(
         store
@@ -861,7 +861,7 @@ async fn commit_profile_writes_profile_usage_and_progress(store: Arc<dyn Store>)
 }
 
 async fn relationship_stories_keep_old_keys(store: Arc<dyn Store>) {
-    // Reference §10.4: regeneration keeps pre-existing relationship-story keys and adds new ones.
+    // docs/compatibility.md, "Narratives and relationship stories": regeneration keeps pre-existing relationship-story keys and adds new ones.
     let mut first = unit(author(1), None);
     first
         .profile

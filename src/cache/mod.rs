@@ -1,4 +1,4 @@
-//! Two-level cache of the social-circles graph, sharing the Python API's Redis entry (D6).
+//! Two-level cache of the social-circles graph, sharing the Python API's Redis entry (docs/decisions.md, "Graph: same content as the Python API, cached in two layers").
 //!
 //! L1 is an in-process moka cache (`cache.local_ttl_seconds`) whose loader is single-flight:
 //! concurrent misses in one process await one load. L2 is the [`SharedCache`] port — Redis in

@@ -1,4 +1,4 @@
-//! Which graph connections get a narrative, and which kind (reference §7.5), quirks included so
+//! Which graph connections get a narrative, and which kind (docs/compatibility.md, "Narrative selection"), quirks included so
 //! both implementations pick the same connections.
 
 use crate::model::Entity;

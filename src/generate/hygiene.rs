@@ -1,8 +1,8 @@
 //! Output hygiene: raw model text → validated values the Python API can always read back.
 //!
-//! Mirrors the original (reference §7.7: fence stripping, lenient JSON, both marker passes) and
-//! adds design D4: stories are normalised to the API's schema and invalid items dropped and
-//! counted, AI connections are validated as reference §7.3 (plus `sub_type` truncation, §11.2-o).
+//! Mirrors the original (docs/compatibility.md, "Output hygiene": fence stripping, lenient JSON, both marker passes) and
+//! adds what docs/decisions.md, "A failed biography is never a fresh profile" asks: stories are normalised to the API's schema and invalid items dropped and
+//! counted, AI connections are validated as docs/compatibility.md, "Discovery" (plus `sub_type` truncation).
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -63,7 +63,7 @@ pub struct Story {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Biography {
     /// `None` when the model produced no usable biography (malformed or non-object JSON, missing,
-    /// blank or non-string field): a failed biography, never to be stored as a fresh profile (D4).
+    /// blank or non-string field): a failed biography, never to be stored as a fresh profile (docs/decisions.md, "A failed biography is never a fresh profile").
     pub biography: Option<String>,
     pub personal_stories: Vec<Story>,
     /// Stories dropped because they could not be normalised.
@@ -364,7 +364,7 @@ fn clean_sub_type(value: Option<&Value>) -> Option<String> {
     Some(s.chars().take(MAX_SUB_TYPE_CHARS).collect())
 }
 
-/// Validates discovered connections in reply order (reference §7.3): objects with a target in the
+/// Validates discovered connections in reply order (docs/compatibility.md, "Discovery"): objects with a target in the
 /// first [`MAX_DISCOVERY_ENTITIES`] of `universe`, not the source itself, one of the five
 /// relationships, once per canonical pair and relationship; stops after [`MAX_AI_CONNECTIONS`].
 pub fn validate_ai_connections(
@@ -438,7 +438,7 @@ mod tests {
         ids.iter().map(|s| s.to_string()).collect()
     }
 
-    // --- fence stripping: the 7 cases of reference §10.6 ---
+    // --- fence stripping: the 7 cases of docs/compatibility.md, "Output hygiene" ---
 
     #[test]
     fn fence_json_tagged() {
@@ -491,7 +491,7 @@ mod tests {
         assert_eq!(parse_json_lenient("} oops {"), None);
     }
 
-    // --- marker sanitising: the 11 cases of reference §10.6 ---
+    // --- marker sanitising: the 11 cases of docs/compatibility.md, "Output hygiene" ---
 
     #[test]
     fn marker_valid_is_kept() {
@@ -604,7 +604,7 @@ mod tests {
         );
     }
 
-    // --- stories (design D4) ---
+    // --- stories (docs/decisions.md, "A failed biography is never a fresh profile") ---
 
     #[test]
     fn story_is_normalised() {
@@ -757,7 +757,7 @@ mod tests {
         );
     }
 
-    // --- AI connection validation: reference §10.5 ---
+    // --- AI connection validation: docs/compatibility.md, "Discovery" ---
 
     fn universe() -> Vec<CollectionEntity> {
         ["author:1", "author:2", "publisher:3", "binder:4"]

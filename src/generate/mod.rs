@@ -36,13 +36,13 @@ pub use hygiene::{
 pub const DEFAULT_MODEL_NAME: &str = "haiku";
 /// The original's Haiku id, used when the `haiku` name is missing from `generator.models`.
 pub const DEFAULT_MODEL_ID: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
-/// Graph neighbours listed in a prompt's cross-link block (reference §7.2, #1654).
+/// Graph neighbours listed in a prompt's cross-link block (docs/compatibility.md, "Call order").
 pub const MAX_PROMPT_CONNECTIONS: usize = 15;
-/// Collection entities listed in the discovery prompt (reference §7.3, #1832).
+/// Collection entities listed in the discovery prompt (docs/compatibility.md, "Discovery").
 pub const MAX_DISCOVERY_ENTITIES: usize = 500;
-/// AI connections accepted from one discovery reply (reference §7.3).
+/// AI connections accepted from one discovery reply (docs/compatibility.md, "Discovery").
 pub const MAX_AI_CONNECTIONS: usize = 10;
-/// Narratives generated per profile by the worker (reference §7.1).
+/// Narratives generated per profile by the worker (docs/compatibility.md, "Call order").
 pub const MAX_NARRATIVES: usize = 3;
 
 /// The four generator calls; the label of `generator_*` metrics.
@@ -72,7 +72,7 @@ impl CallKind {
         }
     }
 
-    /// Output budget of the call, as the original (reference §7.3–§7.6).
+    /// Output budget of the call, as the original (docs/compatibility.md, "Generation").
     pub fn max_tokens(self) -> i32 {
         match self {
             CallKind::Discovery => 2048,
@@ -234,7 +234,7 @@ pub trait Generator: Send + Sync {
     ) -> Result<Reply<Discovery>, GeneratorError>;
 
     /// Step B. A [`Biography`] whose `biography` is `None` means the model gave nothing usable;
-    /// the pipeline treats that as a transient failure (design D4).
+    /// the pipeline treats that as a transient failure (docs/decisions.md, "A failed biography is never a fresh profile").
     async fn biography(
         &self,
         request: &BiographyRequest,
@@ -261,7 +261,7 @@ pub struct ResolvedModel {
     pub warning: Option<String>,
 }
 
-/// Picks the Bedrock model id (design D7): the `app_config` value (`model.entity_profiles`; pass
+/// Picks the Bedrock model id (docs/decisions.md, "Generation: Converse, the original's calls and caps"): the `app_config` value (`model.entity_profiles`; pass
 /// `None` when missing or unreadable) → the configured `generator.model` (alias
 /// `ENTITY_PROFILE_MODEL`) → `haiku`. Names map through `models`; a value containing `.` or `:` is
 /// a raw model id used as-is; an unknown name resolves to haiku with a warning.

@@ -1,5 +1,5 @@
 //! Prompt texts of the four calls. Content (fields, enum values, caps, line formats) follows
-//! reference §7.3–§7.7 so replies stay compatible; the wording is ours.
+//! docs/compatibility.md, "Generation" so replies stay compatible; the wording is ours.
 
 use std::fmt::Write as _;
 
@@ -55,7 +55,7 @@ TYPE and ID exactly; never make up an id. Mention anyone else as plain text.\n",
     out
 }
 
-/// The bio prompt's dates line (reference §7.4): both life years, else the founding year, else
+/// The bio prompt's dates line (docs/compatibility.md, "Biography"): both life years, else the founding year, else
 /// nothing.
 pub fn bio_dates_line(entity: &Entity) -> String {
     match (entity.birth_year, entity.death_year, entity.founded_year) {
@@ -65,7 +65,7 @@ pub fn bio_dates_line(entity: &Entity) -> String {
     }
 }
 
-/// The dates of one side of a relationship story (reference §7.6).
+/// The dates of one side of a relationship story (docs/compatibility.md, "Narratives and relationship stories").
 pub fn story_dates(entity: &Entity) -> String {
     match (entity.birth_year, entity.founded_year) {
         (Some(birth), _) => match entity.death_year {
@@ -121,7 +121,7 @@ are none.",
     out
 }
 
-/// The biography user prompt (reference §7.4).
+/// The biography user prompt (docs/compatibility.md, "Biography").
 pub fn biography_user(request: &BiographyRequest) -> String {
     let e = &request.entity;
     let titles = if request.books.is_empty() {
@@ -159,7 +159,7 @@ If little is known about the entity, give what is known and say that it is obscu
     out
 }
 
-/// The one-sentence narrative user prompt (reference §7.6).
+/// The one-sentence narrative user prompt (docs/compatibility.md, "Narratives and relationship stories").
 pub fn narrative_user(request: &PairRequest) -> String {
     let mut out = format!(
         "In one sentence for a rare-book collector, describe this connection:\n  {} ({}) is \
@@ -176,7 +176,7 @@ without quotation marks.",
     out
 }
 
-/// The relationship-story user prompt (reference §7.6).
+/// The relationship-story user prompt (docs/compatibility.md, "Narratives and relationship stories").
 pub fn relationship_user(request: &RelationshipStoryRequest) -> String {
     let p = &request.pair;
     let mut out = format!(

@@ -1,4 +1,4 @@
-//! The pure graph builder: rows in, graph out, no I/O (reference §5).
+//! The pure graph builder: rows in, graph out, no I/O (docs/compatibility.md, "Social-circles graph").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

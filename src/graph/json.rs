@@ -1,4 +1,4 @@
-//! The cached graph's JSON: exactly what the Python API writes and reads (reference §12.2).
+//! The cached graph's JSON: exactly what the Python API writes and reads (docs/compatibility.md, "Graph cache in Redis").
 //!
 //! The API stores `json.dumps(response.model_dump(mode="json"))`: `", "` and `": "`
 //! separators, every non-ASCII character escaped as `\uXXXX` (surrogate pairs beyond the BMP),

@@ -1,8 +1,8 @@
-//! The social-circles graph: who published, bound and knew whom (reference §5).
+//! The social-circles graph: who published, bound and knew whom (docs/compatibility.md, "Social-circles graph").
 //!
 //! [`build`] turns the store's rows into a [`Graph`] with the original's semantics, quirks
 //! included, so the value we cache in Redis is interchangeable with the one the Python API
-//! writes; [`to_python_json`] and [`from_json`] speak that value's exact format (reference §12.2).
+//! writes; [`to_python_json`] and [`from_json`] speak that value's exact format (docs/compatibility.md, "Graph cache in Redis").
 //! The pipeline reads a node's neighbourhood through [`Graph::neighbours`].
 
 mod build;
@@ -26,7 +26,7 @@ pub const MAX_AUTHORS_PER_PUBLISHER: usize = 20;
 /// Most book ids listed on a node.
 pub const MAX_NODE_BOOK_IDS: usize = 10;
 
-/// Literary era, derived from an author's birth year (reference §5.2).
+/// Literary era, derived from an author's birth year (docs/compatibility.md, "Nodes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Era {
     #[serde(rename = "pre_romantic")]
@@ -225,7 +225,7 @@ pub struct Meta {
     pub total_authors: u32,
     pub total_publishers: u32,
     pub total_binders: u32,
-    /// `[from, to]`; may be inverted, as in the original (reference §5.5).
+    /// `[from, to]`; may be inverted, as in the original (docs/compatibility.md, "Meta and date range").
     pub date_range: [i32; 2],
     /// Build time, microsecond precision, written with a `Z` suffix.
     #[serde(with = "json::python_datetime")]

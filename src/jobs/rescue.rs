@@ -1,5 +1,5 @@
 //! Stuck-job rescue: fail `in_progress` jobs that can no longer complete, so they stop blocking
-//! `enqueue --all` (the original left them `in_progress` forever, reference §8).
+//! `enqueue --all` (the original left them `in_progress` forever, docs/compatibility.md, "Job states and counters").
 //!
 //! A job is stuck when its counters have not moved for `jobs.stale_after_seconds`, none of its
 //! entities has a retry recorded within that window, and the queue — as far as its approximate

@@ -83,7 +83,7 @@ impl Pipeline {
             );
         }
 
-        // Classifier and pair prompts see the profiled entity as its graph node does (§7.5):
+        // Classifier and pair prompts see the profiled entity as its graph node does (docs/compatibility.md, "Narrative selection"):
         // publishers and binders carry no years there.
         let source = source_node.map_or_else(|| without_years(entity), entity_of_node);
         let mut narratives = Map::new();

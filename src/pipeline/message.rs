@@ -1,4 +1,4 @@
-//! The queue message contract (design §4): what producers send and what counts as poison.
+//! The queue message contract (docs/compatibility.md, "Message body"): what producers send and what counts as poison.
 //!
 //! Producers in any language can validate against `schemas/message.schema.json`, which accepts
 //! exactly what [`parse`] accepts (checked by `tests/message_schema.rs`).
@@ -63,7 +63,7 @@ pub enum Demand {
     Requested,
 }
 
-/// A body that can never succeed: dead-lettered (or logged) and deleted, never retried (D1).
+/// A body that can never succeed: dead-lettered (or logged) and deleted, never retried (docs/decisions.md, "Outcomes: done, skipped, retry, failed, poison").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("poison message: {reason}")]
 pub struct Poison {

@@ -116,7 +116,7 @@ impl QueueError {
 pub trait Queue: Send + Sync + 'static {
     /// Receives up to `max` (1..=10) messages, waiting up to `wait` for the first one (long poll),
     /// and hides them for `visibility`. `Ok(vec![])` means none arrived in time. Not retried by
-    /// the adapter (a retried receive can strand messages, see the ghost receive in D11); the
+    /// the adapter (a retried receive can strand messages, see docs/decisions.md, "Shutdown: drain, release, exit 0"); the
     /// caller backs off on error. Never drop the returned future before it completes: the server
     /// may already have handed messages to it.
     async fn receive(

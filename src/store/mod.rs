@@ -12,7 +12,7 @@
 //! should let the message come back ([`StoreError::is_transient`]) or count it as failed.
 //! The writes of one finished message happen in one unit of work ([`ProfileStore::commit_profile`],
 //! [`JobStore::record_outcome`]): all of it or nothing, and job progress counted exactly once per
-//! (job, entity) however often the message is delivered (design D2, D9).
+//! (job, entity) however often the message is delivered (docs/decisions.md, "Progress counted once per (job, entity)"; docs/decisions.md, "One transaction per generated profile").
 
 pub mod connection;
 pub mod memory;
@@ -90,7 +90,7 @@ pub struct Recorded {
     pub completed: bool,
 }
 
-/// The profile columns a generation writes (reference §7.9, §7.10).
+/// The profile columns a generation writes (docs/compatibility.md, "Profile upsert" and "JSON columns").
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProfileWrite {
     pub bio_summary: Option<String>,
@@ -106,7 +106,7 @@ pub struct ProfileWrite {
     pub model_version: String,
 }
 
-/// Bedrock usage of one generated profile (design D8): one `profile_generations` row.
+/// Bedrock usage of one generated profile (docs/decisions.md, "Token and cost accounting"): one `profile_generations` row.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GenerationUsage {
     pub model_id: String,
@@ -162,7 +162,7 @@ pub struct PoolStatus {
 /// The profile side of the port: the API's domain tables the daemon reads to write a profile,
 /// and the one unit of work that writes it.
 ///
-/// "Qualifying" always means `books.status IN ('IN_TRANSIT', 'ON_HAND')` (reference §1.1).
+/// "Qualifying" always means `books.status IN ('IN_TRANSIT', 'ON_HAND')` (docs/compatibility.md, "Qualifying books").
 #[async_trait]
 pub trait ProfileStore: Send + Sync {
     /// The entity row: `SELECT name, years FROM authors|publishers|binders WHERE id = $1`.
@@ -173,7 +173,7 @@ pub trait ProfileStore: Send + Sync {
     async fn qualifying_books(&self, entity: EntityRef) -> Result<Vec<Book>, StoreError>;
 
     /// `SELECT MAX(updated_at) FROM books WHERE <fk> = $id AND status IN (qualifying)`; the
-    /// staleness input (reference §4). `None` when the entity has no qualifying book.
+    /// staleness input (docs/compatibility.md, "Staleness rule"). `None` when the entity has no qualifying book.
     async fn latest_book_update(
         &self,
         entity: EntityRef,
@@ -193,22 +193,22 @@ pub trait ProfileStore: Send + Sync {
     ) -> Result<GraphRows, StoreError>;
 
     /// Authors, then publishers, then binders that have at least one qualifying book, each
-    /// `ORDER BY id` (reference §7.3 entity universe, generate-all).
+    /// `ORDER BY id` (docs/compatibility.md, "Discovery": the entity universe, generate-all).
     async fn collection_entities(&self) -> Result<Vec<CollectionEntity>, StoreError>;
 
     /// `SELECT value FROM app_config WHERE key = 'model.entity_profiles'`.
     async fn model_setting(&self) -> Result<Option<String>, StoreError>;
 
-    /// The unit of work of one generated profile, one transaction (design D9):
+    /// The unit of work of one generated profile, one transaction (docs/decisions.md, "One transaction per generated profile"):
     /// 1. AI connections: canonical order (`"type:id"` string compare, smaller is the source),
     ///    confidence clamped to [0, 1], duplicates in the batch collapsed keeping the highest
     ///    confidence (first on ties), then `INSERT … ON CONFLICT (uq_ai_connection columns) DO
     ///    UPDATE SET confidence = GREATEST(new, old)` with `evidence`/`sub_type` replaced only
-    ///    when the new confidence is strictly higher (reference §7.3 "Storage");
+    ///    when the new confidence is strictly higher (docs/compatibility.md, "AI connections upsert");
     /// 2. `entity_profiles` upsert on `(entity_type, entity_id)`: `relationship_stories` merged
     ///    into the old object (old keys kept, new win), every other column replaced,
     ///    `ai_connections` NULL when empty, `generated_at = now()`, `model_version`
-    ///    (reference §7.9);
+    ///    (docs/compatibility.md, "Profile upsert");
     /// 3. the `profile_generations` usage row;
     /// 4. when `job_id` is set, a `succeeded` outcome recorded as in [`JobStore::record_outcome`].
     ///
@@ -278,7 +278,7 @@ pub trait JobStore: Send + Sync {
     /// Records a terminal outcome without a profile (skips, failures), in one transaction:
     /// insert the job item, or turn a `retry` item terminal; only if that happened,
     /// `succeeded` or `failed` += 1, `updated_at = now()`, and for failures append
-    /// `"{type}:{id}: {message}"` to `error_log` (newline-joined, trimmed; reference §3.3);
+    /// `"{type}:{id}: {message}"` to `error_log` (newline-joined, trimmed; docs/compatibility.md, "Job states and counters");
     /// then `UPDATE … SET status = 'completed', completed_at = now() WHERE id = $1 AND status
     /// IN ('pending', 'in_progress') AND succeeded + failed >= total_entities`. Counting ignores
     /// the job's status (a cancelled job still counts, and stays cancelled). An unknown job
@@ -355,7 +355,7 @@ pub fn canonical_ai_connections(rows: &[AiConnectionRow]) -> Vec<AiConnectionRow
     by_key.into_values().collect()
 }
 
-/// `old + "\n" + line`, trimmed, as the original builds `error_log` (reference §3.3).
+/// `old + "\n" + line`, trimmed, as the original builds `error_log` (docs/compatibility.md, "Job states and counters").
 fn append_log(old: Option<&str>, line: &str) -> String {
     format!("{}\n{}", old.unwrap_or(""), line)
         .trim()

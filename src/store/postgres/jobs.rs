@@ -91,7 +91,7 @@ async fn read_job(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<Option<
         .optional()
 }
 
-/// The completion UPDATE (design D2): only from active states, only once the counters reach
+/// The completion UPDATE (docs/decisions.md, "Progress counted once per (job, entity)"): only from active states, only once the counters reach
 /// the total. Returns whether this call completed the job.
 async fn complete_if_done(conn: &mut AsyncPgConnection, job_id: &str) -> QueryResult<bool> {
     let done: Vec<IdRow> = diesel::sql_query(

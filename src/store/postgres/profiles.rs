@@ -43,7 +43,7 @@ fn entity_books(entity: EntityRef) -> books::BoxedQuery<'static, diesel::pg::Pg>
     }
 }
 
-/// Step 1 of the profile unit: the multi-row AI-connection upsert (reference §7.3 "Storage").
+/// Step 1 of the profile unit: the multi-row AI-connection upsert (docs/compatibility.md, "AI connections upsert").
 async fn upsert_ai_connections(
     conn: &mut AsyncPgConnection,
     rows: &[AiConnectionRow],
