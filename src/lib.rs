@@ -7,7 +7,8 @@
 //! generates the profile → writes profile, AI connections and job progress in one transaction →
 //! the consumer deletes the message.
 //!
-//! Module map:
+//! Start with `docs/architecture.md` (layers, ports, one message hop by hop), then
+//! `src/main.rs` and [`app`]. Module map:
 //! - [`cli`]: command line; [`config`]: layered, validated configuration;
 //!   [`telemetry`]: logging; [`build_info`]: version stamps; [`model`]: domain types.
 //! - [`app`]: the composition root — builds every adapter from the configuration for `run`,
