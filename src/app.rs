@@ -81,8 +81,18 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
         let (handler, store): (Arc<dyn Handler>, Option<Arc<dyn Store>>) = match mode {
             Mode::DiagnosticHold(hold) => (Arc::new(HoldHandler::new(hold)), None),
             Mode::Pipeline => {
-                let store =
-                    open_store(&config, &health, &metrics, &background, &background_stop).await?;
+                let Some(store) = open_store(
+                    &config,
+                    &health,
+                    &metrics,
+                    &background,
+                    &background_stop,
+                    &shutdown,
+                )
+                .await?
+                else {
+                    return Ok(());
+                };
                 let cache = GraphCache::new(&config.cache, metrics.clone(), &health)
                     .map_err(AppError::Cache)?;
                 if !config.cache.redis_url.is_empty() && !cache.ping().await {
@@ -128,22 +138,41 @@ pub async fn run(config: Config, shutdown: CancellationToken, mode: Mode) -> Res
 }
 
 /// Opens the database, applies migrations when configured, checks the schema, and starts the
-/// task that keeps the "database" readiness check and the pool gauges current.
+/// task that keeps the "database" readiness check and the pool gauges current. A database that
+/// cannot be reached is waited for (not ready, retrying) rather than exiting into a crash loop;
+/// `None` when shutdown came first. A wrong schema or a failed migration still stops start-up.
 async fn open_store(
     config: &Config,
     health: &Health,
     metrics: &Arc<Metrics>,
     background: &TaskTracker,
     stop: &CancellationToken,
-) -> Result<Arc<dyn Store>, AppError> {
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<dyn Store>>, AppError> {
     let check = health.check("database", true);
-    if config.database.migrate_on_start {
-        migrate::migrate(&config.database)
-            .await
-            .map_err(AppError::Migrate)?;
-    }
     let store = PgStore::connect(&config.database).map_err(AppError::Database)?;
-    store.check_schema().await.map_err(AppError::Schema)?;
+    let ready = until_reachable("database", &check, shutdown, || async {
+        if config.database.migrate_on_start {
+            match migrate::migrate(&config.database).await {
+                Err(MigrateError::Connect(e)) => {
+                    return Err(Startup::Unreachable(e.to_string()));
+                }
+                Err(e) => return Err(Startup::Fatal(AppError::Migrate(e))),
+                Ok(_) => {}
+            }
+        }
+        match store.check_schema().await {
+            Err(SchemaError::Store(e)) if e.is_unavailable() => {
+                Err(Startup::Unreachable(e.to_string()))
+            }
+            Err(e) => Err(Startup::Fatal(AppError::Schema(e))),
+            Ok(()) => Ok(()),
+        }
+    })
+    .await?;
+    if ready.is_none() {
+        return Ok(None);
+    }
     let store = Arc::new(store);
     background.spawn(watch_database(
         store.clone(),
@@ -151,7 +180,63 @@ async fn open_store(
         metrics.clone(),
         stop.clone(),
     ));
-    Ok(store)
+    Ok(Some(store))
+}
+
+/// Why one start-up step did not complete.
+enum Startup {
+    /// The dependency is out of reach: wait and try again.
+    Unreachable(String),
+    /// Configuration or schema error: stop.
+    Fatal(AppError),
+}
+
+/// Dependencies down at start-up are waited for: from 1 s, doubling to 30 s.
+const STARTUP_WAIT: Backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Runs `step` until it succeeds, fails fatally, or shutdown comes (`None`), keeping `check`
+/// failing with the cause meanwhile.
+async fn until_reachable<T, F, Fut>(
+    what: &str,
+    check: &Check,
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<Option<T>, AppError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Startup>>,
+{
+    let mut waits = STARTUP_WAIT.steps();
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            outcome = step() => outcome,
+        };
+        match outcome {
+            Ok(value) => {
+                if waits.count() > 0 {
+                    tracing::info!(dependency = what, "reachable; starting");
+                }
+                return Ok(Some(value));
+            }
+            Err(Startup::Fatal(err)) => return Err(err),
+            Err(Startup::Unreachable(cause)) => {
+                let delay = waits.next_delay();
+                check.set(false, format!("unreachable at start-up: {cause}"));
+                tracing::warn!(
+                    dependency = what,
+                    %cause,
+                    attempt = waits.count(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "dependency unreachable at start-up; waiting (not ready)"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }
 
 async fn watch_database(
@@ -195,10 +280,19 @@ async fn consume(
     background_stop: &CancellationToken,
 ) -> Result<(), AppError> {
     let wait = Duration::from_secs(config.consumer.wait_seconds.into());
-    let queue = tokio::select! {
-        // Nothing has been received yet, so abandoning start-up strands no message.
-        _ = shutdown.cancelled() => return Ok(()),
-        q = SqsQueue::connect(&config.queue, &config.aws, wait) => q.map_err(AppError::Queue)?,
+    // Nothing has been received yet, so abandoning start-up strands no message.
+    let check = deps.health.check("queue", true);
+    let queue = until_reachable("queue", &check, shutdown, || async {
+        SqsQueue::connect(&config.queue, &config.aws, wait)
+            .await
+            .map_err(|e| match e {
+                QueueError::Transient(cause) => Startup::Unreachable(cause),
+                other => Startup::Fatal(AppError::Queue(other)),
+            })
+    })
+    .await?;
+    let Some(queue) = queue else {
+        return Ok(());
     };
     tracing::info!(
         queue = queue.url(),

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub jobs_completed: IntCounter,
     pub queue_messages: IntGaugeVec,
     pub db_pool_connections: IntGaugeVec,
+    /// 1 while the dependency is down and receiving is paused (docs/reliability.md).
+    pub paused: IntGaugeVec,
+    /// Messages kept invisible in process while a dependency is down.
+    pub held: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -195,6 +199,23 @@ impl Metrics {
                     ),
                     &["state"],
                 ),
+            ),
+            paused: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "paused",
+                        "1 while a dependency (database, bedrock, queue) is down and the daemon holds work.",
+                    ),
+                    &["dependency"],
+                ),
+            ),
+            held: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "held_messages",
+                    "Messages kept invisible in process until their dependency answers again.",
+                )),
             ),
             registry,
         };

@@ -9,6 +9,7 @@
 //! Shutdown never drops an in-flight receive; see [`Consumer::run`].
 
 pub mod diagnostic;
+mod pause;
 mod poll;
 mod task;
 
@@ -27,6 +28,7 @@ pub use crate::outcome::Outcome;
 use crate::outcome::message::{Deleter, QueueSide, Settled};
 use crate::queue::Queue;
 use crate::retry::Backoff;
+pub use pause::Pauses;
 use poll::Reachability;
 
 /// Processes one message. The pipeline implements it; tests use instrumented ones.
@@ -108,6 +110,8 @@ pub struct Summary {
     pub released: u64,
     /// Abandoned because the visibility heartbeat found the delivery no longer ours.
     pub lost: u64,
+    /// Held in process at least once because a dependency was down.
+    pub held: u64,
 }
 
 #[derive(Default)]
@@ -120,6 +124,7 @@ struct Stats {
     poison: AtomicU64,
     released: AtomicU64,
     lost: AtomicU64,
+    held: AtomicU64,
 }
 
 impl Stats {
@@ -152,6 +157,7 @@ impl Stats {
             poison: get(&self.poison),
             released: get(&self.released),
             lost: get(&self.lost),
+            held: get(&self.held),
         }
     }
 }
@@ -167,6 +173,10 @@ struct Ctx {
     stats: Stats,
     /// Cancelled when the shutdown grace is over: running handlers are dropped and released.
     hard_stop: CancellationToken,
+    /// Cancelled at shutdown: held messages are released at once.
+    stop: CancellationToken,
+    /// Which dependencies are down; receiving waits while a handler dependency is.
+    pauses: Pauses,
 }
 
 /// The queue consumer. Build with [`Consumer::new`], run with [`Consumer::run`].
@@ -177,6 +187,7 @@ pub struct Consumer {
     max_attempts: u32,
     metrics: Arc<Metrics>,
     health: Health,
+    pauses: Pauses,
 }
 
 impl Consumer {
@@ -201,6 +212,7 @@ impl Consumer {
             _ => settings.max_attempts,
         }
         .max(1);
+        let pauses = Pauses::new(health.check("paused", true), metrics.clone());
         Self {
             queue,
             handler,
@@ -208,6 +220,7 @@ impl Consumer {
             max_attempts,
             metrics,
             health,
+            pauses,
         }
     }
 
@@ -227,6 +240,7 @@ impl Consumer {
             check: self.health.check("queue", true),
             failures: AtomicU32::new(0),
             unready_after: self.settings.unready_after.max(1),
+            pauses: self.pauses.clone(),
         });
         let beat = self
             .health
@@ -247,6 +261,8 @@ impl Consumer {
             side,
             stats: Stats::default(),
             hard_stop: CancellationToken::new(),
+            stop: shutdown.clone(),
+            pauses: self.pauses.clone(),
         });
         if ctx.side.dead_letter.is_none() {
             tracing::warn!(

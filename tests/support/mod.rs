@@ -7,5 +7,6 @@ pub mod db;
 pub mod graph;
 pub mod jobs;
 pub mod pipeline;
+pub mod postgres;
 pub mod redis;
 pub mod sqs;
