@@ -38,6 +38,9 @@ impl Scenario {
         let sql = std::fs::read_to_string(FIXTURE_PATH).expect("fixture");
         let mut conn = AsyncPgConnection::establish(&db_url).await.unwrap();
         conn.batch_execute(&sql).await.expect("fixture loads");
+        conn.batch_execute("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin', 'admin')")
+            .await
+            .expect("job owner");
         let store = PgStore::connect(&DatabaseConfig {
             url: SecretUrl::new(db_url.clone()),
             pool_size: 4,
