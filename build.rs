@@ -20,11 +20,15 @@ fn main() {
     println!("cargo:rustc-env=PW_BUILD_COMMIT={commit}");
     println!("cargo:rustc-env=PW_BUILD_DATE={date}");
     println!("cargo:rerun-if-env-changed=PROFILE_WORKER_GIT_COMMIT");
-    if let Some(git_dir) = output("git", &["rev-parse", "--git-common-dir"]) {
-        println!("cargo:rerun-if-changed={git_dir}/HEAD");
-        println!("cargo:rerun-if-changed={git_dir}/refs/heads");
+    // Watch this checkout's HEAD and the branch it points at — not every branch — so that a
+    // commit in another worktree of the same repository does not rebuild this one.
+    if let Some(head) = output("git", &["rev-parse", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={head}");
     }
-    if let Some(head) = output("git", &["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={head}/HEAD");
+    if let Some(branch) = output("git", &["symbolic-ref", "-q", "HEAD"])
+        && let Some(path) = output("git", &["rev-parse", "--git-path", &branch])
+        && std::path::Path::new(&path).exists()
+    {
+        println!("cargo:rerun-if-changed={path}");
     }
 }

@@ -22,7 +22,9 @@ use profile_worker::model::{AuthorRow, EntityRef, EntityType};
 use profile_worker::pipeline::message::{Message, parse};
 use profile_worker::pipeline::{self, Pipeline, Processed, SkipReason};
 use profile_worker::store::memory::BookRecord;
-use profile_worker::store::{GenerationUsage, MemoryStore, ProfileUnit, ProfileWrite, Store};
+use profile_worker::store::{
+    GenerationUsage, MemoryStore, ProfileStore, ProfileUnit, ProfileWrite,
+};
 
 const MAX_BODY_BYTES: usize = 65_536;
 
@@ -148,9 +150,7 @@ fn skip_path_benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let config = profile_worker::config::load_from(None, &[])
-        .expect("default config loads")
-        .config;
+    let config = profile_worker::config::defaults();
     let metrics = Arc::new(Metrics::new());
     let cache = GraphCache::new(
         &CacheConfig {

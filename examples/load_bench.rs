@@ -38,8 +38,9 @@ use profile_worker::config::{CacheConfig, SecretUrl};
 use profile_worker::generate::CallKind;
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use profile_worker::model::CollectionEntity;
-use profile_worker::store::Store;
+use profile_worker::model::{CollectionEntity, EntityRef, EntityType, JobStatus};
+use profile_worker::pipeline::message::Message;
+use profile_worker::store::{JobStore, ProfileStore};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -311,7 +312,16 @@ async fn run(args: &Args) -> Result<Results> {
     let outcome = async {
         startup_phase(args, &env, &mut results).await?;
         drain_phase(args, &env, &queue, &fake, &entities, &mut results).await?;
-        skip_phase(args, &env, &queue, &fake, &entities, &mut results).await?;
+        skip_phase(
+            args,
+            &database,
+            &env,
+            &queue,
+            &fake,
+            &entities,
+            &mut results,
+        )
+        .await?;
         raw_sqs_phase(args, &fauxqs, &mut results).await
     }
     .await;
@@ -358,16 +368,13 @@ async fn startup_phase(args: &Args, env: &[(String, String)], results: &mut Resu
     Ok(())
 }
 
-fn body(entity: &CollectionEntity, force: bool) -> String {
-    let mut v = json!({
-        "job_id": null,
-        "entity_type": entity.entity.entity_type.as_str(),
-        "entity_id": entity.entity.id,
-    });
-    if force {
-        v["force"] = json!(true);
+fn body(job_id: Option<&str>, entity: &CollectionEntity, force: bool) -> String {
+    Message {
+        job_id: job_id.map(str::to_string),
+        entity: entity.entity,
+        force,
     }
-    v.to_string()
+    .body()
 }
 
 async fn drain_phase(
@@ -388,7 +395,7 @@ async fn drain_phase(
     let calls_before = fake.requests().len();
 
     let bodies: Vec<String> = (0..args.messages)
-        .map(|i| body(&entities[i % entities.len()], true))
+        .map(|i| body(None, &entities[i % entities.len()], true))
         .collect();
     eprintln!(
         "[bench] drain: {} messages, fake latency {} ms, concurrency {}",
@@ -464,16 +471,26 @@ async fn drain_phase(
 
 async fn skip_phase(
     args: &Args,
+    database: &db::TestDb,
     env: &[(String, String)],
     queue: &sqs::TestQueue,
     fake: &bedrock::FakeBedrock,
     entities: &[CollectionEntity],
     results: &mut Results,
 ) -> Result<()> {
-    // Entities the drain generated, so each profile is now fresh.
+    // Entities the drain generated, so each profile is now fresh. The messages belong to a batch
+    // job: a message without one is a person's request and would regenerate regardless.
     let fresh = &entities[..entities.len().min(args.messages)];
+    database
+        .exec("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'bench', 'admin') ON CONFLICT DO NOTHING")
+        .await;
+    let job = database
+        .store()
+        .create_job(1, fresh.len() as i32, JobStatus::InProgress)
+        .await
+        .context("create the skip-path job")?;
     let bodies: Vec<String> = (0..args.skip_messages)
-        .map(|i| body(&fresh[i % fresh.len()], false))
+        .map(|i| body(Some(&job.id), &fresh[i % fresh.len()], false))
         .collect();
     send_all(queue, bodies).await?;
     let calls_before = fake.requests().len();
@@ -522,7 +539,15 @@ async fn raw_sqs_phase(args: &Args, fauxqs: &str, results: &mut Results) -> Resu
     for batch in [10, 5] {
         let queue = sqs::TestQueue::create(fauxqs, 5).await;
         let bodies = (0..args.raw_messages)
-            .map(|i| format!(r#"{{"entity_type":"author","entity_id":{}}}"#, i + 1))
+            .map(|i| {
+                let id = i32::try_from(i + 1).expect("fewer messages than i32::MAX");
+                Message {
+                    job_id: None,
+                    entity: EntityRef::new(EntityType::Author, id),
+                    force: false,
+                }
+                .body()
+            })
             .collect();
         send_all(&queue, bodies).await?;
         let t0 = Instant::now();
@@ -860,6 +885,13 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
+/// Mean time in nanoseconds of one criterion bench, from `<bench dir>/new/estimates.json`.
+fn criterion_mean(bench: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(bench.join("new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64()
+}
+
 /// Mean time of the criterion benches this report lists, from `<dir>/<id>/new/estimates.json`.
 fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
     let ids = [
@@ -873,14 +905,7 @@ fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
     ];
     let mut found: Vec<(String, String)> = ids
         .iter()
-        .filter_map(|(id, what)| {
-            let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some((
-                what.to_string(),
-                nanos(v["mean"]["point_estimate"].as_f64()?),
-            ))
-        })
+        .filter_map(|(id, what)| Some((what.to_string(), nanos(criterion_mean(&dir.join(id))?))))
         .collect();
     // The sanitiser bench is named after the text's size.
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -889,10 +914,7 @@ fn criterion_figures(dir: &Path) -> Vec<(String, String)> {
             if let Some(bytes) = name
                 .strip_prefix("sanitize_markers_")
                 .and_then(|s| s.strip_suffix("_bytes"))
-                && let Some(mean) = std::fs::read_to_string(entry.path().join("new/estimates.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["mean"]["point_estimate"].as_f64())
+                && let Some(mean) = criterion_mean(&entry.path())
             {
                 found.push((
                     format!("sanitise markers in a {bytes}-byte text"),
@@ -996,6 +1018,24 @@ fn report(args: &Args, r: &Results) -> String {
         mib(r.idle_rss_kib),
         verdict(r.idle_rss_kib as f64 * 1024.0 <= 20e6)
     );
+    if let Some(dir) = &args.criterion_dir
+        && let Some(ns) = criterion_mean(&dir.join("cache/redis_hit_with_parse/5000"))
+    {
+        let _ = writeln!(
+            out,
+            "| Redis cache hit including parse, 5,000-book graph (criterion, `benches/graph.rs`) | {} | ≤ 3 ms | {} |",
+            nanos(ns),
+            verdict(ns <= 3e6)
+        );
+    }
+    if let Ok(meta) = std::fs::metadata(&args.binary) {
+        let _ = writeln!(
+            out,
+            "| Binary size ({} build) | {:.1} MiB | (reference) | |",
+            args.build_profile,
+            meta.len() as f64 / 1_048_576.0
+        );
+    }
     let _ = writeln!(
         out,
         "| Resident memory, peak during the drain (VmHWM) | {:.1} MiB | ≤ 60 MB | {} |",
@@ -1140,7 +1180,7 @@ fn report(args: &Args, r: &Results) -> String {
          scripts/bench --publish  # full run, rewrites this page and its plot\n```\n\n\
          `scripts/bench` starts (or installs) PostgreSQL, Redis and fauxqs the way `scripts/test` \
          does, builds the daemon and this benchmark (`examples/load_bench.rs`), runs the criterion \
-         pipeline benches (full runs), then the load benchmark, and plots `inflight.csv` with gnuplot. \
+         pipeline and graph benches (full runs), then the load benchmark, and plots `inflight.csv` with gnuplot. \
          It exits non-zero only when the run is broken, never for a missed goal."
     );
     out

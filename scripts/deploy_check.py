@@ -543,7 +543,7 @@ def cmd_metrics(args):
     f = Findings("dashboard and alert metrics")
     families = declared_metrics()
     scraped, scraped_labels = scraped_metrics(args.scrape)
-    f.check(len(families) >= 17, f"src/metrics.rs declares {len(families)} families (design §6 lists 17)")
+    f.check(len(families) >= 17, f"src/metrics.rs declares {len(families)} families (docs/decisions.md, Observability, lists 17)")
     for fam, (samples, _) in families.items():
         # Unlabelled families must be in the real scrape: proves the parse of metrics.rs matches reality.
         if not families[fam][1] - {"le"}:
@@ -572,7 +572,7 @@ def cmd_metrics(args):
                     if label in known[metric] and label != "le":
                         for v in values:
                             f.check(v in help_words, f"{where}: {metric}{{{label}=\"{v}\"}} is a documented value")
-    # Every design §6 family is on the dashboard.
+    # Every family listed in docs/decisions.md "Observability" is on the dashboard.
     for fam, (samples, _) in families.items():
         f.check(bool(samples & used) or fam.endswith("build_info") and fam in used,
                 f"dashboard or alerts use {fam}")

@@ -13,7 +13,8 @@ use crate::model::EntityRef;
     version = crate::build_info::VERSION,
     long_version = LONG_VERSION,
     after_help = "Exit status: 0 success; 1 runtime failure; 64 bad configuration or usage; \
-                  enqueue, status and cancel add 3-6 (see their --help)."
+                  130 a second SIGTERM/SIGINT ended the drain early; enqueue, status and cancel \
+                  add 3-6 (see their --help)."
 )]
 pub struct Cli {
     /// Configuration file (TOML) layered over the built-in defaults.
@@ -24,11 +25,6 @@ pub struct Cli {
         value_name = "FILE"
     )]
     pub config: Option<PathBuf>,
-
-    /// Diagnostics only: `run` holds each message this many milliseconds and reports it done,
-    /// instead of running the profile pipeline. Lets end-to-end tests drive the real binary.
-    #[arg(long, global = true, hide = true, value_name = "MS")]
-    pub diagnostic_hold_ms: Option<u64>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -64,7 +60,7 @@ pub enum Command {
     Version,
     /// Run the whole pipeline on the bundled sample collection, with no external service.
     Demo(DemoArgs),
-    /// Start a batch job over the whole collection (--all), or queue one entity (--entity).
+    /// Start a batch job over the collection (--all [--limit N]), or queue entities (--entity).
     #[command(after_help = ENQUEUE_EXIT)]
     Enqueue(EnqueueArgs),
     /// Show a job's status, counters, rate, ETA and Bedrock usage; --watch follows it to the end.
@@ -88,9 +84,9 @@ pub enum Command {
 }
 
 const ENQUEUE_EXIT: &str = "Exit status: 0 messages sent (or an active job already exists, or the \
-collection is empty); 5 some messages could not be sent (they are listed and the job's total was \
-lowered, so it can still complete); 64 bad configuration or no job owner (use --owner-id); 1 other \
-errors (database or queue unreachable).";
+collection is empty); 5 some messages could not be sent (they are listed; with --all the job's \
+total was lowered, so it can still complete); 64 bad configuration, usage or no job owner (use \
+--owner-id); 1 other errors (database or queue unreachable).";
 
 const STATUS_EXIT: &str = "Exit status: 0 shown (with --watch: the job completed); 3 no such job; \
 6 with --watch: the job ended failed or cancelled; 64 bad configuration; 1 other errors.";
@@ -105,10 +101,17 @@ pub struct EnqueueArgs {
     /// Every author, publisher and binder with a qualifying book, as one batch job.
     #[arg(long)]
     pub all: bool,
-    /// One entity as TYPE:ID (e.g. author:12), outside any job.
-    #[arg(long, value_name = "TYPE:ID", value_parser = parse_entity)]
-    pub entity: Option<EntityRef>,
-    /// Regenerate even profiles that are still fresh.
+    /// With --all: only the first N entities (authors, then publishers, then binders, each by
+    /// id), for the first rounds of a rollout.
+    #[arg(long, value_name = "N", conflicts_with = "entity",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Entities as TYPE:ID (e.g. author:12), outside any job; repeat the flag or separate
+    /// them with commas.
+    #[arg(long, value_name = "TYPE:ID", value_parser = parse_entity, value_delimiter = ',')]
+    pub entity: Vec<EntityRef>,
+    /// Regenerate even profiles that are still fresh (always so for --entity: a message without
+    /// a job is a person's request and regenerates regardless).
     #[arg(long)]
     pub force: bool,
     /// users.id recorded as the job's owner; default: the lowest id of an admin user.

@@ -10,8 +10,11 @@
 //! Module map:
 //! - [`cli`]: command line; [`config`]: layered, validated configuration;
 //!   [`telemetry`]: logging; [`build_info`]: version stamps; [`model`]: domain types.
-//! - [`app`]: builds everything from the configuration, owns start-up and shutdown order;
-//!   [`shutdown`]: signals to a cancellation token.
+//! - [`app`]: the composition root — builds every adapter from the configuration for `run`,
+//!   `demo` and the operator commands ([`app::commands`]), owns start-up and shutdown order
+//!   ([`app::daemon`]) and the exit statuses ([`app::exit`]); [`aws`]: the one AWS SDK
+//!   configuration the SQS and Bedrock clients share; [`shutdown`]: signals to a cancellation
+//!   token. Start reading at `src/main.rs`, then [`app`].
 //! - [`pipeline`]: one message (its [`pipeline::message`] contract); [`generate`]: the
 //!   generator port, Bedrock and offline adapters, prompts, output hygiene, narrative classifier.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
@@ -27,6 +30,7 @@
 //!   [`cache`]: its in-process and Redis cache.
 
 pub mod app;
+pub mod aws;
 pub mod build_info;
 pub mod cache;
 pub mod cli;

@@ -3,11 +3,10 @@
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Exit status when a second signal cuts the drain short (128 + SIGINT, as shells report it).
-pub const FORCED_EXIT: i32 = 130;
+use crate::app::exit::Exit;
 
 /// Spawns the signal listener: the first SIGTERM or SIGINT cancels the returned token so the
-/// daemon drains; a second one exits the process at once with [`FORCED_EXIT`].
+/// daemon drains; a second one exits the process at once with [`Exit::Interrupted`].
 pub fn on_signals() -> std::io::Result<CancellationToken> {
     let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
@@ -28,7 +27,7 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
             _ = int.recv() => "SIGINT",
         };
         tracing::warn!(signal = name, "second signal; exiting without draining");
-        std::process::exit(FORCED_EXIT);
+        std::process::exit(Exit::Interrupted.code().into());
     });
     Ok(token)
 }

@@ -77,7 +77,7 @@ fn out_of_range_file_value_exits_64_naming_key_and_file() {
     assert_eq!(code, 64, "{err}");
     assert!(
         err.contains(&format!(
-            "consumer.wait_seconds = 25 (from {path}): must be 0..=20"
+            "consumer.wait_seconds = 25 (from {path}): must be 1..=20"
         )),
         "{err}"
     );
@@ -99,6 +99,215 @@ fn unknown_keys_are_rejected_in_files_and_environment() {
     assert_eq!(code, 64, "{err}");
     assert!(
         err.contains("queue.namee") && err.contains("PROFILE_WORKER_QUEUE__NAMEE"),
+        "{err}"
+    );
+}
+
+/// Runs `config` with `envs` and returns stderr, asserting exit 64.
+fn rejected(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let (code, out, err) = run(args, envs);
+    assert_eq!(code, 64, "stdout:\n{out}\nstderr:\n{err}");
+    err
+}
+
+/// A config file holding `body`, and its path.
+fn config_file(body: &str) -> (tempfile::NamedTempFile, String) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(file, "{body}").unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    (file, path)
+}
+
+#[test]
+fn unknown_env_keys_are_named_as_the_variable_was_written() {
+    let err = rejected(&["config"], &[("PROFILE_WORKER_CONSUMER__BOGUS", "1")]);
+    assert!(
+        err.contains(
+            "consumer.bogus = 1 (from PROFILE_WORKER_CONSUMER__BOGUS): unknown key; \
+             expected one of: concurrency, wait_seconds,"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("bogus.bogus"), "{err}");
+
+    let err = rejected(
+        &["config"],
+        &[("PROFILE_WORKER_BUDGET__REQUESTS_PER_MINUTE", "60")],
+    );
+    assert!(
+        err.contains(
+            "budget.requests_per_minute = 60 (from PROFILE_WORKER_BUDGET__REQUESTS_PER_MINUTE): \
+             unknown key; \"budget\" is not one of: log, server,"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("budget.budget"), "{err}");
+
+    // Spelled in lower case, the variable is still named exactly as set.
+    let err = rejected(&["config"], &[("PROFILE_WORKER_consumer__Bogus", "1")]);
+    assert!(
+        err.contains("consumer.bogus = 1 (from PROFILE_WORKER_consumer__Bogus): unknown key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_file_keys_are_named_with_the_file() {
+    let (_file, path) = config_file("[consumer]\nbogus = 1\n");
+    let err = rejected(&["--config", &path, "config"], &[]);
+    assert!(
+        err.contains(&format!(
+            "consumer.bogus = 1 (from {path}): unknown key; expected one of: concurrency,"
+        )),
+        "{err}"
+    );
+
+    let (_file, path) = config_file("[budget]\nrequests_per_minute = 60\n");
+    let err = rejected(&["--config", &path, "config"], &[]);
+    assert!(
+        err.contains(&format!(
+            "budget.requests_per_minute = 60 (from {path}): unknown key; \"budget\" is not one of:"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_values_are_named_with_value_and_source() {
+    let err = rejected(
+        &["config"],
+        &[("PROFILE_WORKER_CONSUMER__CONCURRENCY", "five")],
+    );
+    assert!(
+        err.contains(
+            "consumer.concurrency = \"five\" (from PROFILE_WORKER_CONSUMER__CONCURRENCY): invalid type"
+        ),
+        "{err}"
+    );
+    let (_file, path) = config_file("[consumer]\nconcurrency = \"five\"\n");
+    let err = rejected(&["--config", &path, "config"], &[]);
+    assert!(
+        err.contains(&format!(
+            "consumer.concurrency = \"five\" (from {path}): invalid type"
+        )),
+        "{err}"
+    );
+    // The environment wins over the file, and the message names the layer that won.
+    let err = rejected(
+        &["--config", &path, "config"],
+        &[("PROFILE_WORKER_CONSUMER__CONCURRENCY", "0")],
+    );
+    assert!(
+        err.contains(
+            "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100"
+        ),
+        "{err}"
+    );
+}
+
+/// The effective configuration `config` prints for `envs`.
+fn printed(envs: &[(&str, &str)]) -> toml::Value {
+    let (code, out, err) = run(&["config"], envs);
+    assert_eq!(code, 0, "{err}");
+    toml::from_str(&out).expect("config prints TOML")
+}
+
+#[test]
+fn the_originals_variables_keep_their_precedence() {
+    let c = printed(&[
+        ("PROFILE_WORKER_QUEUE__NAME", "ours"),
+        ("PROFILE_GENERATION_QUEUE_NAME", "plain"),
+        ("BMX_PROFILE_GENERATION_QUEUE_NAME", "bmx"),
+        ("PROFILE_WORKER_DATABASE__URL", "postgres://ours/db"),
+        ("DATABASE_URL", "postgres://plain/db"),
+        ("BMX_DATABASE_URL", "postgres://bmx/db"),
+        ("REDIS_URL", "redis://plain:6379"),
+        ("BMX_REDIS_URL", "redis://bmx:6379"),
+        ("ENTITY_PROFILE_MODEL", "sonnet"),
+        ("AWS_REGION", "eu-west-3"),
+    ]);
+    assert_eq!(c["queue"]["name"].as_str(), Some("bmx"));
+    assert_eq!(c["database"]["url"].as_str(), Some("postgres://bmx/db"));
+    assert_eq!(c["cache"]["redis_url"].as_str(), Some("redis://bmx:6379"));
+    assert_eq!(c["generator"]["model"].as_str(), Some("sonnet"));
+    assert_eq!(c["aws"]["region"].as_str(), Some("eu-west-3"));
+
+    // Without the BMX_ spellings the plain ones win over PROFILE_WORKER_*; empty ones are ignored.
+    let c = printed(&[
+        ("PROFILE_WORKER_QUEUE__NAME", "ours"),
+        ("PROFILE_GENERATION_QUEUE_NAME", "plain"),
+        ("BMX_PROFILE_GENERATION_QUEUE_NAME", ""),
+        ("PROFILE_WORKER_DATABASE__URL", "postgres://ours/db"),
+        ("DATABASE_URL", "postgres://plain/db"),
+        ("BMX_DATABASE_URL", ""),
+    ]);
+    assert_eq!(c["queue"]["name"].as_str(), Some("plain"));
+    assert_eq!(c["database"]["url"].as_str(), Some("postgres://plain/db"));
+
+    // A bad value is reported under the variable that supplied it.
+    let err = rejected(
+        &["config"],
+        &[
+            ("DATABASE_URL", "postgres://plain/db"),
+            ("BMX_DATABASE_URL", "mysql://u:hunter2@bmx/db"),
+        ],
+    );
+    assert!(
+        err.contains("database.url = \"mysql://u:***@bmx/db\" (from BMX_DATABASE_URL): scheme"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn environment_values_are_taken_as_text_where_text_is_expected() {
+    let url = "https://sqs.example.com/123/q?tags=[a,b]&x={1}";
+    let c = printed(&[
+        ("PROFILE_WORKER_QUEUE__URL", url),
+        ("PROFILE_GENERATION_QUEUE_NAME", "12345"),
+        ("DATABASE_URL", "postgres://u:p,w[1]@db:5432/app"),
+    ]);
+    assert_eq!(c["queue"]["url"].as_str(), Some(url));
+    assert_eq!(c["queue"]["name"].as_str(), Some("12345"));
+    assert_eq!(
+        c["database"]["url"].as_str(),
+        Some("postgres://u:***@db:5432/app")
+    );
+}
+
+#[test]
+fn configuration_traps_are_rejected_naming_the_key() {
+    let err = rejected(
+        &["config"],
+        &[("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "0")],
+    );
+    assert!(
+        err.contains(
+            "consumer.wait_seconds = 0 (from PROFILE_WORKER_CONSUMER__WAIT_SECONDS): must be 1..=20"
+        ),
+        "{err}"
+    );
+
+    let err = rejected(
+        &["config"],
+        &[
+            ("PROFILE_WORKER_CONSUMER__CONCURRENCY", "8"),
+            ("PROFILE_WORKER_DATABASE__POOL_SIZE", "9"),
+        ],
+    );
+    assert!(
+        err.contains(
+            "database.pool_size = 9 (from PROFILE_WORKER_DATABASE__POOL_SIZE): must be at least 10"
+        ),
+        "{err}"
+    );
+
+    let (_file, path) = config_file("[consumer]\nvisibility_timeout = 30\n");
+    let err = rejected(&["--config", &path, "config"], &[]);
+    assert!(
+        err.contains(&format!(
+            "consumer.visibility_timeout = 30 (from {path}): too short for the heartbeat"
+        )),
         "{err}"
     );
 }
@@ -177,4 +386,38 @@ async fn healthcheck_passes_against_a_running_daemon() {
     assert_eq!(code, 1);
     d.signal("TERM");
     assert!(d.wait(std::time::Duration::from_secs(30)).success());
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    for args in [
+        &["no-such-command"][..],
+        &["--no-such-flag"][..],
+        &["enqueue"][..],
+        &["enqueue", "--all", "--entity", "author:1"][..],
+        &["enqueue", "--entity", "dragon:1"][..],
+        &["jobs", "--limit", "0"][..],
+        &["status"][..],
+    ] {
+        let (code, out, err) = run(args, &[]);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.starts_with("error:"), "{args:?}: {err}");
+    }
+    for args in [
+        &["--help"][..],
+        &["enqueue", "--help"][..],
+        &["--version"][..],
+    ] {
+        let (code, out, _) = run(args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(!out.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn the_production_binary_has_no_hidden_diagnostic_flag() {
+    let (code, _, err) = run(&["--diagnostic-hold-ms", "1", "run"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--diagnostic-hold-ms"), "{err}");
 }

@@ -1,156 +1,116 @@
-//! The real binary against moto: a `kill -9` mid-message is redelivered after restart, and a
-//! SIGTERM during an idle long poll exits 0 leaving no message invisible. The binary runs with
-//! its hidden diagnostic handler (`--diagnostic-hold-ms`), which holds each message, then
-//! reports it done.
+//! The real binary, as shipped, against moto, PostgreSQL and the fake Bedrock: a `kill -9`
+//! while a message is in flight (its Bedrock call held open by the fake) leaves the message to
+//! SQS, and the next worker processes it; a SIGTERM during an idle long poll exits 0 leaving no
+//! message invisible.
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::sqs::{TestQueue, eventually, moto_url};
+use profile_worker::model::EntityRef;
+use profile_worker::store::ProfileStore;
+use support::bedrock::FakeBedrock;
+use support::daemon::{Daemon, Stack};
+use support::pipeline::{COLLECTION, message};
+use support::sqs::eventually;
 
-/// A running `profile-worker run` whose stderr log lines are collected.
-struct Worker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+const HANG_GUARD: Duration = Duration::from_secs(60);
 
-impl Worker {
-    fn start(test: &TestQueue, hold_ms: u64, extra: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_profile-worker"));
-        // Cargo exports the build script's PROFILE_WORKER_COMMIT/BUILD_DATE to test processes;
-        // the daemon would read them as (unknown) config keys.
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PROFILE_WORKER_")) {
-            cmd.env_remove(k);
+/// Waits until the daemon has logged a line containing every one of `needles` (hang guard).
+fn wait_for_log(daemon: &Daemon, needles: &[&str]) -> String {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let logs = daemon.logs();
+        if let Some(line) = logs.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return line.to_string();
         }
-        cmd.args(["--diagnostic-hold-ms", &hold_ms.to_string(), "run"])
-            .env("PROFILE_WORKER_QUEUE__URL", &test.url)
-            .env("PROFILE_WORKER_QUEUE__ENDPOINT_URL", &test.endpoint)
-            .env("PROFILE_WORKER_SERVER__LISTEN", "127.0.0.1:0")
-            .env("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "1")
-            .env("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "6")
-            .env("RUST_LOG", "info,profile_worker=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start profile-worker");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The first log line containing `needle`; panics after `limit` (hang guard).
-    fn wait_for(&self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!(
-                    "no log line containing {needle:?} within {limit:?}; log:\n{}",
-                    seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "profile-worker did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needles:?}; logs:\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(stack: &Stack, fake: &FakeBedrock, extra: &[(&str, &str)]) -> Daemon {
+    let fake_url = fake.url();
+    let mut env = vec![
+        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
+        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake_url.as_str()),
+        // The shortest visibility a 1 s long poll allows: a renewal (every third of it) may take
+        // the SQS call timeout of 1 + 10 s, and both must end before it lapses.
+        ("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "17"),
+        ("RUST_LOG", "info,profile_worker=debug"),
+    ];
+    env.extend_from_slice(extra);
+    stack.start(&env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_message_is_processed_again_after_restart() {
-    let test = TestQueue::create(&moto_url(), 5).await;
-    let id = test.send(r#"{"entity_type":"author","entity_id":3}"#).await;
+    let stack = Stack::new().await;
+    stack.db.exec(COLLECTION).await;
+    let store = stack.db.store();
+    let entity: EntityRef = "author:1".parse().unwrap();
+    let fake = FakeBedrock::start().await;
+    // The first worker's Bedrock call never answers in time: the message stays in flight.
+    fake.set_latency(Duration::from_secs(600));
+    let id = stack.queue.send(&message(None, "author:1", false)).await;
 
-    let mut first = Worker::start(&test, 600_000, &[]);
-    let line = first.wait_for(
-        "diagnostic handler holding message",
-        Duration::from_secs(60),
-    );
-    assert!(line.contains(&id), "{line}");
+    let first = start(&stack, &fake, &[]);
+    eventually("a Bedrock call is in flight", HANG_GUARD, || async {
+        !fake.requests().is_empty()
+    })
+    .await;
     first.signal("KILL");
-    first.wait_exit(Duration::from_secs(10));
+    drop(first);
     assert_eq!(
-        test.counts().await,
+        stack.queue.counts().await,
         (0, 1),
         "the killed worker's message is in flight"
     );
+    assert!(store.profile(entity).await.unwrap().is_none());
 
-    let second = Worker::start(&test, 0, &[]);
-    let line = second.wait_for(
-        "diagnostic handler holding message",
-        Duration::from_secs(60),
-    );
-    assert!(
-        line.contains(&id) && line.contains("\"attempt\":2"),
-        "{line}"
-    );
-    second.wait_for("diagnostic handler done", Duration::from_secs(30));
-    eventually("message deleted", Duration::from_secs(30), || async {
-        test.counts().await == (0, 0)
+    fake.set_latency(Duration::ZERO);
+    let second = start(&stack, &fake, &[]);
+    eventually("the profile is written", HANG_GUARD, || async {
+        store.profile(entity).await.unwrap().is_some()
     })
     .await;
+    eventually("the message is deleted", HANG_GUARD, || async {
+        stack.queue.counts().await == (0, 0)
+    })
+    .await;
+    let line = wait_for_log(&second, &["Generated profile", &id]);
+    assert!(line.contains("\"receive_count\":2"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_idle_long_poll_exits_0_and_leaves_nothing_invisible() {
-    let test = TestQueue::create(&moto_url(), 5).await;
-    let mut worker = Worker::start(
-        &test,
-        600_000,
+    let stack = Stack::new().await;
+    let fake = FakeBedrock::start().await;
+    let mut worker = start(
+        &stack,
+        &fake,
         &[
             ("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "5"),
+            ("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "23"),
             ("PROFILE_WORKER_SHUTDOWN__GRACE_SECONDS", "1"),
         ],
     );
-    worker.wait_for("receive request", Duration::from_secs(60));
+    wait_for_log(&worker, &["receive request"]);
     worker.signal("TERM");
     // Sent while the worker's long poll is still open: it may take them, and must give them back.
     for body in ["a", "b", "c"] {
-        test.send(body).await;
+        stack.queue.send(body).await;
     }
-    let status = worker.wait_exit(Duration::from_secs(30));
+    let status = tokio::task::spawn_blocking(move || worker.wait(Duration::from_secs(30)))
+        .await
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
-    assert_eq!(test.counts().await, (3, 0));
+    assert_eq!(
+        stack.queue.counts().await,
+        (3, 0),
+        "every message visible again, none taken in the drain"
+    );
 }

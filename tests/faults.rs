@@ -12,12 +12,11 @@ use profile_worker::config::{DatabaseConfig, SecretUrl};
 use profile_worker::generate::CallKind;
 use profile_worker::model::{EntityType, JobStatus};
 use profile_worker::store::migrate::run_migrations;
-use profile_worker::store::{PgStore, Store};
-use serde_json::Value;
+use profile_worker::store::{JobStore, PgStore, ProfileStore};
 use support::bedrock::{FakeBedrock, FakeReply};
 use support::daemon::{Daemon, http};
 use support::db::FIXTURE_PATH;
-use support::pipeline::python_dumps;
+use support::pipeline::message;
 use support::postgres::OwnPostgres;
 use support::sqs::{TestQueue, eventually, moto_url};
 
@@ -38,9 +37,11 @@ impl Scenario {
         let sql = std::fs::read_to_string(FIXTURE_PATH).expect("fixture");
         let mut conn = AsyncPgConnection::establish(&db_url).await.unwrap();
         conn.batch_execute(&sql).await.expect("fixture loads");
-        conn.batch_execute("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin', 'admin')")
-            .await
-            .expect("job owner");
+        conn.batch_execute(
+            "INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin', 'admin')",
+        )
+        .await
+        .expect("job owner");
         let store = PgStore::connect(&DatabaseConfig {
             url: SecretUrl::new(db_url.clone()),
             pool_size: 4,
@@ -65,11 +66,7 @@ impl Scenario {
             .unwrap();
         for e in &authors {
             queue
-                .send(&python_dumps(&[
-                    ("job_id", Value::String(job.id.clone())),
-                    ("entity_type", Value::String("author".into())),
-                    ("entity_id", Value::from(e.entity.id)),
-                ]))
+                .send(&message(Some(&job.id), &e.entity.to_string(), false))
                 .await;
         }
         Self {
@@ -146,9 +143,11 @@ async fn postgres_down_for(outage: Duration) {
     s.fake.set_latency(Duration::from_millis(300));
     let daemon = s.start();
 
-    eventually("a few profiles commit", Duration::from_secs(120), || async {
-        s.counted().await >= 3
-    })
+    eventually(
+        "a few profiles commit",
+        Duration::from_secs(120),
+        || async { s.counted().await >= 3 },
+    )
     .await;
     pg.stop_server();
     eventually("the daemon pauses", Duration::from_secs(60), || async {
@@ -158,10 +157,14 @@ async fn postgres_down_for(outage: Duration) {
     .await;
     tokio::time::sleep(outage).await;
     let (status, body) = ready(&daemon).await;
-    assert_eq!(status, 503, "still paused while the database is down: {body}");
+    assert_eq!(
+        status, 503,
+        "still paused while the database is down: {body}"
+    );
     pg.start_server().await;
 
-    s.assert_nothing_lost(&daemon, Duration::from_secs(300)).await;
+    s.assert_nothing_lost(&daemon, Duration::from_secs(300))
+        .await;
     // Generation repeats only for profiles that were in flight and not committed.
     let bios = s.fake.requests_of(CallKind::Biography).len();
     assert!(
@@ -222,10 +225,14 @@ async fn access_denied_for_the_model_pauses_until_app_config_names_another() {
     let s = Scenario::new(db.url.clone()).await;
     s.fake.deny_model(support::pipeline::HAIKU);
     let daemon = s.start();
-    eventually("the daemon pauses naming the cause", Duration::from_secs(120), || async {
-        let (status, body) = ready(&daemon).await;
-        status == 503 && body.contains("AccessDeniedException")
-    })
+    eventually(
+        "the daemon pauses naming the cause",
+        Duration::from_secs(120),
+        || async {
+            let (status, body) = ready(&daemon).await;
+            status == 503 && body.contains("AccessDeniedException")
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let job = s.store.job(&s.job_id).await.unwrap().unwrap();

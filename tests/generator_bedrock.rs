@@ -212,7 +212,10 @@ async fn persistent_throttling_spends_max_attempts_then_is_transient() {
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert!(err.is_unavailable(), "throttling on every attempt is the service's: {err}");
+    assert!(
+        err.is_unavailable(),
+        "throttling on every attempt is the service's: {err}"
+    );
     assert_eq!(h.fake.requests().len(), 4);
     assert_eq!(err.usage().calls, 4);
     assert!(err.to_string().contains("ThrottlingException"), "{err}");

@@ -6,7 +6,7 @@ mod support;
 
 use chrono::Utc;
 use profile_worker::graph::{GraphParams, build, from_json};
-use profile_worker::store::Store;
+use profile_worker::store::ProfileStore;
 use support::db::TestDb;
 use support::graph::{assert_matches_golden, fixture, golden_rows};
 

@@ -12,13 +12,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use profile_worker::jobs::{
-    EnqueueReport, JobsError, RescueRound, RescueSettings, SendRetry, enqueue_all,
-    enqueue_all_with_retry, enqueue_one, rescue_loop, rescue_once, resolve_owner,
+    Batch, EnqueueReport, JobsError, RescueRound, RescueSettings, SendRetry, enqueue_all,
+    enqueue_batch, enqueue_one, rescue_loop, rescue_once, resolve_owner,
 };
 use profile_worker::model::{EntityRef, EntityType, Job, JobStatus};
-use profile_worker::pipeline::message::parse;
+use profile_worker::pipeline::message::{Message, parse};
 use profile_worker::queue::{Queue, QueueError};
-use profile_worker::store::{Outcome, OutcomeRecord, Store};
+use profile_worker::store::{JobStore, Outcome, OutcomeRecord, Store};
 use support::daemon::command;
 use support::db::TestDb;
 use support::jobs::{ENTITIES, FailingQueue, add_usage, seed_collection};
@@ -52,7 +52,7 @@ async fn moto_queue() -> TestQueue {
 }
 
 /// Every message now visible in the queue, parsed.
-async fn received(queue: &TestQueue) -> Vec<(String, profile_worker::pipeline::message::Message)> {
+async fn received(queue: &TestQueue) -> Vec<(String, Message)> {
     queue
         .drain()
         .await
@@ -128,13 +128,7 @@ async fn enqueue_all_sends_one_message_per_entity_and_reports_the_active_job_aft
     for (body, m) in &messages {
         assert_eq!(m.job_id.as_deref(), Some(job.id.as_str()));
         assert!(!m.force);
-        assert_eq!(
-            body,
-            &format!(
-                "{{\"job_id\": \"{}\", \"entity_type\": \"{}\", \"entity_id\": {}}}",
-                job.id, m.entity.entity_type, m.entity.id
-            )
-        );
+        assert_eq!(body, &m.body(), "the message module's own wire format");
     }
 
     // While it runs, a second enqueue returns the same job and sends nothing.
@@ -181,7 +175,12 @@ async fn unsent_entries_lower_the_total_so_the_job_still_completes() {
         // The first call fails as a whole but transiently: it is retried.
         .fail_call(1, QueueError::Transient("injected timeout".into()));
 
-    let report = enqueue_all_with_retry(&*store, &queue, 1, true, quick_retry())
+    let batch = Batch {
+        owner_id: 1,
+        force: true,
+        limit: None,
+    };
+    let report = enqueue_batch(&*store, &queue, batch, quick_retry())
         .await
         .unwrap();
     let EnqueueReport::Started {
@@ -243,7 +242,12 @@ async fn a_batch_call_that_keeps_failing_stops_the_rest_and_lowers_the_total() {
     let sqs: Arc<dyn Queue> = Arc::new(q.connect(Duration::from_secs(1)).await);
     let queue =
         FailingQueue::new(sqs).fail_call(2, QueueError::Rejected("AccessDenied: injected".into()));
-    let report = enqueue_all_with_retry(&*store, &queue, 1, false, quick_retry())
+    let batch = Batch {
+        owner_id: 1,
+        force: false,
+        limit: None,
+    };
+    let report = enqueue_batch(&*store, &queue, batch, quick_retry())
         .await
         .unwrap();
     let EnqueueReport::Started {
@@ -272,7 +276,7 @@ async fn a_batch_call_that_keeps_failing_stops_the_rest_and_lowers_the_total() {
 async fn enqueue_one_sends_a_message_without_a_job() {
     let q = moto_queue().await;
     let queue = q.connect(Duration::from_secs(1)).await;
-    enqueue_one(&queue, author(12), false).await.unwrap();
+    enqueue_one(&queue, author(12)).await.unwrap();
     let messages = received(&q).await;
     assert_eq!(messages.len(), 1);
     let (body, m) = &messages[0];
@@ -369,9 +373,144 @@ async fn enqueue_commands_print_the_job_and_the_message() {
     );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
-    assert_eq!(v["entity"], "publisher:4");
-    assert!(v["message_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(v["sent"][0]["entity"], "publisher:4");
+    assert!(
+        v["sent"][0]["message_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    assert_eq!(v["unsent"], serde_json::json!([]));
     assert_eq!(q.counts().await.0, 41);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_entity_takes_several_entities_repeated_or_comma_separated() {
+    let db = TestDb::migrated().await;
+    let q = moto_queue().await;
+    let (code, out, err) = run(
+        cli(&db, Some(&q)),
+        &[
+            "enqueue",
+            "--entity",
+            "author:3,publisher:4",
+            "--entity",
+            "binder:8",
+            "--entity",
+            "author:3",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per distinct entity:\n{out}");
+    for (line, entity) in lines.iter().zip(["author:3", "publisher:4", "binder:8"]) {
+        assert!(
+            line.starts_with(&format!("queued {entity} (message ")),
+            "{line}"
+        );
+    }
+    let mut got: Vec<Message> = received(&q).await.into_iter().map(|(_, m)| m).collect();
+    got.sort_by_key(|m| m.entity);
+    let want = [
+        author(3),
+        EntityRef::new(EntityType::Publisher, 4),
+        EntityRef::new(EntityType::Binder, 8),
+    ];
+    let mut want: Vec<Message> = want
+        .into_iter()
+        .map(|entity| Message {
+            job_id: None,
+            entity,
+            force: false,
+        })
+        .collect();
+    want.sort_by_key(|m| m.entity);
+    assert_eq!(got, want, "one ad-hoc message per entity");
+
+    // A bad entity is a usage error before anything is sent.
+    let (code, _, err) = run(
+        cli(&db, Some(&q)),
+        &["enqueue", "--entity", "author:1,dragon:2"],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("dragon:2"), "{err}");
+    assert_eq!(
+        q.counts().await,
+        (0, 3),
+        "nothing sent beside the three drained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_all_limit_sends_the_first_n_entities_in_collection_order() {
+    let (db, store) = seeded().await;
+    let q = moto_queue().await;
+    let (code, out, err) = run(
+        cli(&db, Some(&q)),
+        &["enqueue", "--all", "--limit", "6", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let job_id = v["job_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (v["sent"].as_u64(), v["entities"].as_u64()),
+        (Some(6), Some(6))
+    );
+    let job = store.job(&job_id).await.unwrap().unwrap();
+    assert_eq!(job.total_entities, 6);
+
+    let first: Vec<EntityRef> = store
+        .collection_entities()
+        .await
+        .unwrap()
+        .into_iter()
+        .take(6)
+        .map(|e| e.entity)
+        .collect();
+    let mut sent: Vec<EntityRef> = received(&q)
+        .await
+        .into_iter()
+        .map(|(_, m)| {
+            assert_eq!(m.job_id.as_deref(), Some(job_id.as_str()));
+            m.entity
+        })
+        .collect();
+    sent.sort();
+    let mut expected = first.clone();
+    expected.sort();
+    assert_eq!(sent, expected, "the first six of the deterministic order");
+    assert!(
+        first
+            .windows(2)
+            .all(|w| w[0].entity_type != w[1].entity_type || w[0].id < w[1].id),
+        "collection order is by id within a type: {first:?}"
+    );
+
+    // The job completes with its six; a larger limit is then a new job.
+    finish(&*store, &job_id, first).await;
+    assert_eq!(
+        store.job(&job_id).await.unwrap().unwrap().status,
+        JobStatus::Completed
+    );
+    let (code, out, err) = run(
+        cli(&db, Some(&q)),
+        &["enqueue", "--all", "--limit", "1000", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(
+        v["sent"].as_u64(),
+        Some(ENTITIES as u64),
+        "a limit over the collection is all"
+    );
+
+    // --limit needs --all, and must be positive.
+    for args in [
+        &["enqueue", "--entity", "author:1", "--limit", "2"][..],
+        &["enqueue", "--all", "--limit", "0"][..],
+    ] {
+        let (code, _, err) = run(cli(&db, Some(&q)), args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,14 +188,23 @@ async fn w6_in_progress_job_reaching_its_total_completes() {
     assert_eq!(h.metrics.jobs_completed.get(), 1);
 }
 
-// ---- Reference §10.3 and design D5: staleness ----
+// ---- Staleness (batch messages; a message without a job always regenerates) ----
+
+/// A batch message for `entity` in a job of its own, so the staleness rule applies.
+async fn batch(h: &Harness, entity: &str) -> String {
+    let job = h.create_job(1000, "in_progress").await;
+    message(Some(&job), entity, false)
+}
 
 #[tokio::test]
 async fn book_updated_after_generation_regenerates() {
     let h = Harness::new().await;
-    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    assert_eq!(h.deliver(&batch(&h, "author:1").await).await, Outcome::Done);
     let first = h.profile("author:1").await.unwrap().generated_at.unwrap();
-    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Skipped);
+    assert_eq!(
+        h.deliver(&batch(&h, "author:1").await).await,
+        Outcome::Skipped
+    );
 
     // Any column of a qualifying book counts (reference §4).
     h.db.exec("UPDATE books SET edition = 'Second', updated_at = now() + interval '1 second' WHERE id = 1")
@@ -206,7 +215,7 @@ async fn book_updated_after_generation_regenerates() {
             json!({"biography": "Rewritten.", "personal_stories": []}).to_string(),
         )],
     );
-    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    assert_eq!(h.deliver(&batch(&h, "author:1").await).await, Outcome::Done);
     let p = h.profile("author:1").await.unwrap();
     assert_eq!(p.bio_summary.as_deref(), Some("Rewritten."));
     assert!(p.generated_at.unwrap() > first);
@@ -215,25 +224,32 @@ async fn book_updated_after_generation_regenerates() {
 #[tokio::test]
 async fn a_book_leaving_the_entity_does_not_make_it_stale() {
     let h = Harness::new().await;
-    assert_eq!(h.deliver(&body("author:2")).await, Outcome::Done);
+    assert_eq!(h.deliver(&batch(&h, "author:2").await).await, Outcome::Done);
     h.db.exec("INSERT INTO books (id, title, author_id, status) VALUES (40, 'Late', 2, 'ON_HAND')")
         .await;
     h.db.exec(
         "UPDATE books SET status = 'REMOVED', updated_at = now() + interval '1 hour' WHERE id = 40",
     )
     .await;
-    assert_eq!(h.deliver(&body("author:2")).await, Outcome::Skipped);
+    assert_eq!(
+        h.deliver(&batch(&h, "author:2").await).await,
+        Outcome::Skipped
+    );
 }
 
 #[tokio::test]
 async fn force_regenerates_a_current_profile() {
     let h = Harness::new().await;
     seed_profile(&h, "author:1", "1 day", "").await;
-    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Skipped);
+    assert_eq!(
+        h.deliver(&batch(&h, "author:1").await).await,
+        Outcome::Skipped
+    );
     assert!(h.fake.requests().is_empty());
 
+    let job = h.create_job(1, "in_progress").await;
     assert_eq!(
-        h.deliver(&message(None, "author:1", true)).await,
+        h.deliver(&message(Some(&job), "author:1", true)).await,
         Outcome::Done
     );
     assert_eq!(calls(&h, CallKind::Biography), 1);
@@ -248,14 +264,35 @@ async fn force_regenerates_a_current_profile() {
 }
 
 #[tokio::test]
+async fn a_message_without_a_job_regenerates_a_current_profile() {
+    let h = Harness::new().await;
+    seed_profile(&h, "author:1", "1 day", "").await;
+    assert_eq!(h.deliver(&body("author:1")).await, Outcome::Done);
+    assert_eq!(calls(&h, CallKind::Biography), 1);
+    let p = h.profile("author:1").await.unwrap();
+    assert_ne!(p.bio_summary.as_deref(), Some("old bio"));
+
+    // The guard still applies: no qualifying books, no generation.
+    seed_profile(&h, "author:30", "400 days", "").await;
+    assert_eq!(h.deliver(&body("author:30")).await, Outcome::Skipped);
+    assert_eq!(calls(&h, CallKind::Biography), 1);
+}
+
+#[tokio::test]
 async fn model_change_regenerates_only_when_enabled_and_the_model_differs() {
     let off = Harness::new().await;
     seed_profile(&off, "author:1", "1 day", "").await;
-    assert_eq!(off.deliver(&body("author:1")).await, Outcome::Skipped);
+    assert_eq!(
+        off.deliver(&batch(&off, "author:1").await).await,
+        Outcome::Skipped
+    );
 
     let on = Harness::with(|settings, _| settings.model_change = true).await;
     seed_profile(&on, "author:1", "1 day", "").await;
-    assert_eq!(on.deliver(&body("author:1")).await, Outcome::Done);
+    assert_eq!(
+        on.deliver(&batch(&on, "author:1").await).await,
+        Outcome::Done
+    );
     assert_eq!(
         on.profile("author:1")
             .await
@@ -266,7 +303,7 @@ async fn model_change_regenerates_only_when_enabled_and_the_model_differs() {
     );
     let before = on.fake.requests().len();
     assert_eq!(
-        on.deliver(&body("author:1")).await,
+        on.deliver(&batch(&on, "author:1").await).await,
         Outcome::Skipped,
         "same model now"
     );
@@ -278,7 +315,10 @@ async fn app_config_model_is_used_and_stored() {
     let h = Harness::new().await;
     h.db.exec("INSERT INTO app_config (key, value) VALUES ('model.entity_profiles', 'sonnet')")
         .await;
-    assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
+    assert_eq!(
+        h.deliver(&batch(&h, "author:20").await).await,
+        Outcome::Done
+    );
     let sonnet = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
     assert!(h.fake.requests().iter().all(|r| r.model_id == sonnet));
     assert_eq!(
@@ -826,7 +866,7 @@ async fn token_usage_and_cost_are_recorded_per_profile_and_in_metrics() {
     );
 
     let totals = {
-        use profile_worker::store::Store;
+        use profile_worker::store::JobStore;
         h.store.job_usage(&job).await.unwrap()
     };
     assert_eq!(

@@ -11,12 +11,13 @@ use std::time::Duration;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use profile_worker::generate::CallKind;
 use profile_worker::model::{CollectionEntity, EntityType, JobStatus};
-use profile_worker::store::Store;
-use serde_json::{Value, json};
+use profile_worker::pipeline::message::Message;
+use profile_worker::store::{JobStore, ProfileStore};
+use serde_json::json;
 use support::bedrock::{FakeBedrock, FakeReply};
 use support::daemon::{Stack, http};
 use support::db::load_fixture;
-use support::pipeline::{HAIKU, HAIKU_PRICE, python_dumps, rows};
+use support::pipeline::{HAIKU, HAIKU_PRICE, rows, with_owner_id};
 use support::sqs::eventually;
 
 const HANG_GUARD: Duration = Duration::from_secs(180);
@@ -96,29 +97,26 @@ async fn thirty_entities_through_moto_and_the_real_binary_complete_the_job() {
         .await
         .expect("job created");
 
-    // boto3 style bodies; every third one from an older producer with owner_id.
+    // Every third body from an older producer, with owner_id.
     for (i, e) in entities.iter().enumerate() {
-        let mut fields = vec![
-            ("job_id", Value::String(job.id.clone())),
-            (
-                "entity_type",
-                Value::String(e.entity.entity_type.as_str().into()),
-            ),
-            ("entity_id", Value::from(e.entity.id)),
-        ];
-        if i % 3 == 0 {
-            fields.push(("owner_id", Value::from(1)));
+        let body = Message {
+            job_id: Some(job.id.clone()),
+            entity: e.entity,
+            force: false,
         }
-        stack.queue.send(&python_dumps(&fields)).await;
+        .body();
+        if i % 3 == 0 {
+            stack.queue.send(&with_owner_id(&body, 1)).await;
+        } else {
+            stack.queue.send(&body).await;
+        }
     }
-    stack
-        .queue
-        .send(&python_dumps(&[
-            ("job_id", Value::Null),
-            ("entity_type", Value::String("author".into())),
-            ("entity_id", Value::from(ad_hoc.id)),
-        ]))
-        .await;
+    let body = Message {
+        job_id: None,
+        entity: ad_hoc,
+        force: false,
+    };
+    stack.queue.send(&body.body()).await;
     let poison = r#"{"job_id": null, "entity_type": "author", "entity_id": "seven"}"#;
     stack.queue.send(poison).await;
 

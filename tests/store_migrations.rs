@@ -6,8 +6,9 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::RunQueryDsl;
 use profile_worker::model::EntityType;
-use profile_worker::store::migrate::{MIGRATIONS, SchemaError, run_migrations};
-use profile_worker::store::{PgStore, Store};
+use profile_worker::store::migrate::{MIGRATIONS, run_migrations};
+use profile_worker::store::schema_check::SchemaError;
+use profile_worker::store::{JobStore, PgStore, ProfileStore};
 use support::db::{TestDb, load_fixture};
 
 const DOMAIN_TABLES: &str = "'users','authors','publishers','binders','books','entity_profiles',\

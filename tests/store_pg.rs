@@ -11,7 +11,8 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use profile_worker::config::{DatabaseConfig, SecretUrl};
 use profile_worker::model::{AiConnectionRow, EntityRef, EntityType, JobStatus};
 use profile_worker::store::{
-    GenerationUsage, Outcome, OutcomeRecord, PgStore, ProfileUnit, ProfileWrite, Store, StoreError,
+    GenerationUsage, JobStore, Outcome, OutcomeRecord, PgStore, ProfileStore, ProfileUnit,
+    ProfileWrite, Store, StoreError,
 };
 use serde_json::json;
 use support::db::TestDb;

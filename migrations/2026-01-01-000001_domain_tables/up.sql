@@ -1,4 +1,4 @@
--- Domain tables of the original system (reference §1.2-§1.10), owned by the Python API's Alembic.
+-- Domain tables of the original system (docs/compatibility.md, "Shared tables"), owned by the Python API's Alembic.
 -- Everything is IF NOT EXISTS so that running this over a database Alembic already built changes
 -- nothing; on an empty database it builds the same shape (used by tests, the demo and new setups).
 -- There is deliberately no down.sql: reverting must never drop the API's tables.
@@ -68,7 +68,7 @@ CREATE INDEX IF NOT EXISTS books_author_id_idx ON books (author_id);
 CREATE INDEX IF NOT EXISTS books_publisher_id_idx ON books (publisher_id);
 CREATE INDEX IF NOT EXISTS books_binder_id_idx ON books (binder_id);
 
--- JSON columns are `json`, not `jsonb`, exactly as the original (reference §1.6).
+-- JSON columns are `json`, not `jsonb`, exactly as the original (docs/compatibility.md, "entity_profiles").
 CREATE TABLE IF NOT EXISTS entity_profiles (
     id SERIAL PRIMARY KEY,
     entity_type VARCHAR(20) NOT NULL,

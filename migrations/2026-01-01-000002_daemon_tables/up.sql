@@ -1,4 +1,5 @@
--- Tables owned by profile-worker (design D2, D8). The Python API never reads them.
+-- Tables owned by profile-worker (docs/decisions.md, "Progress counted once per (job, entity)" and
+-- "Token and cost accounting"). The Python API never reads them.
 
 -- First outcome per (job, entity): a terminal row ('succeeded'/'failed') is written once, and the job
 -- counters move only when it is new, so redelivered messages never count twice. 'retry' rows record

@@ -8,7 +8,6 @@
 //! timeout while the handler runs, then deletes (batched), backs off, or dead-letters it.
 //! Shutdown never drops an in-flight receive; see [`Consumer::run`].
 
-pub mod diagnostic;
 mod pause;
 mod poll;
 mod task;

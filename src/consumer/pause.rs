@@ -64,7 +64,11 @@ impl Pauses {
                 "paused: dependency down; receiving stops, messages in hand are held"
             );
         } else {
-            tracing::warn!(dependency = dependency.as_str(), cause, "paused: cause changed");
+            tracing::warn!(
+                dependency = dependency.as_str(),
+                cause,
+                "paused: cause changed"
+            );
         }
         self.publish(&down);
     }
@@ -156,14 +160,21 @@ mod tests {
         pauses.pause(Dependency::Bedrock, "AccessDeniedException: not enabled");
         let r = health.readiness();
         assert!(!r.ready);
-        assert!(r.checks["paused"].detail.contains("bedrock down: AccessDeniedException"));
+        assert!(
+            r.checks["paused"]
+                .detail
+                .contains("bedrock down: AccessDeniedException")
+        );
         assert!(pauses.blocks_receiving());
         let gauge = |d: &str| metrics.paused.with_label_values(&[d]).get();
         assert_eq!((gauge("bedrock"), gauge("database")), (1, 0));
 
         pauses.pause(Dependency::Queue, "unreachable");
         pauses.resume(Dependency::Bedrock);
-        assert!(!pauses.blocks_receiving(), "a queue outage alone does not block receiving");
+        assert!(
+            !pauses.blocks_receiving(),
+            "a queue outage alone does not block receiving"
+        );
         assert!(!health.readiness().ready);
         pauses.resume(Dependency::Queue);
         assert!(health.readiness().ready);

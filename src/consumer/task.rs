@@ -88,7 +88,8 @@ async fn run_holding(
             ctx.stats.held.fetch_add(1, Ordering::Relaxed);
         }
         if held.is_some_and(|d| d != dependency) {
-            ctx.pauses.release_hold(held.take().expect("checked"), false);
+            ctx.pauses
+                .release_hold(held.take().expect("checked"), false);
         }
         if held.is_none() {
             ctx.pauses.hold(dependency);
@@ -172,7 +173,7 @@ struct Lease {
 
 impl Lease {
     fn new(ctx: &Ctx) -> Self {
-        let period = (ctx.settings.visibility / 3).max(Duration::from_millis(500));
+        let period = crate::config::renewal_period(ctx.settings.visibility);
         Self {
             period,
             next: Instant::now() + period,

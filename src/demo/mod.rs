@@ -1,10 +1,11 @@
 //! `profile-worker demo`: the real consumer and pipeline on embedded adapters, so a newcomer
-//! sees the daemon do its job with no external service (design §7).
+//! sees the daemon do its job with no external service.
 //!
-//! Memory queue, memory store loaded with the bundled sample collection, in-process graph cache
-//! and the offline generator with a simulated latency — each replaceable by a real adapter
-//! (`--database-url`, `--queue-url`, `--redis-url`) for a cost-free dry run against real
-//! infrastructure. A generate-all job is enqueued through the same code as `enqueue --all`.
+//! The composition root wires it exactly as `run`, over the memory queue, the memory store
+//! loaded with the bundled sample collection, the in-process graph cache and the offline
+//! generator with a simulated latency — each replaceable by a real adapter (`--database-url`,
+//! `--queue-url`, `--redis-url`) for a cost-free dry run against real infrastructure. A
+//! generate-all job is enqueued through the same code as `enqueue --all`.
 
 pub mod sample;
 
@@ -13,35 +14,20 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CacheError, GraphCache};
-use crate::config::{Config, SecretUrl};
-use crate::consumer::{Consumer, ConsumerSettings, Summary};
+use crate::app::{App, AppError, QueueAdapter, StoreAdapter};
+use crate::config::Config;
+use crate::consumer::Summary;
 use crate::generate::CallKind;
-use crate::generate::offline::OfflineGenerator;
-use crate::health::Health;
 use crate::jobs::{self, EnqueueReport, JobsError};
 use crate::metrics::Metrics;
 use crate::model::{Job, StoredProfile};
-use crate::pipeline::{self, Pipeline};
-use crate::queue::{MemoryQueue, Queue, QueueError, SqsQueue};
-use crate::server;
-use crate::store::migrate::{self, MigrateError};
-use crate::store::{MemoryStore, PgStore, Store, StoreError};
-use sample::Sample;
+use crate::store::{Store, StoreError};
 
-/// Deliveries a demo message gets on the memory queue before it is dead-lettered.
-const MEMORY_MAX_RECEIVES: u32 = 5;
-
-/// What the demo runs with.
+/// What the demo runs with besides its wiring.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Simulated latency of each offline generator call.
-    pub latency: Duration,
     /// Run a second generate-all pass, which finds every profile fresh.
     pub twice: bool,
-    pub database_url: Option<String>,
-    pub queue_url: Option<String>,
-    pub redis_url: Option<String>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
 }
@@ -49,23 +35,14 @@ pub struct Options {
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    App(#[from] AppError),
     #[error("database: {0}")]
     Store(#[from] StoreError),
-    #[error("migrations: {0}")]
-    Migrate(#[from] MigrateError),
-    #[error("cannot load the sample collection: {0}")]
-    Load(String),
-    #[error("queue: {0}")]
-    Queue(#[from] QueueError),
-    #[error("graph cache: {0}")]
-    Cache(#[from] CacheError),
     #[error("{0}")]
     Jobs(#[from] JobsError),
+    #[error("job {0} vanished")]
+    JobVanished(String),
     #[error("there is already an active job {0}; cancel it or wait for it to finish")]
     ActiveJob(String),
     #[error("the collection has no entity with a qualifying book")]
@@ -109,76 +86,56 @@ pub struct Report {
 
 /// Runs the demo: one or two generate-all passes through the real consumer and pipeline.
 pub async fn run(
-    config: &Config,
+    app: &App,
     options: &Options,
     shutdown: CancellationToken,
 ) -> Result<Report, DemoError> {
-    let metrics = Arc::new(Metrics::new());
-    let health = Health::new();
-    let addr = config.server.listen;
-    let state = server::State {
-        metrics: metrics.clone(),
-        health: health.clone(),
-    };
-    let server = server::start(addr, state)
-        .await
-        .map_err(|source| DemoError::Bind { addr, source })?;
+    let server = app.serve().await?;
     let metrics_addr = server.addr;
-
-    let result = passes(config, options, shutdown, metrics, health, metrics_addr).await;
+    let result = passes(app, options, shutdown, metrics_addr).await;
     server.stop().await;
     result
 }
 
 async fn passes(
-    config: &Config,
+    app: &App,
     options: &Options,
     shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
-    health: Health,
     metrics_addr: std::net::SocketAddr,
 ) -> Result<Report, DemoError> {
-    let (store, store_kind) = open_store(options).await?;
-    let (queue, queue_kind) = open_queue(config, options).await?;
-    let mut cache_config = config.cache.clone();
-    cache_config.redis_url = SecretUrl::new(options.redis_url.clone().unwrap_or_default());
-    let cache = GraphCache::new(&cache_config, metrics.clone(), &health)?;
-    let generator = Arc::new(OfflineGenerator::new(options.latency, metrics.clone()));
-    let pipeline = Arc::new(Pipeline::new(
-        store.clone(),
-        cache,
-        generator,
-        metrics.clone(),
-        pipeline::Settings::from_config(config),
-    ));
-    let mut settings = ConsumerSettings::from_config(config);
-    // Short polls keep the end of each pass prompt; nothing here waits on a remote queue.
-    settings.wait = Duration::from_secs(1);
+    let config = app.config();
+    let metrics = app.metrics();
+    let store = app.store().await?;
+    let wait = Duration::from_secs(config.consumer.wait_seconds.into());
+    let queue = app.queue(wait).await?;
+    let pipeline = Arc::new(app.pipeline(store.clone()).await?);
+    let latency = Duration::from_millis(config.generator.offline_latency_ms);
+    let concurrency = config.consumer.concurrency.max(1);
 
     let owner = jobs::resolve_owner(store.as_ref(), None).await?;
     let mut report = Report {
         metrics_addr,
-        store_kind,
-        queue_kind,
+        store_kind: match app.adapters().store {
+            StoreAdapter::Sample => "memory (bundled sample collection)",
+            StoreAdapter::Postgres | StoreAdapter::PostgresWithSample => "PostgreSQL",
+        },
+        queue_kind: match app.adapters().queue {
+            QueueAdapter::Memory => "memory",
+            QueueAdapter::Sqs => "SQS",
+        },
         passes: Vec::new(),
         sample_profile: None,
     };
     for _ in 0..if options.twice { 2 } else { 1 } {
         let started = Instant::now();
-        let calls_before = generator_calls(&metrics);
+        let calls_before = generator_calls(metrics);
         let job = match jobs::enqueue_all(store.as_ref(), queue.as_ref(), owner, false).await? {
             EnqueueReport::Started { job, .. } => job,
             EnqueueReport::Existing(job) => return Err(DemoError::ActiveJob(job.id)),
             EnqueueReport::Empty => return Err(DemoError::EmptyCollection),
         };
         let stop = CancellationToken::new();
-        let consumer = Consumer::new(
-            queue.clone(),
-            pipeline.clone(),
-            settings.clone(),
-            metrics.clone(),
-            health.clone(),
-        );
+        let consumer = app.consumer(queue.clone(), pipeline.clone());
         let consumer_task = tokio::spawn(consumer.run(stop.clone()));
         let finished = watch(store.as_ref(), &job.id, options.progress, &shutdown).await;
         // The pass ends when its job does; stopping the consumer (an idle poll) is not its work.
@@ -186,10 +143,8 @@ async fn passes(
         stop.cancel();
         let summary = consumer_task.await.unwrap_or_default();
         let job = finished?;
-        let calls = generator_calls(&metrics) - calls_before;
-        let ideal = options
-            .latency
-            .mul_f64(calls as f64 / settings.concurrency.max(1) as f64);
+        let calls = generator_calls(metrics) - calls_before;
+        let ideal = latency.mul_f64(calls as f64 / f64::from(concurrency));
         report.passes.push(Pass {
             job,
             summary,
@@ -200,52 +155,6 @@ async fn passes(
     }
     report.sample_profile = sample_profile(store.as_ref()).await?;
     Ok(report)
-}
-
-async fn open_store(options: &Options) -> Result<(Arc<dyn Store>, &'static str), DemoError> {
-    let Some(url) = &options.database_url else {
-        let store = MemoryStore::new();
-        Sample::bundled().load_memory(&store);
-        return Ok((Arc::new(store), "memory (bundled sample collection)"));
-    };
-    let config = crate::config::DatabaseConfig {
-        url: SecretUrl::new(url.clone()),
-        pool_size: 10,
-        statement_timeout_ms: 30_000,
-        migrate_on_start: true,
-    };
-    migrate::migrate(&config).await?;
-    let store = PgStore::connect(&config)?;
-    if store.collection_entities().await?.is_empty() {
-        use diesel_async::SimpleAsyncConnection;
-        tracing::info!("empty database: loading the bundled sample collection");
-        let mut conn = crate::store::tls::establish(url)
-            .await
-            .map_err(|e| DemoError::Load(e.to_string()))?;
-        conn.batch_execute(&Sample::bundled().sql())
-            .await
-            .map_err(|e| DemoError::Load(e.to_string()))?;
-    }
-    Ok((Arc::new(store), "PostgreSQL"))
-}
-
-async fn open_queue(
-    config: &Config,
-    options: &Options,
-) -> Result<(Arc<dyn Queue>, &'static str), DemoError> {
-    match &options.queue_url {
-        None => Ok((
-            Arc::new(MemoryQueue::with_dead_letter(MEMORY_MAX_RECEIVES)),
-            "memory",
-        )),
-        Some(url) => {
-            let mut queue_config = config.queue.clone();
-            queue_config.url = url.clone();
-            let queue =
-                SqsQueue::connect(&queue_config, &config.aws, Duration::from_secs(1)).await?;
-            Ok((Arc::new(queue), "SQS"))
-        }
-    }
 }
 
 /// Polls the job until it is terminal, drawing progress; returns the final row.
@@ -269,7 +178,7 @@ async fn watch(
         let job = store
             .job(job_id)
             .await?
-            .ok_or_else(|| DemoError::Load(format!("job {job_id} vanished")))?;
+            .ok_or_else(|| DemoError::JobVanished(job_id.to_string()))?;
         if let Some(bar) = &bar {
             bar.set_length(job.total_entities.max(0) as u64);
             bar.set_position((job.succeeded + job.failed).max(0) as u64);
@@ -314,8 +223,11 @@ async fn sample_profile(store: &dyn Store) -> Result<Option<(String, StoredProfi
 }
 
 impl Report {
-    /// The human summary printed at the end of `profile-worker demo`.
-    pub fn render(&self, latency: Duration, concurrency: usize) -> String {
+    /// The human summary printed at the end of `profile-worker demo`, for the demo's
+    /// configuration (its offline latency and concurrency).
+    pub fn render(&self, config: &Config) -> String {
+        let latency = Duration::from_millis(config.generator.offline_latency_ms);
+        let concurrency = config.consumer.concurrency;
         let mut out = format!(
             "profile-worker demo: store {}, queue {}, offline generator ({} ms per call), {} slots; metrics were at http://{}/metrics\n",
             self.store_kind,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
@@ -20,7 +20,7 @@ use aws_sdk_bedrockruntime::types::{
     Message, SystemContentBlock,
 };
 
-use crate::config::{Config, GeneratorConfig, Price};
+use crate::config::{GeneratorConfig, Price};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
@@ -98,15 +98,6 @@ impl BedrockGenerator {
             prices: config.prices.clone(),
             metrics,
         }
-    }
-
-    /// Loads the AWS SDK's standard chain (region from `aws.region` when set) and builds the client.
-    pub async fn from_env(config: &Config, metrics: Arc<Metrics>) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if !config.aws.region.is_empty() {
-            loader = loader.region(Region::new(config.aws.region.clone()));
-        }
-        Self::new(&loader.load().await, &config.generator, metrics)
     }
 
     /// One logical call with our retry policy; returns the reply text and all usage spent.

@@ -342,11 +342,7 @@ mod tests {
     use super::*;
 
     fn registry() -> BTreeMap<String, String> {
-        crate::config::load_from(None, &[])
-            .unwrap()
-            .config
-            .generator
-            .models
+        crate::config::defaults().generator.models
     }
 
     #[test]
@@ -425,11 +421,7 @@ mod tests {
 
     #[test]
     fn cost_uses_prices_per_million_tokens() {
-        let prices = crate::config::load_from(None, &[])
-            .unwrap()
-            .config
-            .generator
-            .prices;
+        let prices = crate::config::defaults().generator.prices;
         let usage = Usage {
             calls: 3,
             input_tokens: 1_000_000,

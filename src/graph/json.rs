@@ -31,8 +31,9 @@ pub fn to_python_json(graph: &Graph) -> String {
 }
 
 /// Parses a cached graph written by either implementation, validating what Pydantic validates.
-pub fn from_json(text: &str) -> Result<Graph, GraphJsonError> {
-    let graph: Graph = serde_json::from_str(text)?;
+/// Takes bytes as the cache reads them; UTF-8 is checked while parsing.
+pub fn from_json<T: AsRef<[u8]> + ?Sized>(json: &T) -> Result<Graph, GraphJsonError> {
+    let graph: Graph = serde_json::from_slice(json.as_ref())?;
     if let Some(edge) = graph.edges.iter().find(|e| !(2..=10).contains(&e.strength)) {
         return Err(GraphJsonError::Strength {
             id: edge.id.clone(),

@@ -1,5 +1,6 @@
-//! The operator subcommands `enqueue`, `status`, `cancel` and `jobs`: open what they need, do
-//! the work through [`super`], print the result, and say which exit status it deserves.
+//! The operator subcommands `enqueue`, `status`, `cancel` and `jobs` over the store and queue
+//! the composition root opens: do the work through [`super`], print the result, and say how
+//! it ended ([`Outcome`]).
 //!
 //! Results go to stdout (text, or JSON with `--json`); problems go to stderr.
 
@@ -13,47 +14,53 @@ use serde_json::json;
 use super::status::{
     JobReport, eta_text, job_json, list_line, progress, rate_text, watch_key, watch_line,
 };
-use super::{EnqueueReport, JobsError, enqueue_all, enqueue_one, resolve_owner};
-use crate::cli::{EnqueueArgs, StatusArgs};
-use crate::config::Config;
-use crate::model::{Job, JobStatus};
-use crate::queue::SqsQueue;
-use crate::store::{CancelOutcome, PgStore, Store};
+use super::{
+    Batch, EnqueueReport, EntitiesReport, JobsError, SendRetry, enqueue_batch, enqueue_entities,
+    resolve_owner,
+};
+use crate::model::{EntityRef, Job, JobStatus};
+use crate::queue::Queue;
+use crate::store::{CancelOutcome, Store};
 
-/// How an operator command ended, as an exit status (documented in each subcommand's `--help`).
+/// How an operator command ended; the exit status for each is chosen in
+/// [`crate::app::exit`] and documented in the subcommand's `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub enum Outcome {
     /// Done as asked.
     Success,
-    /// The job id does not exist (3).
+    /// The job id does not exist.
     NotFound,
-    /// `cancel` of a job that had already ended (4).
+    /// `cancel` of a job that had already ended.
     AlreadyTerminal,
-    /// `enqueue --all` could not send some messages; the job's total was lowered (5).
+    /// `enqueue` could not send some messages (for a job, its total was lowered).
     Unsent,
-    /// `status --watch` saw the job end `failed` or `cancelled` (6).
+    /// `status --watch` saw the job end `failed` or `cancelled`.
     EndedUnsuccessfully,
 }
 
-impl Exit {
-    pub fn code(self) -> u8 {
-        match self {
-            Exit::Success => 0,
-            Exit::NotFound => 3,
-            Exit::AlreadyTerminal => 4,
-            Exit::Unsent => 5,
-            Exit::EndedUnsuccessfully => 6,
-        }
-    }
+/// `enqueue --all` options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobOptions {
+    /// The job's owner; default: the lowest admin user id.
+    pub owner_id: Option<i32>,
+    /// Only the first this many entities of the collection.
+    pub limit: Option<usize>,
+    /// Regenerate even profiles that are still fresh.
+    pub force: bool,
+    /// Print JSON instead of text.
+    pub json: bool,
 }
 
-fn open_store(config: &Config) -> Result<PgStore, JobsError> {
-    Ok(PgStore::connect(&config.database)?)
-}
-
-async fn open_queue(config: &Config) -> Result<SqsQueue, JobsError> {
-    // Sends never long-poll: the per-attempt timeout only needs the SDK's margin.
-    Ok(SqsQueue::connect(&config.queue, &config.aws, Duration::ZERO).await?)
+/// `status` options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusOptions {
+    pub job_id: String,
+    /// Follow the job until it ends.
+    pub watch: bool,
+    /// Print JSON instead of text.
+    pub json: bool,
+    /// Time between polls with `watch`.
+    pub interval: Duration,
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), JobsError> {
@@ -70,37 +77,77 @@ fn print_text(text: &str) -> Result<(), JobsError> {
     Ok(())
 }
 
-/// `enqueue --all` or `enqueue --entity TYPE:ID`.
-pub async fn enqueue(config: &Config, args: &EnqueueArgs) -> Result<Exit, JobsError> {
-    let queue = open_queue(config).await?;
-    if let Some(entity) = args.entity {
-        let message_id = enqueue_one(&queue, entity, args.force).await?;
-        if args.json {
-            print_json(&json!({
-                "entity": entity.to_string(),
-                "job_id": null,
-                "force": args.force,
-                "message_id": message_id,
-            }))?;
-        } else {
-            print_text(&format!("queued {entity} (message {message_id})\n"))?;
-        }
-        return Ok(Exit::Success);
+/// `enqueue --entity TYPE:ID,…`: one message per entity, outside any job (which always
+/// regenerates, so there is no `force` to pass).
+pub async fn queue_entities(
+    queue: &dyn Queue,
+    entities: &[EntityRef],
+    json: bool,
+) -> Result<Outcome, JobsError> {
+    let report = enqueue_entities(queue, entities).await?;
+    if json {
+        print_json(&entities_json(&report))?;
+    } else {
+        print_text(&entities_text(&report))?;
     }
+    Ok(if report.failures.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Unsent
+    })
+}
 
-    let store = open_store(config)?;
-    let owner = resolve_owner(&store, args.owner_id).await?;
-    let report = enqueue_all(&store, &queue, owner, args.force).await?;
-    let exit = match &report {
-        EnqueueReport::Started { failures, .. } if !failures.is_empty() => Exit::Unsent,
-        _ => Exit::Success,
+/// `enqueue --all [--limit N]`: a batch job over the collection.
+pub async fn start_job(
+    store: &dyn Store,
+    queue: &dyn Queue,
+    options: JobOptions,
+) -> Result<Outcome, JobsError> {
+    let batch = Batch {
+        owner_id: resolve_owner(store, options.owner_id).await?,
+        force: options.force,
+        limit: options.limit,
     };
-    if args.json {
+    let report = enqueue_batch(store, queue, batch, SendRetry::default()).await?;
+    let outcome = match &report {
+        EnqueueReport::Started { failures, .. } if !failures.is_empty() => Outcome::Unsent,
+        _ => Outcome::Success,
+    };
+    if options.json {
         print_json(&enqueue_json(&report))?;
     } else {
         print_text(&enqueue_text(&report))?;
     }
-    Ok(exit)
+    Ok(outcome)
+}
+
+fn entities_json(report: &EntitiesReport) -> serde_json::Value {
+    json!({
+        "job_id": null,
+        "force": true,
+        "sent": report
+            .sent
+            .iter()
+            .map(|(entity, id)| json!({"entity": entity.to_string(), "message_id": id}))
+            .collect::<Vec<_>>(),
+        "unsent": report
+            .failures
+            .iter()
+            .map(|f| json!({"entity": f.entity.to_string(), "reason": f.reason}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn entities_text(report: &EntitiesReport) -> String {
+    let mut out: String = report
+        .sent
+        .iter()
+        .map(|(entity, id)| format!("queued {entity} (message {id})\n"))
+        .collect();
+    for f in &report.failures {
+        out += &format!("could not queue {}: {}\n", f.entity, f.reason);
+    }
+    out
 }
 
 fn enqueue_json(report: &EnqueueReport) -> serde_json::Value {
@@ -179,11 +226,10 @@ fn enqueue_text(report: &EnqueueReport) -> String {
 }
 
 /// `status JOB_ID [--watch] [--json]`.
-pub async fn status(config: &Config, args: &StatusArgs) -> Result<Exit, JobsError> {
-    let store = open_store(config)?;
+pub async fn status(store: &dyn Store, args: &StatusOptions) -> Result<Outcome, JobsError> {
     let Some(job) = store.job(&args.job_id).await? else {
         eprintln!("profile-worker: no job with id {}", args.job_id);
-        return Ok(Exit::NotFound);
+        return Ok(Outcome::NotFound);
     };
     if !args.watch {
         let report = JobReport::new(job.clone(), store.job_usage(&job.id).await?, Utc::now());
@@ -192,22 +238,22 @@ pub async fn status(config: &Config, args: &StatusArgs) -> Result<Exit, JobsErro
         } else {
             print_text(&report.to_text())?;
         }
-        return Ok(Exit::Success);
+        return Ok(Outcome::Success);
     }
-    let interval = Duration::from_secs_f64(args.interval);
+    let interval = args.interval;
     let job = if std::io::stdout().is_terminal() && !args.json {
-        watch_with_bar(&store, job, interval).await?
+        watch_with_bar(store, job, interval).await?
     } else {
-        watch_with_lines(&store, job, interval, args.json).await?
+        watch_with_lines(store, job, interval, args.json).await?
     };
     let Some(job) = job else {
         eprintln!("profile-worker: job {} disappeared", args.job_id);
-        return Ok(Exit::NotFound);
+        return Ok(Outcome::NotFound);
     };
     Ok(if job.status == JobStatus::Completed {
-        Exit::Success
+        Outcome::Success
     } else {
-        Exit::EndedUnsuccessfully
+        Outcome::EndedUnsuccessfully
     })
 }
 
@@ -317,8 +363,7 @@ fn show_on_bar(bar: &ProgressBar, job: &Job) {
 }
 
 /// `cancel JOB_ID`.
-pub async fn cancel(config: &Config, job_id: &str) -> Result<Exit, JobsError> {
-    let store = open_store(config)?;
+pub async fn cancel(store: &dyn Store, job_id: &str) -> Result<Outcome, JobsError> {
     match store.cancel_job(job_id).await? {
         CancelOutcome::Cancelled(job) => {
             let p = progress(&job, Utc::now());
@@ -326,22 +371,21 @@ pub async fn cancel(config: &Config, job_id: &str) -> Result<Exit, JobsError> {
                 "job {} cancelled at {}/{}; its remaining messages will be skipped\n",
                 job.id, p.processed, job.total_entities
             ))?;
-            Ok(Exit::Success)
+            Ok(Outcome::Success)
         }
         CancelOutcome::NotFound => {
             eprintln!("profile-worker: no job with id {job_id}");
-            Ok(Exit::NotFound)
+            Ok(Outcome::NotFound)
         }
         CancelOutcome::AlreadyTerminal(status) => {
             eprintln!("profile-worker: job {job_id} already {status}; nothing changed");
-            Ok(Exit::AlreadyTerminal)
+            Ok(Outcome::AlreadyTerminal)
         }
     }
 }
 
 /// `jobs [--limit N] [--json]`.
-pub async fn list(config: &Config, limit: i64, json: bool) -> Result<Exit, JobsError> {
-    let store = open_store(config)?;
+pub async fn list(store: &dyn Store, limit: i64, json: bool) -> Result<Outcome, JobsError> {
     let jobs = store.recent_jobs(limit).await?;
     if json {
         print_json(&serde_json::Value::Array(
@@ -353,5 +397,5 @@ pub async fn list(config: &Config, limit: i64, json: bool) -> Result<Exit, JobsE
         let lines: String = jobs.iter().map(|j| list_line(j) + "\n").collect();
         print_text(&lines)?;
     }
-    Ok(Exit::Success)
+    Ok(Outcome::Success)
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::JobsError;
 use crate::model::{EntityRef, Job, JobStatus};
+use crate::pipeline::message::Message;
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, QueueError};
 use crate::retry::Backoff;
 use crate::store::Store;
@@ -58,28 +59,13 @@ pub enum EnqueueReport {
     Started {
         /// The job as it is after sending (its total lowered by `failures.len()`).
         job: Job,
-        /// Entities in the collection, the job's total before any was lowered.
+        /// Entities the job covers, its total before any was lowered.
         entities: usize,
         /// Messages the queue stored.
         sent: usize,
         /// Entities whose message could not be sent, in collection order.
         failures: Vec<SendFailure>,
     },
-}
-
-/// The message body, in the original's JSON style (`json.dumps` separators), so logs and
-/// tooling on both sides read the same: `{"job_id": "…", "entity_type": "author",
-/// "entity_id": 5}`, plus `"force": true` only when forced.
-pub fn message_body(job_id: Option<&str>, entity: EntityRef, force: bool) -> String {
-    let job = match job_id {
-        Some(id) => serde_json::Value::from(id).to_string(),
-        None => "null".to_string(),
-    };
-    let force = if force { ", \"force\": true" } else { "" };
-    format!(
-        "{{\"job_id\": {job}, \"entity_type\": \"{}\", \"entity_id\": {}{force}}}",
-        entity.entity_type, entity.id
-    )
 }
 
 /// The owner of a new job: `explicit`, else the lowest admin user id.
@@ -90,45 +76,101 @@ pub async fn resolve_owner(store: &dyn Store, explicit: Option<i32>) -> Result<i
     }
 }
 
-/// Queues one entity outside any job (`job_id: null`); the existing profile is kept until the
-/// new one replaces it. Returns the queue's message id.
-pub async fn enqueue_one(
-    queue: &dyn Queue,
-    entity: EntityRef,
-    force: bool,
-) -> Result<String, JobsError> {
-    let message = OutgoingMessage::new(message_body(None, entity, force));
-    Ok(queue.send(&message).await?)
+/// Queues one entity outside any job (`job_id: null`), which the worker regenerates even when its
+/// profile is fresh (a person's request); the existing profile is kept until the new one replaces
+/// it. Returns the queue's message id.
+pub async fn enqueue_one(queue: &dyn Queue, entity: EntityRef) -> Result<String, JobsError> {
+    let message = Message {
+        job_id: None,
+        entity,
+        force: false,
+    };
+    Ok(queue.send(&OutgoingMessage::new(message.body())).await?)
 }
 
-/// [`enqueue_all_with_retry`] with the default [`SendRetry`].
+/// What `enqueue --entity` did: one message per entity, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntitiesReport {
+    /// Entities queued, with the queue's message id.
+    pub sent: Vec<(EntityRef, String)>,
+    /// Entities whose message could not be sent.
+    pub failures: Vec<SendFailure>,
+}
+
+/// Queues each entity outside any job with [`enqueue_one`], one message each (duplicates are
+/// sent once). A send that fails is listed and the rest still go out, unless the queue itself
+/// is unusable (a permanent error on the first message), which is returned as an error.
+pub async fn enqueue_entities(
+    queue: &dyn Queue,
+    entities: &[EntityRef],
+) -> Result<EntitiesReport, JobsError> {
+    let mut report = EntitiesReport::default();
+    let mut seen = std::collections::HashSet::new();
+    for &entity in entities.iter().filter(|e| seen.insert(**e)) {
+        match enqueue_one(queue, entity).await {
+            Ok(id) => report.sent.push((entity, id)),
+            Err(JobsError::Queue(err)) if report.sent.is_empty() && !err.is_transient() => {
+                return Err(JobsError::Queue(err));
+            }
+            Err(err) => report.failures.push(SendFailure {
+                entity,
+                reason: err.to_string(),
+            }),
+        }
+    }
+    Ok(report)
+}
+
+/// What a batch job covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// `users.id` recorded as the job's owner.
+    pub owner_id: i32,
+    /// Regenerate even profiles that are still fresh.
+    pub force: bool,
+    /// Only the first this many entities of the collection, in its order (authors, then
+    /// publishers, then binders, each by id): the small first rounds of a rollout.
+    pub limit: Option<usize>,
+}
+
+/// [`enqueue_batch`] over the whole collection with the default [`SendRetry`].
 pub async fn enqueue_all(
     store: &dyn Store,
     queue: &dyn Queue,
     owner_id: i32,
     force: bool,
 ) -> Result<EnqueueReport, JobsError> {
-    enqueue_all_with_retry(store, queue, owner_id, force, SendRetry::default()).await
+    let batch = Batch {
+        owner_id,
+        force,
+        limit: None,
+    };
+    enqueue_batch(store, queue, batch, SendRetry::default()).await
 }
 
-/// Starts a job over every collection entity (reference §2.3 generate-all, fixed).
+/// Starts a job over the collection's entities (all of them, or the first `batch.limit`): the
+/// original API's generate-all, with its races fixed.
 ///
 /// An active job is reported as is. Otherwise the job is created already `in_progress` with its
-/// total, so a worker that finishes every message before this function returns completes it
-/// (reference §11.2-f); messages go out ten per `SendMessageBatch`, refused entries and failed
-/// calls are retried per `retry`, and whatever still fails is listed and taken off the job's
-/// total (with an `error_log` note), so the job can still complete (§11.2-g). After a batch
+/// total, so a worker that finishes every message before this function returns completes it;
+/// messages go out ten per `SendMessageBatch`, refused entries and failed calls are retried per
+/// `retry`, and whatever still fails is listed and taken off the job's total (with an
+/// `error_log` note), so the job can still complete. After a batch
 /// call fails as a whole, later batches are not attempted: they are counted as unsent too.
 ///
 /// Two operators starting a job at the same instant can both create one (the check and the
 /// insert are separate statements, as in the original); each job then counts its own messages.
-pub async fn enqueue_all_with_retry(
+pub async fn enqueue_batch(
     store: &dyn Store,
     queue: &dyn Queue,
-    owner_id: i32,
-    force: bool,
+    batch: Batch,
     retry: SendRetry,
 ) -> Result<EnqueueReport, JobsError> {
+    let Batch {
+        owner_id,
+        force,
+        limit,
+    } = batch;
     if let Some(job) = store.active_job().await? {
         return Ok(EnqueueReport::Existing(job));
     }
@@ -136,6 +178,7 @@ pub async fn enqueue_all_with_retry(
         .collection_entities()
         .await?
         .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
         .map(|e| e.entity)
         .collect();
     if entities.is_empty() {
@@ -227,7 +270,14 @@ async fn send_chunk(
         }
         let messages: Vec<OutgoingMessage> = pending
             .iter()
-            .map(|&i| OutgoingMessage::new(message_body(Some(job_id), chunk[i], force)))
+            .map(|&i| {
+                let message = Message {
+                    job_id: Some(job_id.to_string()),
+                    entity: chunk[i],
+                    force,
+                };
+                OutgoingMessage::new(message.body())
+            })
             .collect();
         match queue.send_batch(&messages).await {
             Ok(refused) => {
@@ -312,23 +362,6 @@ fn unsent_note(entities: usize, failures: &[SendFailure]) -> String {
 mod tests {
     use super::*;
     use crate::model::EntityType;
-
-    #[test]
-    fn bodies_use_the_original_json_style() {
-        let e = EntityRef::new(EntityType::Author, 5);
-        assert_eq!(
-            message_body(Some("j-1"), e, false),
-            r#"{"job_id": "j-1", "entity_type": "author", "entity_id": 5}"#
-        );
-        assert_eq!(
-            message_body(None, EntityRef::new(EntityType::Binder, 12), true),
-            r#"{"job_id": null, "entity_type": "binder", "entity_id": 12, "force": true}"#
-        );
-        let parsed =
-            crate::pipeline::message::parse(&message_body(Some("j\"2"), e, true), 65536).unwrap();
-        assert_eq!(parsed.job_id.as_deref(), Some("j\"2"));
-        assert!(parsed.force);
-    }
 
     #[test]
     fn the_unsent_note_is_one_bounded_line() {

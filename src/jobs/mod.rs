@@ -16,17 +16,14 @@ pub mod rescue;
 pub mod status;
 
 pub use enqueue::{
-    EnqueueReport, SendFailure, SendRetry, enqueue_all, enqueue_all_with_retry, enqueue_one,
-    message_body, resolve_owner,
+    Batch, EnqueueReport, EntitiesReport, SendFailure, SendRetry, enqueue_all, enqueue_batch,
+    enqueue_entities, enqueue_one, resolve_owner,
 };
 pub use rescue::{RescueRound, RescueSettings, rescue_loop, rescue_once, spawn_rescue};
 pub use status::{JobReport, Progress, progress};
 
 use crate::queue::QueueError;
 use crate::store::StoreError;
-
-/// Exit status for a usage problem the operator must fix (EX_USAGE, as for bad configuration).
-pub const EXIT_USAGE: u8 = 64;
 
 /// Why a job operation failed, phrased as what the operator must do.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +56,4 @@ pub enum JobsError {
     /// Writing the command's output failed (closed pipe, full disk).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
-}
-
-impl JobsError {
-    /// The process exit status for this error: 64 for what the operator must change in the
-    /// command line, 1 for everything else.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            JobsError::NoOwner => EXIT_USAGE,
-            _ => 1,
-        }
-    }
 }

@@ -145,7 +145,7 @@ mod tests {
     use super::*;
     use crate::model::{Job, JobStatus};
     use crate::queue::{MemoryQueue, OutgoingMessage};
-    use crate::store::MemoryStore;
+    use crate::store::{JobStore, MemoryStore};
 
     fn stale_job(id: &str) -> Job {
         let old = chrono::Utc::now() - chrono::Duration::hours(2);

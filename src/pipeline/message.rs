@@ -14,8 +14,53 @@ pub struct Message {
     pub job_id: Option<String>,
     /// The entity to profile.
     pub entity: EntityRef,
-    /// Regenerate even when the stored profile is fresh (design D5).
+    /// Regenerate even when the stored profile is fresh.
     pub force: bool,
+}
+
+impl Message {
+    /// Whether the stored profile's freshness may cancel this request.
+    ///
+    /// A message without a job is a person's request (the API's "regenerate" button): the API sends
+    /// it and then deletes the profile row to show a loading state, so a fast worker that applied
+    /// the staleness rule would read the still-fresh row, skip, and leave no profile at all. Such a
+    /// message regenerates as if `force` were set; batch messages keep the staleness rule
+    /// (docs/decisions.md, "A person's regenerate request always regenerates").
+    pub fn demand(&self) -> Demand {
+        if self.force {
+            Demand::Forced
+        } else if self.job_id.is_none() {
+            Demand::Requested
+        } else {
+            Demand::IfStale
+        }
+    }
+
+    /// The body, in the original producer's JSON style (`json.dumps` separators) so logs and
+    /// tooling on both sides read the same: `{"job_id": "…", "entity_type": "author",
+    /// "entity_id": 5}`, plus `"force": true` only when forced. [`parse`] reads it back.
+    pub fn body(&self) -> String {
+        let job = match &self.job_id {
+            Some(id) => Value::from(id.as_str()).to_string(),
+            None => "null".to_string(),
+        };
+        let force = if self.force { ", \"force\": true" } else { "" };
+        format!(
+            "{{\"job_id\": {job}, \"entity_type\": \"{}\", \"entity_id\": {}{force}}}",
+            self.entity.entity_type, self.entity.id
+        )
+    }
+}
+
+/// What a message asks of an entity whose profile may already be fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// A batch job's message: generate only when the profile is stale.
+    IfStale,
+    /// `"force": true`: generate regardless.
+    Forced,
+    /// No job: a person asked for this profile; generate regardless.
+    Requested,
 }
 
 /// A body that can never succeed: dead-lettered (or logged) and deleted, never retried (D1).
@@ -139,6 +184,34 @@ mod tests {
     }
 
     #[test]
+    fn bodies_use_the_original_json_style_and_parse_back() {
+        let batch = Message {
+            job_id: Some("j-1".into()),
+            entity: EntityRef::new(EntityType::Author, 5),
+            force: false,
+        };
+        assert_eq!(
+            batch.body(),
+            r#"{"job_id": "j-1", "entity_type": "author", "entity_id": 5}"#
+        );
+        let ad_hoc = Message {
+            job_id: None,
+            entity: EntityRef::new(EntityType::Binder, 12),
+            force: true,
+        };
+        assert_eq!(
+            ad_hoc.body(),
+            r#"{"job_id": null, "entity_type": "binder", "entity_id": 12, "force": true}"#
+        );
+        let quoted = Message {
+            job_id: Some("j\"2".into()),
+            ..ad_hoc
+        };
+        assert_eq!(parse(&quoted.body(), 65536).unwrap(), quoted);
+        assert_eq!(parse(&batch.body(), 65536).unwrap(), batch);
+    }
+
+    #[test]
     fn python_producer_body_parses() {
         let m = parse(
             r#"{"job_id": "0b6f", "entity_type": "author", "entity_id": 5}"#,
@@ -165,6 +238,28 @@ mod tests {
         assert_eq!(m.job_id, None);
         assert!(m.force);
         assert_eq!(m.entity.to_string(), "binder:7");
+    }
+
+    #[test]
+    fn a_message_without_a_job_is_a_persons_request() {
+        let demand = |body: &str| parse(body, 1024).unwrap().demand();
+        assert_eq!(
+            demand(r#"{"job_id": null, "entity_type": "author", "entity_id": 1}"#),
+            Demand::Requested
+        );
+        assert_eq!(
+            demand(r#"{"entity_type": "author", "entity_id": 1}"#),
+            Demand::Requested,
+            "absent job_id is the same as null"
+        );
+        assert_eq!(
+            demand(r#"{"job_id": "j", "entity_type": "author", "entity_id": 1}"#),
+            Demand::IfStale
+        );
+        assert_eq!(
+            demand(r#"{"job_id": "j", "entity_type": "author", "entity_id": 1, "force": true}"#),
+            Demand::Forced
+        );
     }
 
     #[test]

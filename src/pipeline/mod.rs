@@ -155,7 +155,7 @@ impl Pipeline {
         let profile = self.store.profile(entity).await?;
         let latest = self.store.latest_book_update(entity).await?;
         let current_model = self.settings.model_change.then_some(model.as_str());
-        let Some(reason) = staleness::check(profile.as_ref(), latest, msg.force, current_model)
+        let Some(reason) = staleness::check(profile.as_ref(), latest, msg.demand(), current_model)
         else {
             return self.skip(msg, attempt, SkipReason::ProfileCurrent).await;
         };

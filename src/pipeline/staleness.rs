@@ -1,8 +1,10 @@
-//! The staleness rule (reference §4), shared with the Python API's `is_stale` flag, plus the two
-//! opt-in extensions of design D5.
+//! The staleness rule, shared with the Python API's `is_stale` flag, plus the extensions in
+//! docs/decisions.md ("Staleness"): forced and person-requested regeneration, and the opt-in
+//! model-change rule.
 
 use chrono::{DateTime, Utc};
 
+use super::message::Demand;
 use crate::model::StoredProfile;
 
 /// Why a profile is (re)generated; `None` from [`check`] means it is fresh.
@@ -16,21 +18,26 @@ pub enum StaleReason {
     ModelChanged,
     /// The message asked for regeneration (`"force": true`).
     Forced,
+    /// A person asked for this profile (a message without a job).
+    Requested,
 }
 
 /// Decides whether a profile must be regenerated.
 ///
 /// The original rule exactly: no profile (or no `generated_at`) ⇒ stale; otherwise stale iff the
 /// newest `updated_at` of the entity's qualifying books is strictly later than `generated_at`.
-/// `force` and `current_model` (set only when `staleness.model_change` is on) extend it.
+/// The message's [`Demand`] and `current_model` (set only when `staleness.model_change` is on)
+/// extend it.
 pub fn check(
     profile: Option<&StoredProfile>,
     latest_book_update: Option<DateTime<Utc>>,
-    force: bool,
+    demand: Demand,
     current_model: Option<&str>,
 ) -> Option<StaleReason> {
-    if force {
-        return Some(StaleReason::Forced);
+    match demand {
+        Demand::Forced => return Some(StaleReason::Forced),
+        Demand::Requested => return Some(StaleReason::Requested),
+        Demand::IfStale => {}
     }
     let Some(generated_at) = profile.and_then(|p| p.generated_at) else {
         return Some(StaleReason::Missing);
@@ -70,11 +77,11 @@ mod tests {
     #[test]
     fn no_profile_or_no_generated_at_is_stale() {
         assert_eq!(
-            check(None, Some(at(1)), false, None),
+            check(None, Some(at(1)), Demand::IfStale, None),
             Some(StaleReason::Missing)
         );
         assert_eq!(
-            check(Some(&profile(None, "m")), None, false, None),
+            check(Some(&profile(None, "m")), None, Demand::IfStale, None),
             Some(StaleReason::Missing)
         );
     }
@@ -83,17 +90,17 @@ mod tests {
     fn book_updated_after_generation_is_stale_strictly() {
         let p = profile(Some(at(10)), "m");
         assert_eq!(
-            check(Some(&p), Some(at(11)), false, None),
+            check(Some(&p), Some(at(11)), Demand::IfStale, None),
             Some(StaleReason::BooksChanged)
         );
         assert_eq!(
-            check(Some(&p), Some(at(10)), false, None),
+            check(Some(&p), Some(at(10)), Demand::IfStale, None),
             None,
             "equal is fresh"
         );
-        assert_eq!(check(Some(&p), Some(at(9)), false, None), None);
+        assert_eq!(check(Some(&p), Some(at(9)), Demand::IfStale, None), None);
         assert_eq!(
-            check(Some(&p), None, false, None),
+            check(Some(&p), None, Demand::IfStale, None),
             None,
             "no qualifying books: nothing newer"
         );
@@ -102,20 +109,31 @@ mod tests {
     #[test]
     fn generated_in_the_future_is_fresh() {
         let p = profile(Some(Utc::now() + chrono::Duration::days(1)), "m");
-        assert_eq!(check(Some(&p), Some(Utc::now()), false, None), None);
+        assert_eq!(
+            check(Some(&p), Some(Utc::now()), Demand::IfStale, None),
+            None
+        );
     }
 
     #[test]
     fn force_and_model_change_extend_the_rule() {
         let p = profile(Some(at(10)), "old-model");
         assert_eq!(
-            check(Some(&p), Some(at(1)), true, None),
+            check(Some(&p), Some(at(1)), Demand::Forced, None),
             Some(StaleReason::Forced)
         );
         assert_eq!(
-            check(Some(&p), Some(at(1)), false, Some("new-model")),
+            check(Some(&p), Some(at(1)), Demand::Requested, None),
+            Some(StaleReason::Requested),
+            "a person's request regenerates a fresh profile"
+        );
+        assert_eq!(
+            check(Some(&p), Some(at(1)), Demand::IfStale, Some("new-model")),
             Some(StaleReason::ModelChanged)
         );
-        assert_eq!(check(Some(&p), Some(at(1)), false, Some("old-model")), None);
+        assert_eq!(
+            check(Some(&p), Some(at(1)), Demand::IfStale, Some("old-model")),
+            None
+        );
     }
 }

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
+use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::config::Region;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
@@ -21,11 +20,8 @@ use aws_sdk_sqs::types::{
 use super::{
     BatchFailure, MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
 };
-use crate::config::{AwsConfig, QueueConfig};
+use crate::config::{QueueConfig, sqs_attempt_timeout};
 
-/// Margin of the per-attempt timeout over the long-poll wait: a client timeout shorter than the
-/// wait abandons receives the server still fulfils (ghost receive, see reference/local-aws.md).
-const ATTEMPT_MARGIN: Duration = Duration::from_secs(10);
 /// The SDK's own connect timeout under `BehaviorVersion::latest()`, restated because setting a
 /// timeout config replaces the defaults.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
@@ -47,23 +43,19 @@ struct Redrive {
 }
 
 impl SqsQueue {
-    /// Builds the SDK client (region and endpoint from config, else the standard chain) and
-    /// resolves the queue, its redrive policy and its dead-letter queue. `wait` is the longest
-    /// long poll the caller will ask for; every call's attempt timeout stays above it.
+    /// Builds the SDK client on the process's shared AWS configuration ([`crate::aws`]; the
+    /// endpoint from `queue.endpoint_url` when set) and resolves the queue, its redrive policy
+    /// and its dead-letter queue. `wait` is the longest long poll the caller will ask for; every
+    /// call's attempt timeout stays above it.
     pub async fn connect(
+        sdk: &SdkConfig,
         queue: &QueueConfig,
-        aws: &AwsConfig,
         wait: Duration,
     ) -> Result<Self, QueueError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if !aws.region.is_empty() {
-            loader = loader.region(Region::new(aws.region.clone()));
-        }
-        let shared = loader.load().await;
-        let mut builder = aws_sdk_sqs::config::Builder::from(&shared).timeout_config(
+        let mut builder = aws_sdk_sqs::config::Builder::from(sdk).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(wait + ATTEMPT_MARGIN)
+                .operation_attempt_timeout(sqs_attempt_timeout(wait))
                 .build(),
         );
         if !queue.endpoint_url.is_empty() {

@@ -1,19 +1,25 @@
 //! The `Store` port: every read and write the daemon makes against the shared PostgreSQL database.
 //!
+//! The port has two sides, [`ProfileStore`] (the API's domain tables and the profile write) and
+//! [`JobStore`] (generation jobs and their items); [`Store`] is both plus the connection.
 //! Two adapters implement it with the same semantics, checked by one contract test suite:
-//! [`PgStore`] (diesel-async over a deadpool pool; production) and [`MemoryStore`] (the demo).
-//! [`migrate`] applies the embedded migrations and checks the schema at start-up.
+//! [`PgStore`] (diesel-async over a deadpool pool; production) and [`MemoryStore`] (the demo),
+//! each split into the same two sides. [`connection`] owns PostgreSQL sessions and error
+//! classification, [`migrate`] applies the embedded migrations, and [`schema_check`] verifies
+//! the schema at start-up.
 //!
 //! Who retries: nobody here. Every method runs once; a [`StoreError`] says whether the caller
 //! should let the message come back ([`StoreError::is_transient`]) or count it as failed.
-//! The writes of one finished message happen in one unit of work ([`Store::commit_profile`],
-//! [`Store::record_outcome`]): all of it or nothing, and job progress counted exactly once per
+//! The writes of one finished message happen in one unit of work ([`ProfileStore::commit_profile`],
+//! [`JobStore::record_outcome`]): all of it or nothing, and job progress counted exactly once per
 //! (job, entity) however often the message is delivered (design D2, D9).
 
+pub mod connection;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod schema;
+pub mod schema_check;
 pub mod tls;
 
 use std::time::Duration;
@@ -141,7 +147,7 @@ pub struct ProfileUnit {
     pub attempt: i32,
 }
 
-/// Result of [`Store::cancel_job`].
+/// Result of [`JobStore::cancel_job`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// The job was active and is now cancelled.
@@ -169,14 +175,12 @@ pub struct PoolStatus {
     pub max: usize,
 }
 
-/// The daemon's whole view of the database. Object safe: the app holds an `Arc<dyn Store>`.
+/// The profile side of the port: the API's domain tables the daemon reads to write a profile,
+/// and the one unit of work that writes it.
 ///
 /// "Qualifying" always means `books.status IN ('IN_TRANSIT', 'ON_HAND')` (reference §1.1).
 #[async_trait]
-pub trait Store: Send + Sync {
-    /// `SELECT 1`: the database answers (readiness).
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait ProfileStore: Send + Sync {
     /// The entity row: `SELECT name, years FROM authors|publishers|binders WHERE id = $1`.
     async fn entity(&self, entity: EntityRef) -> Result<Option<Entity>, StoreError>;
 
@@ -211,6 +215,26 @@ pub trait Store: Send + Sync {
     /// `SELECT value FROM app_config WHERE key = 'model.entity_profiles'`.
     async fn model_setting(&self) -> Result<Option<String>, StoreError>;
 
+    /// The unit of work of one generated profile, one transaction (design D9):
+    /// 1. AI connections: canonical order (`"type:id"` string compare, smaller is the source),
+    ///    confidence clamped to [0, 1], duplicates in the batch collapsed keeping the highest
+    ///    confidence (first on ties), then `INSERT … ON CONFLICT (uq_ai_connection columns) DO
+    ///    UPDATE SET confidence = GREATEST(new, old)` with `evidence`/`sub_type` replaced only
+    ///    when the new confidence is strictly higher (reference §7.3 "Storage");
+    /// 2. `entity_profiles` upsert on `(entity_type, entity_id)`: `relationship_stories` merged
+    ///    into the old object (old keys kept, new win), every other column replaced,
+    ///    `ai_connections` NULL when empty, `generated_at = now()`, `model_version`
+    ///    (reference §7.9);
+    /// 3. the `profile_generations` usage row;
+    /// 4. when `job_id` is set, a `succeeded` outcome recorded as in [`JobStore::record_outcome`].
+    ///
+    /// Any error rolls all four back.
+    async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError>;
+}
+
+/// The job side of the port: generation jobs, their per-entity items and usage totals.
+#[async_trait]
+pub trait JobStore: Send + Sync {
     /// `SELECT … FROM profile_generation_jobs WHERE id = $1`.
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
 
@@ -277,24 +301,17 @@ pub trait Store: Send + Sync {
     /// id records nothing.
     async fn record_outcome(&self, record: OutcomeRecord) -> Result<Recorded, StoreError>;
 
-    /// The unit of work of one generated profile, one transaction (design D9):
-    /// 1. AI connections: canonical order (`"type:id"` string compare, smaller is the source),
-    ///    confidence clamped to [0, 1], duplicates in the batch collapsed keeping the highest
-    ///    confidence (first on ties), then `INSERT … ON CONFLICT (uq_ai_connection columns) DO
-    ///    UPDATE SET confidence = GREATEST(new, old)` with `evidence`/`sub_type` replaced only
-    ///    when the new confidence is strictly higher (reference §7.3 "Storage");
-    /// 2. `entity_profiles` upsert on `(entity_type, entity_id)`: `relationship_stories` merged
-    ///    into the old object (old keys kept, new win), every other column replaced,
-    ///    `ai_connections` NULL when empty, `generated_at = now()`, `model_version`
-    ///    (reference §7.9);
-    /// 3. the `profile_generations` usage row;
-    /// 4. when `job_id` is set, a `succeeded` outcome recorded as in [`Store::record_outcome`].
-    ///
-    /// Any error rolls all four back.
-    async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError>;
-
     /// Usage summed over the `profile_generations` rows with this `job_id`.
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError>;
+}
+
+/// The daemon's whole view of the database: both sides plus the connection itself. Object safe:
+/// the app holds an `Arc<dyn Store>`, whose methods need no trait imports; code calling a
+/// concrete adapter imports [`ProfileStore`] or [`JobStore`] for the side it uses.
+#[async_trait]
+pub trait Store: ProfileStore + JobStore {
+    /// `SELECT 1`: the database answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Connection pool occupancy; `None` for adapters without a pool.
     fn pool_status(&self) -> Option<PoolStatus>;

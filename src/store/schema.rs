@@ -1,7 +1,7 @@
 //! diesel table definitions: the columns the daemon reads or writes, nothing more.
 //!
 //! The domain tables belong to the Python API; columns the daemon never touches are left out so
-//! that an API-side addition cannot break us. [`crate::store::migrate::check_schema`] verifies at
+//! that an API-side addition cannot break us. [`crate::store::schema_check::check_schema`] verifies at
 //! start-up that every column listed here exists with a compatible type.
 
 diesel::table! {

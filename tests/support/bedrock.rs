@@ -232,10 +232,7 @@ impl FakeBedrock {
 
     /// A generator configuration pointed at this fake, with fast retries for tests.
     pub fn generator_config(&self) -> GeneratorConfig {
-        let mut config = profile_worker::config::load_from(None, &[])
-            .expect("default config loads")
-            .config
-            .generator;
+        let mut config = profile_worker::config::defaults().generator;
         config.endpoint_url = self.url();
         config.retry_base_ms = 1;
         config.call_timeout_seconds = 5;

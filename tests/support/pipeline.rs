@@ -13,9 +13,10 @@ use profile_worker::consumer::{Delivery, Handler, Outcome};
 use profile_worker::generate::bedrock::BedrockGenerator;
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use profile_worker::model::{EntityRef, Job, StoredProfile};
+use profile_worker::model::{Job, StoredProfile};
+use profile_worker::pipeline::message::Message;
 use profile_worker::pipeline::{Pipeline, Settings};
-use profile_worker::store::{PgStore, Store};
+use profile_worker::store::{JobStore, PgStore, ProfileStore};
 use serde_json::Value;
 
 use super::bedrock::{FakeBedrock, sdk_config};
@@ -59,35 +60,26 @@ INSERT INTO books (id, title, author_id, publisher_id, binder_id, status, year_s
 INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin-sub', 'admin');
 ";
 
-/// An ad-hoc message body in boto3's `json.dumps` style.
+/// An ad-hoc message body, as the message module builds it.
 pub fn body(entity: &str) -> String {
     message(None, entity, false)
 }
 
-/// A message body in boto3's `json.dumps` style (`", "` and `": "` separators).
+/// A message body, as the message module builds it (the original producer's style).
 pub fn message(job_id: Option<&str>, entity: &str, force: bool) -> String {
-    let e: EntityRef = entity.parse().expect("type:id");
-    let mut fields = vec![
-        (
-            "job_id",
-            job_id.map_or(Value::Null, |j| Value::String(j.into())),
-        ),
-        ("entity_type", Value::String(e.entity_type.as_str().into())),
-        ("entity_id", Value::from(e.id)),
-    ];
-    if force {
-        fields.push(("force", Value::Bool(true)));
+    Message {
+        job_id: job_id.map(str::to_string),
+        entity: entity.parse().expect("type:id"),
+        force,
     }
-    python_dumps(&fields)
+    .body()
 }
 
-/// `json.dumps` of a flat dict: keys in insertion order, `", "` and `": "` separators.
-pub fn python_dumps(fields: &[(&str, Value)]) -> String {
-    let fields: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}: {}", Value::String((*k).into()), v))
-        .collect();
-    format!("{{{}}}", fields.join(", "))
+/// `body` as an older producer sends it: with the `owner_id` key the daemon ignores.
+pub fn with_owner_id(body: &str, owner_id: i32) -> String {
+    let mut value: Value = serde_json::from_str(body).expect("a JSON body");
+    value["owner_id"] = Value::from(owner_id);
+    value.to_string()
 }
 
 /// The pipeline wired to real components, fresh for one test.
@@ -110,9 +102,7 @@ impl Harness {
         let db = TestDb::migrated().await;
         db.exec(COLLECTION).await;
         let fake = FakeBedrock::start().await;
-        let config = profile_worker::config::load_from(None, &[])
-            .expect("default config loads")
-            .config;
+        let config = profile_worker::config::defaults();
         let mut settings = Settings::from_config(&config);
         let mut generator_config = fake.generator_config();
         configure(&mut settings, &mut generator_config);

@@ -11,6 +11,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use profile_worker::aws;
 use profile_worker::config::{AwsConfig, QueueConfig};
 use profile_worker::consumer::{ConsumerSettings, Delivery, Handler, Outcome};
 use profile_worker::queue::SqsQueue;
@@ -107,7 +108,7 @@ impl TestQueue {
 
     /// The adapter under test, connected the way `run` connects it.
     pub async fn connect(&self, wait: Duration) -> SqsQueue {
-        SqsQueue::connect(&self.queue_config(), &aws(), wait)
+        SqsQueue::connect(&aws::sdk_config(&aws()).await, &self.queue_config(), wait)
             .await
             .expect("SqsQueue connects to the test queue")
     }

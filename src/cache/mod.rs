@@ -1,58 +1,50 @@
 //! Two-level cache of the social-circles graph, sharing the Python API's Redis entry (D6).
 //!
 //! L1 is an in-process moka cache (`cache.local_ttl_seconds`) whose loader is single-flight:
-//! concurrent misses in one process await one load. L2 is Redis at the original's key and TTL,
-//! holding the exact JSON the API writes, so either side serves the other's builds. On an L2 miss
-//! one replica takes a `SET NX PX` lock and builds; the others poll the key for up to
-//! `cache.lock_wait_ms`, then build themselves. Redis is an optimisation only: unreachable, slow
-//! (`cache.redis_timeout_ms` per command) or holding an invalid value means "build and carry on",
-//! never an error for the caller.
+//! concurrent misses in one process await one load. L2 is the [`SharedCache`] port — Redis in
+//! production ([`RedisCache`], at the original's key and TTL, holding the exact JSON the API
+//! writes, so either side serves the other's builds), or [`MemoryCache`] in the demo. On an L2
+//! miss one replica takes the build lock (`SET NX PX` on Redis) and builds; the others poll the
+//! key for up to `cache.lock_wait_ms`, then build themselves. L2 is an optimisation only:
+//! unreachable, slow (`cache.redis_timeout_ms` per command) or holding an invalid value means
+//! "build and carry on", never an error for the caller.
+
+mod memory;
+mod redis;
+mod shared;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, Cmd, FromRedisValue};
-use deadpool_redis::{Manager, Pool, Runtime};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::config::CacheConfig;
 use crate::graph::{Graph, GraphParams, from_json, to_python_json};
-use crate::health::{Check, Health};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
+
+pub use memory::MemoryCache;
+pub use redis::RedisCache;
+pub use shared::{SharedCache, SharedCacheError};
 
 /// The original's key prefix; `invalidate` clears everything under it.
 pub const KEY_PREFIX: &str = "social_circles:graph:";
 /// Values longer than this (10 MiB) are not cached, as in the original.
 pub const MAX_CACHED_LEN: usize = 10 * 1024 * 1024;
-/// Redis connections per process; loads are single-flight, so few are ever busy.
-const POOL_SIZE: usize = 4;
 /// Pauses between polls while another replica builds: from 20 ms, doubling up to 200 ms.
 const LOCK_POLL: Backoff =
     Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200));
-/// Compare-and-delete, so a replica never releases a lock that expired and was retaken.
-const UNLOCK_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 /// Why the cache could not be set up (bad configuration: fix it and restart).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache.redis_url is not a usable Redis URL: {0}")]
-    RedisUrl(#[source] redis::RedisError),
+    RedisUrl(#[source] deadpool_redis::redis::RedisError),
     #[error("cannot create the Redis pool: {0}")]
     Pool(#[source] deadpool_redis::BuildError),
-}
-
-/// What went wrong with one Redis command; logged and counted, never returned to callers.
-#[derive(Debug, thiserror::Error)]
-enum RedisFailure {
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("no connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    #[error("{0}")]
-    Command(#[from] redis::RedisError),
 }
 
 /// The Redis key of a graph: the original's recipe for the three parameters it knows; an era
@@ -89,22 +81,20 @@ pub struct GraphCache {
 
 struct Inner {
     local: moka::future::Cache<String, Arc<Graph>>,
-    redis: Option<RedisLayer>,
+    shared: Option<Shared>,
     prefix: String,
     metrics: Arc<Metrics>,
 }
 
-struct RedisLayer {
-    pool: Pool,
-    ttl_seconds: u64,
-    timeout: Duration,
+/// The L2 layer and how this cache uses it.
+struct Shared {
+    port: Arc<dyn SharedCache>,
+    ttl: Duration,
     lock_wait: Duration,
     lock_ttl: Duration,
-    check: Check,
-    healthy: AtomicBool,
 }
 
-/// How a load went at the Redis layer, for the one metric sample per request.
+/// How a load went at the shared layer, for the one metric sample per request.
 enum L2 {
     Hit(Graph),
     Miss,
@@ -113,7 +103,8 @@ enum L2 {
 }
 
 impl GraphCache {
-    /// The production cache at the original's key prefix.
+    /// The production cache at the original's key prefix: Redis when `cache.redis_url` is set,
+    /// else in-process only.
     pub fn new(
         config: &CacheConfig,
         metrics: Arc<Metrics>,
@@ -129,67 +120,62 @@ impl GraphCache {
         health: &Health,
         prefix: &str,
     ) -> Result<Self, CacheError> {
-        let check = health.check("redis", false);
-        let redis = if config.redis_url.is_empty() {
-            check.set(true, "not configured: in-process cache only");
+        let shared: Option<Arc<dyn SharedCache>> = if config.redis_url.is_empty() {
+            health
+                .check("redis", false)
+                .set(true, "not configured: in-process cache only");
             None
         } else {
-            let timeout = Duration::from_millis(config.redis_timeout_ms);
-            let connection = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout));
-            let manager = Manager::new_with_config(config.redis_url.expose(), connection)
-                .map_err(CacheError::RedisUrl)?;
-            let pool = Pool::builder(manager)
-                .max_size(POOL_SIZE)
-                .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(timeout))
-                .create_timeout(Some(timeout))
-                .recycle_timeout(Some(timeout))
-                .build()
-                .map_err(CacheError::Pool)?;
-            check.set(false, "not contacted yet");
-            let lock_wait = Duration::from_millis(config.lock_wait_ms);
-            Some(RedisLayer {
-                pool,
-                ttl_seconds: config.redis_ttl_seconds,
-                timeout,
-                lock_wait,
-                lock_ttl: (lock_wait * 2).max(Duration::from_secs(1)),
-                check,
-                healthy: AtomicBool::new(false),
-            })
+            Some(Arc::new(RedisCache::connect(config, health)?))
         };
+        Ok(Self::with_shared(config, metrics, shared, prefix))
+    }
+
+    /// A cache over any shared layer (`None`: in-process only), under `prefix`.
+    pub fn with_shared(
+        config: &CacheConfig,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<dyn SharedCache>>,
+        prefix: &str,
+    ) -> Self {
+        let lock_wait = Duration::from_millis(config.lock_wait_ms);
+        let shared = shared.map(|port| Shared {
+            port,
+            ttl: Duration::from_secs(config.redis_ttl_seconds),
+            lock_wait,
+            lock_ttl: (lock_wait * 2).max(Duration::from_secs(1)),
+        });
         let local = moka::future::Cache::builder()
             .max_capacity(16)
             .time_to_live(Duration::from_secs(config.local_ttl_seconds))
             .build();
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 local,
-                redis,
+                shared,
                 prefix: prefix.to_string(),
                 metrics,
             }),
-        })
+        }
     }
 
-    /// This cache's Redis key for `params`.
+    /// This cache's shared-layer key for `params`.
     pub fn key(&self, params: &GraphParams) -> String {
         key_with_prefix(&self.inner.prefix, params)
     }
 
-    /// Pings Redis to refresh the readiness detail (e.g. at start-up); true when it answered.
+    /// Pings the shared layer to refresh its readiness detail (e.g. at start-up); true when it
+    /// answered.
     pub async fn ping(&self) -> bool {
-        match &self.inner.redis {
-            Some(redis) => redis.run::<String>(&redis::cmd("PING")).await.is_ok(),
+        match &self.inner.shared {
+            Some(shared) => shared.port.ping().await.is_ok(),
             None => false,
         }
     }
 
-    /// The graph for `params`: from this process, else Redis, else `build` (whose result is
-    /// then cached in both layers). Concurrent callers share one load; they also share its
-    /// error, which is `build`'s only (Redis problems never surface).
+    /// The graph for `params`: from this process, else the shared layer, else `build` (whose
+    /// result is then cached in both layers). Concurrent callers share one load; they also share
+    /// its error, which is `build`'s only (shared-layer problems never surface).
     pub async fn get_or_build<F, Fut, E>(
         &self,
         params: &GraphParams,
@@ -212,17 +198,14 @@ impl GraphCache {
             .await
     }
 
-    /// Drops every cached graph here and under the prefix in Redis (SCAN + DEL, as the
-    /// original); returns how many Redis keys were deleted, 0 on any Redis error.
+    /// Drops every cached graph here and under the prefix in the shared layer (on Redis SCAN +
+    /// DEL, as the original); returns how many shared keys were deleted, 0 on any error.
     pub async fn invalidate(&self) -> usize {
         self.inner.local.invalidate_all();
-        let Some(redis) = &self.inner.redis else {
+        let Some(shared) = &self.inner.shared else {
             return 0;
         };
-        match redis
-            .delete_matching(&format!("{}*", self.inner.prefix))
-            .await
-        {
+        match shared.port.delete_prefix(&self.inner.prefix).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "graph cache invalidation failed");
@@ -239,37 +222,38 @@ impl GraphCache {
             .inc();
     }
 
-    /// The L1 loader: Redis, then the cross-replica lock, then a build.
+    /// The L1 loader: the shared layer, then the cross-replica lock, then a build.
     async fn load<F, Fut, E>(&self, key: &str, build: F) -> Result<Arc<Graph>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Graph, E>>,
     {
-        let Some(redis) = &self.inner.redis else {
+        let Some(shared) = &self.inner.shared else {
             return self.timed_build(build).await.map(Arc::new);
         };
-        let first = redis.read(key).await;
+        let layer = shared.port.layer();
+        let first = shared.read(key).await;
         let outcome = match first {
             L2::Hit(graph) => {
-                self.count("redis", "hit");
+                self.count(layer, "hit");
                 return Ok(Arc::new(graph));
             }
             L2::Error => {
-                // Redis is failing: do not add lock round trips that would fail too.
-                self.count("redis", "error");
+                // The layer is failing: do not add lock round trips that would fail too.
+                self.count(layer, "error");
                 return self.timed_build(build).await.map(Arc::new);
             }
             other => other,
         };
         let lock_key = format!("{key}:lock");
         let token = uuid::Uuid::new_v4().to_string();
-        let locked = redis.try_lock(&lock_key, &token).await;
-        if !locked && let Some(graph) = redis.wait_for(key, &lock_key).await {
-            self.count("redis", "hit");
+        let locked = shared.try_lock(&lock_key, &token).await;
+        if !locked && let Some(graph) = shared.wait_for(key, &lock_key).await {
+            self.count(layer, "hit");
             return Ok(Arc::new(graph));
         }
         self.count(
-            "redis",
+            layer,
             match outcome {
                 L2::Invalid => "invalid",
                 _ => "miss",
@@ -277,10 +261,10 @@ impl GraphCache {
         );
         let built = self.timed_build(build).await;
         if let Ok(graph) = &built {
-            redis.store(key, graph).await;
+            shared.store(key, graph).await;
         }
         if locked {
-            redis.unlock(&lock_key, &token).await;
+            shared.unlock(&lock_key, &token).await;
         }
         built.map(Arc::new)
     }
@@ -302,37 +286,10 @@ impl GraphCache {
     }
 }
 
-impl RedisLayer {
-    /// One command, bounded by the configured timeout (connection checkout included), with the
-    /// outcome reported to the readiness check.
-    async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisFailure> {
-        let result = match tokio::time::timeout(self.timeout, async {
-            let mut conn = self.pool.get().await?;
-            Ok::<T, RedisFailure>(cmd.query_async(&mut *conn).await?)
-        })
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
-        };
-        match &result {
-            Ok(_) => {
-                if !self.healthy.swap(true, Ordering::Relaxed) {
-                    self.check.set(true, "ok");
-                }
-            }
-            Err(e) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                self.check
-                    .set(false, format!("degraded (building without cache): {e}"));
-            }
-        }
-        result
-    }
-
+impl Shared {
     async fn read(&self, key: &str) -> L2 {
-        match self.run::<Option<String>>(redis::cmd("GET").arg(key)).await {
-            Ok(Some(text)) if !text.is_empty() => match from_json(&text) {
+        match self.port.get(key).await {
+            Ok(Some(value)) if !value.is_empty() => match from_json(&value) {
                 Ok(graph) => L2::Hit(graph),
                 Err(e) => {
                     tracing::warn!(key, error = %e, "cached graph is invalid; rebuilding");
@@ -347,16 +304,10 @@ impl RedisLayer {
         }
     }
 
-    /// True when this replica now holds the build lock (false also when Redis failed).
+    /// True when this replica now holds the build lock (false also when the layer failed).
     async fn try_lock(&self, lock_key: &str, token: &str) -> bool {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(lock_key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.lock_ttl.as_millis() as u64);
-        match self.run::<Option<String>>(&cmd).await {
-            Ok(reply) => reply.is_some(),
+        match self.port.try_lock(lock_key, token, self.lock_ttl).await {
+            Ok(locked) => locked,
             Err(e) => {
                 tracing::warn!(lock_key, error = %e, "graph build lock failed");
                 false
@@ -376,7 +327,7 @@ impl RedisLayer {
                 L2::Error => return None,
                 L2::Miss | L2::Invalid => {}
             }
-            match self.run::<bool>(redis::cmd("EXISTS").arg(lock_key)).await {
+            match self.port.is_locked(lock_key).await {
                 Ok(true) => {}
                 // The builder gave up (or could not cache): build here rather than wait on.
                 Ok(false) | Err(_) => return None,
@@ -385,7 +336,7 @@ impl RedisLayer {
         None
     }
 
-    /// Best-effort SETEX of the Python-compatible JSON; oversize values are skipped.
+    /// Best-effort write of the Python-compatible JSON; oversize values are skipped.
     async fn store(&self, key: &str, graph: &Graph) {
         let text = to_python_json(graph);
         if text.len() > MAX_CACHED_LEN {
@@ -396,39 +347,14 @@ impl RedisLayer {
             );
             return;
         }
-        let mut cmd = redis::cmd("SETEX");
-        cmd.arg(key).arg(self.ttl_seconds).arg(text);
-        if let Err(e) = self.run::<()>(&cmd).await {
+        if let Err(e) = self.port.set(key, Bytes::from(text), self.ttl).await {
             tracing::warn!(key, error = %e, "graph cache write failed");
         }
     }
 
     async fn unlock(&self, lock_key: &str, token: &str) {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(UNLOCK_SCRIPT).arg(1).arg(lock_key).arg(token);
-        if let Err(e) = self.run::<i64>(&cmd).await {
+        if let Err(e) = self.port.unlock(lock_key, token).await {
             tracing::warn!(lock_key, error = %e, "graph build lock release failed; it expires");
-        }
-    }
-
-    async fn delete_matching(&self, pattern: &str) -> Result<usize, RedisFailure> {
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(100);
-            let (next, keys): (u64, Vec<String>) = self.run(&scan).await?;
-            if !keys.is_empty() {
-                deleted += self.run::<usize>(redis::cmd("DEL").arg(&keys)).await?;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
         }
     }
 }

@@ -1,0 +1,301 @@
+//! The composition root: the one place that turns configuration into adapters and wires them
+//! into the consumer, the pipeline and the operator commands.
+//!
+//! Every subcommand asks an [`App`] for what it needs: `run` for the whole daemon
+//! ([`daemon::run`]), `demo` for the same wiring over the embedded adapters and the bundled
+//! sample collection, `enqueue`/`status`/`cancel`/`jobs` for a store and a queue. Which adapter
+//! serves each port is the [`Adapters`] choice; everything else comes from the configuration.
+//! [`commands`] is what each subcommand does with it, and [`exit`] owns the exit statuses.
+
+pub mod commands;
+pub mod daemon;
+pub mod exit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+
+use diesel_async::SimpleAsyncConnection;
+
+use crate::aws;
+use crate::cache::{CacheError, GraphCache, KEY_PREFIX, MemoryCache};
+use crate::config::{Config, GeneratorBackend};
+use crate::consumer::{Consumer, ConsumerSettings, Handler};
+use crate::demo::sample::Sample;
+use crate::generate::Generator;
+use crate::generate::bedrock::BedrockGenerator;
+use crate::generate::offline::OfflineGenerator;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Pipeline};
+use crate::queue::{MemoryQueue, Queue, QueueError, SqsQueue};
+use crate::server;
+use crate::store::migrate::{self, MigrateError};
+use crate::store::schema_check::SchemaError;
+use crate::store::{MemoryStore, PgStore, ProfileStore, Store, StoreError};
+
+pub use daemon::run;
+
+/// Deliveries a message gets on the in-memory queue before it is dead-lettered.
+const MEMORY_MAX_RECEIVES: u32 = 5;
+
+/// Why the application could not be wired or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the queue: {0}")]
+    Queue(#[source] QueueError),
+    #[error("cannot open the database: {0}")]
+    Database(#[source] StoreError),
+    #[error("migrations failed: {0}")]
+    Migrate(#[source] MigrateError),
+    #[error("database schema check failed: {0}")]
+    Schema(#[source] SchemaError),
+    #[error("cannot set up the graph cache: {0}")]
+    Cache(#[source] CacheError),
+    #[error("cannot load the sample collection: {0}")]
+    Sample(String),
+}
+
+/// Which adapter serves the `Store` port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreAdapter {
+    /// PostgreSQL at `database.url`, migrated first when `database.migrate_on_start` is set.
+    Postgres,
+    /// PostgreSQL at `database.url`, always migrated, and loaded with the bundled sample when
+    /// it holds no collection (the demo against a real database).
+    PostgresWithSample,
+    /// The in-memory store holding the bundled sample collection.
+    Sample,
+}
+
+/// Which adapter serves the `Queue` port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueAdapter {
+    /// The SQS queue of the `queue` section.
+    Sqs,
+    /// An in-memory queue with a dead-letter queue after a few receives.
+    Memory,
+}
+
+/// Which adapter serves the graph cache's shared layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedCacheAdapter {
+    /// Redis at `cache.redis_url`; none when it is empty (every miss builds).
+    Redis,
+    /// An in-process shared layer (the embedded demo: the same two layers as production).
+    Memory,
+}
+
+/// The adapter behind each port that has more than one. The generator follows
+/// `generator.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adapters {
+    pub store: StoreAdapter,
+    pub queue: QueueAdapter,
+    pub shared_cache: SharedCacheAdapter,
+}
+
+impl Adapters {
+    /// Production: PostgreSQL, SQS and Redis.
+    pub const PRODUCTION: Adapters = Adapters {
+        store: StoreAdapter::Postgres,
+        queue: QueueAdapter::Sqs,
+        shared_cache: SharedCacheAdapter::Redis,
+    };
+}
+
+/// The configuration, the chosen adapters and the process-wide metrics and health state.
+pub struct App {
+    config: Config,
+    adapters: Adapters,
+    metrics: Arc<Metrics>,
+    health: Health,
+    /// One AWS SDK configuration for the SQS and Bedrock clients, loaded on first use.
+    sdk: tokio::sync::OnceCell<SdkConfig>,
+}
+
+impl App {
+    pub fn new(config: Config, adapters: Adapters) -> Self {
+        Self {
+            config,
+            adapters,
+            metrics: Arc::new(Metrics::new()),
+            health: Health::new(),
+            sdk: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The shared AWS SDK configuration (region, credentials, endpoints; see [`crate::aws`]).
+    async fn sdk(&self) -> &SdkConfig {
+        self.sdk
+            .get_or_init(|| aws::sdk_config(&self.config.aws))
+            .await
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn adapters(&self) -> Adapters {
+        self.adapters
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Starts the side server (`/metrics`, `/health`, `/ready`, `/version`).
+    pub async fn serve(&self) -> Result<server::Running, AppError> {
+        let addr = self.config.server.listen;
+        let state = server::State {
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        };
+        server::start(addr, state)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })
+    }
+
+    /// Opens the store for a command that reads and writes rows (the operator commands, the
+    /// demo); PostgreSQL is neither migrated nor checked (see [`App::checked_store`]).
+    pub async fn store(&self) -> Result<Arc<dyn Store>, AppError> {
+        let database = &self.config.database;
+        Ok(match self.adapters.store {
+            StoreAdapter::Sample => {
+                let store = MemoryStore::new();
+                Sample::bundled().load_memory(&store);
+                Arc::new(store)
+            }
+            StoreAdapter::Postgres => {
+                Arc::new(PgStore::connect(database).map_err(AppError::Database)?)
+            }
+            StoreAdapter::PostgresWithSample => {
+                migrate::migrate(database)
+                    .await
+                    .map_err(AppError::Migrate)?;
+                let store = PgStore::connect(database).map_err(AppError::Database)?;
+                let entities = store
+                    .collection_entities()
+                    .await
+                    .map_err(AppError::Database)?;
+                if entities.is_empty() {
+                    self.load_sample().await?;
+                }
+                Arc::new(store)
+            }
+        })
+    }
+
+    /// The daemon's store: PostgreSQL is migrated first when `database.migrate_on_start` is
+    /// set, then its schema is checked, so a missing column stops start-up before any message
+    /// is touched.
+    pub async fn checked_store(&self) -> Result<Arc<dyn Store>, AppError> {
+        let database = &self.config.database;
+        if self.adapters.store != StoreAdapter::Postgres {
+            return self.store().await;
+        }
+        if database.migrate_on_start {
+            migrate::migrate(database)
+                .await
+                .map_err(AppError::Migrate)?;
+        }
+        let store = PgStore::connect(database).map_err(AppError::Database)?;
+        store.check_schema().await.map_err(AppError::Schema)?;
+        Ok(Arc::new(store))
+    }
+
+    async fn load_sample(&self) -> Result<(), AppError> {
+        tracing::info!("empty database: loading the bundled sample collection");
+        let mut conn = crate::store::tls::establish(self.config.database.url.expose())
+            .await
+            .map_err(|e| AppError::Sample(e.to_string()))?;
+        conn.batch_execute(&Sample::bundled().sql())
+            .await
+            .map_err(|e| AppError::Sample(e.to_string()))
+    }
+
+    /// Opens the queue; `wait` is the receive long-poll (zero for a producer that only sends).
+    pub async fn queue(&self, wait: Duration) -> Result<Arc<dyn Queue>, AppError> {
+        Ok(match self.adapters.queue {
+            QueueAdapter::Memory => Arc::new(MemoryQueue::with_dead_letter(MEMORY_MAX_RECEIVES)),
+            QueueAdapter::Sqs => {
+                let queue = SqsQueue::connect(self.sdk().await, &self.config.queue, wait)
+                    .await
+                    .map_err(AppError::Queue)?;
+                tracing::info!(
+                    queue = queue.url(),
+                    dead_letter = queue.dead_letter_url().unwrap_or("none"),
+                    "queue resolved"
+                );
+                Arc::new(queue)
+            }
+        })
+    }
+
+    /// The graph cache: in-process, plus the shared layer the adapters name.
+    pub async fn cache(&self) -> Result<GraphCache, AppError> {
+        if self.adapters.shared_cache == SharedCacheAdapter::Memory {
+            return Ok(GraphCache::with_shared(
+                &self.config.cache,
+                self.metrics.clone(),
+                Some(Arc::new(MemoryCache::new())),
+                KEY_PREFIX,
+            ));
+        }
+        let cache = GraphCache::new(&self.config.cache, self.metrics.clone(), &self.health)
+            .map_err(AppError::Cache)?;
+        if !self.config.cache.redis_url.is_empty() && !cache.ping().await {
+            tracing::warn!(
+                "Redis unreachable at start-up; building graphs without it until it answers"
+            );
+        }
+        Ok(cache)
+    }
+
+    /// The generator `generator.backend` names.
+    pub async fn generator(&self) -> Arc<dyn Generator> {
+        match self.config.generator.backend {
+            GeneratorBackend::Bedrock => Arc::new(BedrockGenerator::new(
+                self.sdk().await,
+                &self.config.generator,
+                self.metrics.clone(),
+            )),
+            GeneratorBackend::Offline => Arc::new(OfflineGenerator::from_config(
+                &self.config.generator,
+                self.metrics.clone(),
+            )),
+        }
+    }
+
+    /// The profile pipeline over `store`, with the configured cache and generator.
+    pub async fn pipeline(&self, store: Arc<dyn Store>) -> Result<Pipeline, AppError> {
+        Ok(Pipeline::new(
+            store,
+            self.cache().await?,
+            self.generator().await,
+            self.metrics.clone(),
+            pipeline::Settings::from_config(&self.config),
+        ))
+    }
+
+    /// A consumer of `queue` handing each message to `handler`.
+    pub fn consumer(&self, queue: Arc<dyn Queue>, handler: Arc<dyn Handler>) -> Consumer {
+        Consumer::new(
+            queue,
+            handler,
+            ConsumerSettings::from_config(&self.config),
+            self.metrics.clone(),
+            self.health.clone(),
+        )
+    }
+}

@@ -1,0 +1,239 @@
+//! The typed schema: one struct per section, every key required (the embedded defaults supply
+//! them), unknown keys rejected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::secret::SecretUrl;
+
+/// The built-in defaults: the same file operators read.
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// The whole configuration. Unknown keys anywhere are rejected.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub server: ServerConfig,
+    pub shutdown: ShutdownConfig,
+    pub aws: AwsConfig,
+    pub queue: QueueConfig,
+    pub consumer: ConsumerConfig,
+    pub database: DatabaseConfig,
+    pub cache: CacheConfig,
+    pub generator: GeneratorConfig,
+    pub staleness: StalenessConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    #[serde(deserialize_with = "text")]
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    #[serde(deserialize_with = "text")]
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(deserialize_with = "text")]
+    pub url: String,
+    #[serde(deserialize_with = "text")]
+    pub name: String,
+    #[serde(deserialize_with = "text")]
+    pub dead_letter_url: String,
+    #[serde(deserialize_with = "text")]
+    pub endpoint_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub concurrency: u32,
+    pub wait_seconds: u32,
+    pub visibility_timeout: u32,
+    pub max_attempts: u32,
+    pub retry_base_seconds: u32,
+    pub retry_cap_seconds: u32,
+    pub unready_after: u32,
+    pub max_body_bytes: usize,
+}
+
+/// How often the heartbeat renews a running message's visibility: every third of the timeout,
+/// so a renewal that fails can be tried again before the message reappears.
+pub fn renewal_period(visibility: Duration) -> Duration {
+    (visibility / 3).max(Duration::from_millis(500))
+}
+
+/// Margin of the SQS per-attempt timeout over the long-poll wait: a client timeout shorter than
+/// the wait abandons receives the server still fulfils, and those messages stay invisible
+/// unseen for a whole visibility timeout.
+const SQS_ATTEMPT_MARGIN: Duration = Duration::from_secs(10);
+
+/// The per-attempt timeout of every SQS call, heartbeat renewals included, for a long poll of
+/// `wait`.
+pub fn sqs_attempt_timeout(wait: Duration) -> Duration {
+    wait + SQS_ATTEMPT_MARGIN
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: SecretUrl,
+    pub pool_size: u32,
+    pub statement_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub redis_url: SecretUrl,
+    pub local_ttl_seconds: u64,
+    pub redis_ttl_seconds: u64,
+    pub redis_timeout_ms: u64,
+    pub lock_wait_ms: u64,
+}
+
+/// Which generator produces profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorBackend {
+    Bedrock,
+    Offline,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    pub backend: GeneratorBackend,
+    #[serde(deserialize_with = "text")]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(deserialize_with = "text")]
+    pub endpoint_url: String,
+    pub call_timeout_seconds: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub offline_latency_ms: u64,
+    pub models: BTreeMap<String, String>,
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StalenessConfig {
+    pub model_change: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub stale_after_seconds: u64,
+    pub check_interval_seconds: u64,
+}
+
+/// A text key that also takes a scalar: figment reads an environment value that looks like a
+/// number or a boolean as one, and a queue named `12345` is still a name.
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_string<E>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_char<E>(self, v: char) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u128<E>(self, v: u128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i128<E>(self, v: i128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_fill_every_key() {
+        let config: Config = Figment::from(Toml::string(DEFAULTS)).extract().unwrap();
+        assert_eq!(config.consumer.concurrency, 5);
+        assert!(config.generator.models["haiku"].starts_with("anthropic."));
+    }
+
+    #[test]
+    fn a_text_key_takes_a_number_as_its_digits() {
+        let config: Config = Figment::from(Toml::string(DEFAULTS))
+            .merge(Toml::string("[queue]\nname = 12345"))
+            .extract()
+            .unwrap();
+        assert_eq!(config.queue.name, "12345");
+    }
+}
