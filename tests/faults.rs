@@ -85,7 +85,7 @@ impl Scenario {
             ("PROFILE_WORKER_QUEUE__URL", &self.queue.url),
             ("PROFILE_WORKER_QUEUE__ENDPOINT_URL", &self.queue.endpoint),
             ("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "1"),
-            ("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "6"),
+            ("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "20"),
             ("PROFILE_WORKER_CONSUMER__RETRY_BASE_SECONDS", "1"),
             ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
             ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
