@@ -32,6 +32,10 @@ pub struct Metrics {
     pub queue_messages: IntGaugeVec,
     pub db_pool_connections: IntGaugeVec,
     pub db_pool_max_connections: IntGauge,
+    /// 1 while the dependency is down and receiving is paused (docs/reliability.md).
+    pub paused: IntGaugeVec,
+    /// Messages kept invisible in process while a dependency is down.
+    pub held: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -202,6 +206,23 @@ impl Metrics {
                 IntGauge::with_opts(opts(
                     "db_pool_max_connections",
                     "Capacity of the database pool (database.pool_size).",
+                )),
+            ),
+            paused: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "paused",
+                        "1 while a dependency (database, bedrock, queue) is down and the daemon holds work.",
+                    ),
+                    &["dependency"],
+                ),
+            ),
+            held: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "held_messages",
+                    "Messages kept invisible in process until their dependency answers again.",
                 )),
             ),
             registry,

@@ -212,6 +212,10 @@ async fn persistent_throttling_spends_max_attempts_then_is_transient() {
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
+    assert!(
+        err.is_unavailable(),
+        "throttling on every attempt is the service's: {err}"
+    );
     assert_eq!(h.fake.requests().len(), 4);
     assert_eq!(err.usage().calls, 4);
     assert!(err.to_string().contains("ThrottlingException"), "{err}");
@@ -219,8 +223,11 @@ async fn persistent_throttling_spends_max_attempts_then_is_transient() {
 }
 
 #[tokio::test]
-async fn validation_and_access_errors_are_permanent_without_retry() {
-    for error in [FakeReply::validation(), FakeReply::access_denied()] {
+async fn validation_is_permanent_and_access_denied_unavailable_without_retry() {
+    for (error, unavailable) in [
+        (FakeReply::validation(), false),
+        (FakeReply::access_denied(), true),
+    ] {
         let h = harness().await;
         h.fake.set_default(CallKind::Biography, error.clone());
         let err = h
@@ -228,8 +235,10 @@ async fn validation_and_access_errors_are_permanent_without_retry() {
             .biography(&bio_request(dickens(), &[], vec![]))
             .await
             .unwrap_err();
-        assert!(
+        assert_eq!(err.is_unavailable(), unavailable, "{error:?}: {err}");
+        assert_eq!(
             matches!(err, GeneratorError::Permanent { .. }),
+            !unavailable,
             "{error:?}: {err}"
         );
         assert_eq!(h.fake.requests().len(), 1);

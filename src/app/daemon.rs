@@ -18,6 +18,8 @@ use crate::jobs;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::store::Store;
+use crate::store::migrate::MigrateError;
+use crate::store::schema_check::SchemaError;
 
 /// How often the database readiness check and pool gauges are refreshed.
 const DATABASE_CHECK: Backoff = Backoff::fixed(Duration::from_secs(10));
@@ -48,7 +50,10 @@ async fn serve_queue(
 ) -> Result<(), AppError> {
     let config = app.config();
     let check = app.health().check("database", true);
-    let store = app.checked_store().await?;
+    let Some(store) = until_reachable("database", &check, shutdown, || app.checked_store()).await?
+    else {
+        return Ok(());
+    };
     background.spawn(watch_database(
         store.clone(),
         check,
@@ -57,10 +62,11 @@ async fn serve_queue(
     ));
     let pipeline = Arc::new(app.pipeline(store.clone()).await?);
     let wait = Duration::from_secs(config.consumer.wait_seconds.into());
-    let queue = tokio::select! {
-        // Nothing has been received yet, so abandoning start-up strands no message.
-        _ = shutdown.cancelled() => return Ok(()),
-        q = app.queue(wait) => q?,
+    // Nothing has been received yet, so abandoning start-up strands no message.
+    let queue_check = app.health().check("queue", true);
+    let Some(queue) = until_reachable("queue", &queue_check, shutdown, || app.queue(wait)).await?
+    else {
+        return Ok(());
     };
     let rescue = jobs::spawn_rescue(
         store,
@@ -75,6 +81,68 @@ async fn serve_queue(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Dependencies down at start-up are waited for: from 1 s, doubling to 30 s.
+const STARTUP_WAIT: Backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30));
+
+impl AppError {
+    /// The dependency is out of reach (connection refused, no pooled connection, queue endpoint
+    /// unreachable): worth waiting for. Configuration and schema errors are not.
+    fn is_unreachable(&self) -> bool {
+        match self {
+            AppError::Migrate(MigrateError::Connect(_)) => true,
+            AppError::Schema(SchemaError::Store(e)) | AppError::Database(e) => e.is_unavailable(),
+            AppError::Queue(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Runs `step` until it succeeds, fails for a reason other than an unreachable dependency, or
+/// shutdown comes (`None`): a database or queue down at start-up makes the daemon wait, not
+/// ready, instead of exiting into a crash loop.
+async fn until_reachable<T, F, Fut>(
+    what: &str,
+    check: &Check,
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<Option<T>, AppError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AppError>>,
+{
+    let mut waits = STARTUP_WAIT.steps();
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            outcome = step() => outcome,
+        };
+        match outcome {
+            Ok(value) => {
+                if waits.count() > 0 {
+                    tracing::info!(dependency = what, "reachable; starting");
+                }
+                return Ok(Some(value));
+            }
+            Err(err) if err.is_unreachable() => {
+                let delay = waits.next_delay();
+                check.set(false, format!("unreachable at start-up: {err}"));
+                tracing::warn!(
+                    dependency = what,
+                    error = %err,
+                    attempt = waits.count(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "dependency unreachable at start-up; waiting (not ready)"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Keeps the "database" readiness check and the pool gauges current.

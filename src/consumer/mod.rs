@@ -8,6 +8,7 @@
 //! timeout while the handler runs, then deletes (batched), backs off, or dead-letters it.
 //! Shutdown never drops an in-flight receive; see [`Consumer::run`].
 
+mod pause;
 mod poll;
 mod task;
 
@@ -26,6 +27,7 @@ pub use crate::outcome::Outcome;
 use crate::outcome::message::{Deleter, QueueSide, Settled};
 use crate::queue::Queue;
 use crate::retry::Backoff;
+pub use pause::Pauses;
 use poll::Reachability;
 
 /// Processes one message. The pipeline implements it; tests use instrumented ones.
@@ -107,6 +109,8 @@ pub struct Summary {
     pub released: u64,
     /// Abandoned because the visibility heartbeat found the delivery no longer ours.
     pub lost: u64,
+    /// Held in process at least once because a dependency was down.
+    pub held: u64,
 }
 
 #[derive(Default)]
@@ -119,6 +123,7 @@ struct Stats {
     poison: AtomicU64,
     released: AtomicU64,
     lost: AtomicU64,
+    held: AtomicU64,
 }
 
 impl Stats {
@@ -151,6 +156,7 @@ impl Stats {
             poison: get(&self.poison),
             released: get(&self.released),
             lost: get(&self.lost),
+            held: get(&self.held),
         }
     }
 }
@@ -166,6 +172,10 @@ struct Ctx {
     stats: Stats,
     /// Cancelled when the shutdown grace is over: running handlers are dropped and released.
     hard_stop: CancellationToken,
+    /// Cancelled at shutdown: held messages are released at once.
+    stop: CancellationToken,
+    /// Which dependencies are down; receiving waits while a handler dependency is.
+    pauses: Pauses,
 }
 
 /// The queue consumer. Build with [`Consumer::new`], run with [`Consumer::run`].
@@ -176,6 +186,7 @@ pub struct Consumer {
     max_attempts: u32,
     metrics: Arc<Metrics>,
     health: Health,
+    pauses: Pauses,
 }
 
 impl Consumer {
@@ -200,6 +211,7 @@ impl Consumer {
             _ => settings.max_attempts,
         }
         .max(1);
+        let pauses = Pauses::new(health.check("paused", true), metrics.clone());
         Self {
             queue,
             handler,
@@ -207,6 +219,7 @@ impl Consumer {
             max_attempts,
             metrics,
             health,
+            pauses,
         }
     }
 
@@ -226,6 +239,7 @@ impl Consumer {
             check: self.health.check("queue", true),
             failures: AtomicU32::new(0),
             unready_after: self.settings.unready_after.max(1),
+            pauses: self.pauses.clone(),
         });
         let beat = self
             .health
@@ -246,6 +260,8 @@ impl Consumer {
             side,
             stats: Stats::default(),
             hard_stop: CancellationToken::new(),
+            stop: shutdown.clone(),
+            pauses: self.pauses.clone(),
         });
         if ctx.side.dead_letter.is_none() {
             tracing::warn!(

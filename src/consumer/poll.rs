@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::Ctx;
 use super::task::process;
 use crate::health::{Check, Heartbeat};
+use crate::outcome::Dependency;
 use crate::queue::{MAX_BATCH, QueueError, ReceivedMessage};
 use crate::retry::Backoff;
 
@@ -26,6 +27,7 @@ pub(super) struct Reachability {
     pub(super) check: Check,
     pub(super) failures: AtomicU32,
     pub(super) unready_after: u32,
+    pub(super) pauses: super::Pauses,
 }
 
 impl Reachability {
@@ -33,6 +35,7 @@ impl Reachability {
         if self.failures.swap(0, Ordering::Relaxed) > 0 {
             tracing::info!("queue reachable again");
         }
+        self.pauses.resume(Dependency::Queue);
         self.check.set(true, "ok");
     }
 
@@ -41,6 +44,7 @@ impl Reachability {
         if n >= self.unready_after {
             self.check
                 .set(false, format!("{n} consecutive queue errors; last: {err}"));
+            self.pauses.pause(Dependency::Queue, &err.to_string());
         }
     }
 }
@@ -57,12 +61,25 @@ pub(super) async fn poll_loop(
     let mut errors = POLL_BACKOFF.steps();
     loop {
         beat.beat();
+        if ctx.pauses.blocks_receiving() {
+            // A dependency is down: receive nothing until a held message finds it back.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = ctx.pauses.unblocked() => {}
+                _ = tokio::time::sleep(BEAT_EVERY) => {}
+            }
+            continue;
+        }
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = tokio::time::sleep(BEAT_EVERY) => continue,
         };
+        if ctx.pauses.blocks_receiving() {
+            continue;
+        }
         let mut held = vec![first];
         while held.len() < MAX_BATCH {
             match permits.clone().try_acquire_owned() {

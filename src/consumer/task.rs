@@ -1,7 +1,9 @@
 //! One message's task: run the handler in its own task, keep the message invisible while it
-//! runs, then settle the outcome.
+//! runs (and while it is held for a dependency), then settle the outcome.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -10,7 +12,17 @@ use tracing::Instrument;
 
 use super::{Ctx, Delivery};
 use crate::outcome::message::Ending;
+use crate::outcome::{Dependency, Outcome};
 use crate::queue::{QueueError, ReceivedMessage};
+use crate::retry::{Backoff, Steps};
+
+/// Probes of a held message: from 1 s, doubling to 30 s, jittered so held messages do not
+/// hit a recovering dependency together.
+const HOLD_PROBES: Backoff =
+    Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30)).full_jitter();
+/// Longest a message is held after its receipt: SQS refuses visibility beyond 12 h from the
+/// receipt, so the message is released before that (see docs/decisions.md).
+const MAX_HOLD: Duration = Duration::from_secs(11 * 3600 + 30 * 60);
 
 /// Decrements `in_flight` however the task ends.
 struct InFlight(Arc<Ctx>);
@@ -41,7 +53,8 @@ pub(super) async fn process(ctx: Arc<Ctx>, message: ReceivedMessage, permit: Own
             attempt,
             is_last_attempt: attempt >= ctx.side.max_attempts,
         };
-        let ending = supervise(&ctx, &message, delivery).await;
+        let mut lease = Lease::new(&ctx);
+        let ending = run_holding(&ctx, &message, delivery, &mut lease, started).await;
         // The slot is free as soon as the handler is; acknowledging is quick and batched.
         drop(permit);
         let settled = ctx.side.settle(&message, attempt, ending).await;
@@ -54,45 +67,175 @@ pub(super) async fn process(ctx: Arc<Ctx>, message: ReceivedMessage, permit: Own
     .await;
 }
 
+/// Runs the handler; while it answers [`Outcome::Hold`] the message stays invisible and the
+/// handler runs again after a capped backoff, so a dependency outage spends no receive count.
+async fn run_holding(
+    ctx: &Ctx,
+    message: &ReceivedMessage,
+    delivery: Delivery,
+    lease: &mut Lease,
+    received: Instant,
+) -> Ending {
+    let mut probes = HOLD_PROBES.steps();
+    let mut held: Option<Dependency> = None;
+    let ending = loop {
+        let ending = supervise(ctx, message, delivery.clone(), lease).await;
+        let Ending::Finished(Outcome::Hold { dependency, reason }) = ending else {
+            break ending;
+        };
+        if held.is_none() {
+            ctx.metrics.held.inc();
+            ctx.stats.held.fetch_add(1, Ordering::Relaxed);
+        }
+        if held.is_some_and(|d| d != dependency) {
+            ctx.pauses
+                .release_hold(held.take().expect("checked"), false);
+        }
+        if held.is_none() {
+            ctx.pauses.hold(dependency);
+        }
+        held = Some(dependency);
+        ctx.pauses.pause(dependency, &reason);
+        if received.elapsed() >= MAX_HOLD {
+            tracing::warn!(
+                dependency = dependency.as_str(),
+                held_s = received.elapsed().as_secs(),
+                "held too long; released to the queue (its receive count is spent)"
+            );
+            break Ending::Released;
+        }
+        let delay = probes.next_delay();
+        tracing::info!(
+            dependency = dependency.as_str(),
+            %reason,
+            probe = probes.count(),
+            retry_in_ms = delay.as_millis() as u64,
+            "message held until the dependency answers"
+        );
+        match lease
+            .guard(ctx, message, tokio::time::sleep(delay), true)
+            .await
+        {
+            Ok(()) => {}
+            Err(Interrupted::Lost) => break Ending::Lost,
+            Err(Interrupted::Stopped) => break Ending::Released,
+        }
+    };
+    if let Some(dependency) = held {
+        ctx.metrics.held.dec();
+        let answered = matches!(ending, Ending::Finished(_) | Ending::Panicked(_));
+        ctx.pauses.release_hold(dependency, answered);
+    }
+    ending
+}
+
 /// Runs the handler in its own task (so a panic is contained) while renewing visibility.
-async fn supervise(ctx: &Ctx, message: &ReceivedMessage, delivery: Delivery) -> Ending {
+async fn supervise(
+    ctx: &Ctx,
+    message: &ReceivedMessage,
+    delivery: Delivery,
+    lease: &mut Lease,
+) -> Ending {
     let handler = ctx.handler.clone();
     let mut task = tokio::spawn(
         async move { handler.handle(&delivery).await }.instrument(tracing::Span::current()),
     );
-    let period = crate::config::renewal_period(ctx.settings.visibility);
-    let mut next = Instant::now() + period;
-    loop {
-        tokio::select! {
-            joined = &mut task => {
-                return match joined {
-                    Ok(outcome) => Ending::Finished(outcome),
-                    Err(err) if err.is_panic() => Ending::Panicked(panic_text(err.into_panic())),
-                    Err(_) => Ending::Released,
-                };
+    match lease.guard(ctx, message, &mut task, false).await {
+        Ok(Ok(outcome)) => Ending::Finished(outcome),
+        Ok(Err(err)) if err.is_panic() => Ending::Panicked(panic_text(err.into_panic())),
+        Ok(Err(_)) => Ending::Released,
+        Err(interrupted) => {
+            task.abort();
+            match interrupted {
+                Interrupted::Lost => Ending::Lost,
+                Interrupted::Stopped => Ending::Released,
             }
-            _ = ctx.hard_stop.cancelled() => {
-                task.abort();
-                return Ending::Released;
-            }
-            _ = tokio::time::sleep_until(next) => {
-                match ctx.queue.change_visibility(&message.receipt_handle, ctx.settings.visibility).await {
-                    Ok(()) => {
-                        ctx.metrics.visibility_extensions.with_label_values(&["ok"]).inc();
-                        next = Instant::now() + period;
-                    }
-                    Err(QueueError::ReceiptInvalid(detail)) => {
-                        task.abort();
-                        ctx.metrics.visibility_extensions.with_label_values(&["lost"]).inc();
-                        tracing::warn!(%detail, "visibility lost; handler cancelled, outcome not recorded");
-                        return Ending::Lost;
-                    }
-                    Err(err) => {
-                        ctx.metrics.visibility_extensions.with_label_values(&["error"]).inc();
-                        tracing::warn!(error = %err, "visibility extension failed; trying again");
-                        next = Instant::now() + period.min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Why a guarded wait ended early.
+enum Interrupted {
+    /// The receipt no longer owns the message.
+    Lost,
+    /// Shutdown (grace over, or any shutdown while only waiting).
+    Stopped,
+}
+
+/// Keeps one message invisible: renews its visibility every third of the timeout, each call
+/// bounded by a timeout shorter than that period, across handler runs and hold waits.
+struct Lease {
+    period: Duration,
+    next: Instant,
+    /// Failed renewals in a row: the next try backs off instead of hammering the queue.
+    failures: Steps,
+}
+
+impl Lease {
+    fn new(ctx: &Ctx) -> Self {
+        let period = crate::config::renewal_period(ctx.settings.visibility);
+        Self {
+            period,
+            next: Instant::now() + period,
+            failures: Backoff::exponential(Duration::from_secs(1), period).steps(),
+        }
+    }
+
+    /// Awaits `work` while renewing visibility; `soft_stop` also ends the wait at shutdown (a
+    /// held message is released at once instead of waiting for the grace).
+    async fn guard<F: Future>(
+        &mut self,
+        ctx: &Ctx,
+        message: &ReceivedMessage,
+        work: F,
+        soft_stop: bool,
+    ) -> Result<F::Output, Interrupted> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = ctx.hard_stop.cancelled() => return Err(Interrupted::Stopped),
+                _ = ctx.stop.cancelled(), if soft_stop => return Err(Interrupted::Stopped),
+                _ = tokio::time::sleep_until(self.next) => {
+                    if !self.renew(ctx, message).await {
+                        return Err(Interrupted::Lost);
                     }
                 }
+            }
+        }
+    }
+
+    /// One renewal; false when the message is no longer ours.
+    async fn renew(&mut self, ctx: &Ctx, message: &ReceivedMessage) -> bool {
+        let extensions = &ctx.metrics.visibility_extensions;
+        let call = ctx
+            .queue
+            .change_visibility(&message.receipt_handle, ctx.settings.visibility);
+        let result = match tokio::time::timeout(self.period / 2, call).await {
+            Ok(result) => result,
+            Err(_) => Err(QueueError::Transient(format!(
+                "no answer within {} ms",
+                (self.period / 2).as_millis()
+            ))),
+        };
+        match result {
+            Ok(()) => {
+                extensions.with_label_values(&["ok"]).inc();
+                self.failures.reset();
+                self.next = Instant::now() + self.period;
+                true
+            }
+            Err(QueueError::ReceiptInvalid(detail)) => {
+                extensions.with_label_values(&["lost"]).inc();
+                tracing::warn!(%detail, "visibility lost; handler cancelled, outcome not recorded");
+                false
+            }
+            Err(err) => {
+                extensions.with_label_values(&["error"]).inc();
+                let delay = self.failures.next_delay();
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "visibility extension failed; trying again");
+                self.next = Instant::now() + delay;
+                true
             }
         }
     }

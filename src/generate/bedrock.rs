@@ -39,7 +39,6 @@ const RETRYABLE_CODES: &[&str] = &[
     "ServiceUnavailableException",
     "ModelNotReadyException",
     "InternalServerException",
-    "ModelTimeoutException",
 ];
 
 /// Generates through Amazon Bedrock Converse; cheap to share behind an `Arc`.
@@ -59,11 +58,26 @@ pub struct BedrockGenerator {
 enum Failure {
     /// Throttled: retry (metric result `throttled`).
     Throttled,
-    /// Other transient failure: retry (metric result `retryable`).
+    /// Server error, model not ready, request not delivered: retry; when every attempt fails
+    /// the service is down (metric result `retryable`).
     Retryable,
-    /// Retrying will not help (metric result `error`).
+    /// No reply in time: retry; when every attempt times out, the message comes back later
+    /// (a long prompt can be slow on its own; metric result `retryable`).
+    Slow,
+    /// The configured model is refused as a whole — access denied, unknown or disabled model,
+    /// bad credentials: no message can succeed until the configuration changes (metric `error`).
+    Refused,
+    /// This request is refused (validation): retrying will not help (metric result `error`).
     Permanent,
 }
+
+/// Error codes that refuse every request to the configured model, whatever the message.
+const REFUSED_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "ResourceNotFoundException",
+    "UnrecognizedClientException",
+    "ExpiredTokenException",
+];
 
 impl BedrockGenerator {
     /// Builds the client from an already loaded AWS configuration (region, credentials, the
@@ -153,7 +167,7 @@ impl BedrockGenerator {
                 }
                 Ok(Err(err)) => classify(&err),
                 Err(_) => (
-                    Failure::Retryable,
+                    Failure::Slow,
                     format!("no reply within {}s", self.call_timeout.as_secs()),
                 ),
             };
@@ -161,18 +175,22 @@ impl BedrockGenerator {
                 call,
                 match failure {
                     Failure::Throttled => "throttled",
-                    Failure::Retryable => "retryable",
-                    Failure::Permanent => "error",
+                    Failure::Retryable | Failure::Slow => "retryable",
+                    Failure::Refused | Failure::Permanent => "error",
                 },
             );
             let reason = format!("{call} call to {model}, attempt {attempt}: {reason}");
-            if failure == Failure::Permanent {
-                return Err(GeneratorError::Permanent { reason, usage });
+            match failure {
+                Failure::Permanent => return Err(GeneratorError::Permanent { reason, usage }),
+                Failure::Refused => return Err(GeneratorError::Unavailable { reason, usage }),
+                _ => {}
             }
             if attempt >= self.max_attempts {
-                return Err(GeneratorError::Transient {
-                    reason: format!("{reason} (gave up after {attempt} attempts)"),
-                    usage,
+                let reason = format!("{reason} (gave up after {attempt} attempts)");
+                return Err(if failure == Failure::Slow {
+                    GeneratorError::Transient { reason, usage }
+                } else {
+                    GeneratorError::Unavailable { reason, usage }
                 });
             }
             let delay = self.backoff.delay(attempt);
@@ -246,14 +264,22 @@ fn classify(err: &SdkError<ConverseError>) -> (Failure, String) {
                 || (code.is_empty() && status == 429)
             {
                 Failure::Throttled
+            } else if code == "ModelTimeoutException" {
+                Failure::Slow
             } else if RETRYABLE_CODES.contains(&code) || status >= 500 {
                 Failure::Retryable
+            } else if REFUSED_CODES.contains(&code)
+                || status == 401
+                || status == 403
+                || (code == "ValidationException" && message.contains("model identifier"))
+            {
+                Failure::Refused
             } else {
                 Failure::Permanent
             };
             (failure, reason)
         }
-        SdkError::TimeoutError(_) => (Failure::Retryable, "SDK timeout".to_string()),
+        SdkError::TimeoutError(_) => (Failure::Slow, "SDK timeout".to_string()),
         SdkError::DispatchFailure(dispatch) => {
             let failure = if dispatch.is_user() {
                 Failure::Permanent

@@ -8,7 +8,9 @@
 //!
 //! Who retries: an adapter retries transient failures of a single call itself (Bedrock: its own
 //! backoff, up to `generator.max_attempts`); a [`GeneratorError::Transient`] it returns means
-//! "those attempts are spent, let the message come back later".
+//! "those attempts are spent, let the message come back later", and a
+//! [`GeneratorError::Unavailable`] "the model service itself is failing or refusing the configured
+//! model: hold the message and pause" (docs/reliability.md).
 
 pub mod bedrock;
 pub mod classify;
@@ -151,22 +153,34 @@ pub enum GeneratorError {
     /// Throttling, unavailability, timeouts, I/O, a reply without text: retry the message later.
     #[error("generator temporarily failed: {reason}")]
     Transient { reason: String, usage: Usage },
-    /// Validation, access denied, unknown model…: retrying will not help.
+    /// The request itself is refused (validation): retrying will not help.
     #[error("generator failed: {reason}")]
     Permanent { reason: String, usage: Usage },
+    /// Not this message's fault: throttling or server errors on every attempt, or a refusal of
+    /// the configured model as a whole (access denied, unknown or disabled model).
+    #[error("generator unavailable: {reason}")]
+    Unavailable { reason: String, usage: Usage },
 }
 
 impl GeneratorError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, GeneratorError::Transient { .. })
+        matches!(
+            self,
+            GeneratorError::Transient { .. } | GeneratorError::Unavailable { .. }
+        )
+    }
+
+    /// The model service, not the message, is at fault.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, GeneratorError::Unavailable { .. })
     }
 
     /// Calls and tokens spent before failing (to be accounted all the same).
     pub fn usage(&self) -> Usage {
         match self {
-            GeneratorError::Transient { usage, .. } | GeneratorError::Permanent { usage, .. } => {
-                *usage
-            }
+            GeneratorError::Transient { usage, .. }
+            | GeneratorError::Permanent { usage, .. }
+            | GeneratorError::Unavailable { usage, .. } => *usage,
         }
     }
 }

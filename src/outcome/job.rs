@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use crate::model::EntityRef;
 use crate::store::{Outcome as JobOutcome, OutcomeRecord, Store, StoreError};
 
-use super::Outcome;
+use super::{Blame, Dependency, Outcome};
 
 /// Which delivery of which (job, entity) the records are about.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +43,20 @@ impl Ledger {
         }
     }
 
-    /// Turns a failure into the delivery's outcome and records it: a transient failure before
-    /// the last attempt is noted as a retry and comes back; anything else is counted failed
-    /// (unless recording that fails transiently with attempts left: then it comes back too).
-    pub async fn failed(&self, subject: Subject<'_>, reason: String, transient: bool) -> Outcome {
+    /// Turns a failure into the delivery's outcome and records it. A dependency's failure holds
+    /// the message and records nothing (the job is not at fault, and the database may be the
+    /// dependency). A transient failure of the message before the last attempt is noted as a
+    /// retry and comes back; anything else is counted failed (unless recording that fails: a
+    /// database outage holds, another transient error with attempts left comes back).
+    pub async fn failed(&self, subject: Subject<'_>, reason: String, blame: Blame) -> Outcome {
         let attempt = subject.attempt;
+        let transient = match blame {
+            Blame::Dependency(dependency) => {
+                tracing::warn!(error = %reason, dependency = dependency.as_str(), "dependency down; message held");
+                return Outcome::Hold { dependency, reason };
+            }
+            Blame::Message { transient } => transient,
+        };
         if transient && !subject.is_last_attempt {
             tracing::warn!(error = %reason, attempt, "transient failure; the message will come back");
             if let Some(job_id) = subject.job_id
@@ -65,6 +74,12 @@ impl Ledger {
             message: reason.clone(),
         };
         if let Err(e) = self.record(subject, failure).await {
+            if e.is_unavailable() {
+                return Outcome::Hold {
+                    dependency: Dependency::Database,
+                    reason: format!("cannot record the failure: {e}"),
+                };
+            }
             if e.is_transient() && !subject.is_last_attempt {
                 return Outcome::Retry {
                     reason: format!("{reason}; and recording the failure failed: {e}"),

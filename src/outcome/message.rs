@@ -67,7 +67,8 @@ impl QueueSide {
                     .await
             }
             Ending::Lost => "lost",
-            Ending::Released => {
+            // The consumer holds these itself; one reaching here is handed back unsettled.
+            Ending::Released | Ending::Finished(Outcome::Hold { .. }) => {
                 if let Err(err) = self
                     .queue
                     .change_visibility(&message.receipt_handle, Duration::ZERO)

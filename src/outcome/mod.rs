@@ -7,6 +7,12 @@
 //! | retry    | hidden for a jittered backoff, then redelivered | retry noted on the job item    |
 //! | failed   | dead-letter copy, then deleted                | failure counted, `error_log` line |
 //! | poison   | dead-letter copy (or logged whole), then deleted | nothing: the body names no job |
+//! | hold     | kept invisible, retried in process when the dependency answers | nothing       |
+//!
+//! A failure is either the message's own (this entity's data, this reply: retry or failed) or a
+//! dependency's (database unreachable, Bedrock throttling or refusing the configured model):
+//! [`Outcome::Hold`]. A held message consumes no receive count and counts nothing failed; the
+//! consumer stops receiving while any dependency is down (see docs/reliability.md).
 //!
 //! A dead-letter copy that fails transiently never leads to a delete: the message takes the
 //! retry path instead. [`job`] is the job side (run by the pipeline, which owns the store);
@@ -31,4 +37,37 @@ pub enum Outcome {
     /// The message itself is invalid: send it unchanged to the dead-letter queue (or log it
     /// whole when there is none), then delete. Never retried.
     Poison { reason: String },
+    /// A dependency is down, not the message's fault: keep the message invisible, stop
+    /// receiving, and run the handler again once the dependency answers.
+    Hold {
+        dependency: Dependency,
+        reason: String,
+    },
+}
+
+/// A dependency whose outage pauses receiving (the `profile_worker_paused{dependency}` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dependency {
+    Database,
+    Bedrock,
+    Queue,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Database => "database",
+            Dependency::Bedrock => "bedrock",
+            Dependency::Queue => "queue",
+        }
+    }
+}
+
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// This message's own: `transient` failures come back through the visibility-retry path.
+    Message { transient: bool },
+    /// A dependency is down: hold the message.
+    Dependency(Dependency),
 }

@@ -53,6 +53,7 @@ impl Pipeline {
                 usage += reply.usage;
                 reply.value.connections
             }
+            Err(err) if err.is_unavailable() => return Err(err.into()),
             Err(err) => {
                 usage += err.usage();
                 tracing::warn!(error = %err, "connection discovery failed; continuing without");
@@ -142,6 +143,7 @@ impl Pipeline {
                             narrated += 1;
                         }
                     }
+                    Err(err) if err.is_unavailable() => return Err(err.into()),
                     Err(err) => {
                         usage += err.usage();
                         tracing::warn!(error = %err, connection = %key, "relationship story failed");
@@ -156,6 +158,7 @@ impl Pipeline {
                             narrated += 1;
                         }
                     }
+                    Err(err) if err.is_unavailable() => return Err(err.into()),
                     Err(err) => {
                         usage += err.usage();
                         tracing::warn!(error = %err, connection = %key, "connection narrative failed");

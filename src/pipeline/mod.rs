@@ -26,6 +26,7 @@ use crate::graph::{self, Graph, GraphParams};
 use crate::metrics::Metrics;
 use crate::model::{EntityRef, JobStatus};
 use crate::outcome::job::{Ledger, Subject};
+use crate::outcome::{Blame, Dependency};
 use crate::store::{ProfileUnit, Store, StoreError};
 use message::Message;
 
@@ -205,6 +206,33 @@ impl Pipeline {
         Ok(Processed::Skipped(reason))
     }
 
+    /// Whose fault a failure is. A database error is the database's when no connection could be
+    /// had or it broke; any other transient database error is confirmed with a ping, so a
+    /// server going down mid-statement pauses too, whatever language its messages are in.
+    async fn blame(&self, err: &PipelineError) -> Blame {
+        let store_error = match err {
+            PipelineError::Store(e) => Some(e),
+            PipelineError::Graph(e) => Some(e.as_ref()),
+            _ => None,
+        };
+        if let Some(e) = store_error {
+            if e.is_unavailable() || (e.is_transient() && self.store.ping().await.is_err()) {
+                return Blame::Dependency(Dependency::Database);
+            }
+            return Blame::Message {
+                transient: e.is_transient(),
+            };
+        }
+        match err {
+            PipelineError::Generator(e) if e.is_unavailable() => {
+                Blame::Dependency(Dependency::Bedrock)
+            }
+            other => Blame::Message {
+                transient: other.is_transient(),
+            },
+        }
+    }
+
     /// `app_config` first, then configuration, then haiku. A failed read falls
     /// through, as in the original.
     async fn resolve_model(&self) -> String {
@@ -265,10 +293,9 @@ impl Handler for Pipeline {
             }
             Err(err) => err,
         };
+        let blame = self.blame(&err).await;
         let subject = subject(&msg, attempt, delivery.is_last_attempt);
-        self.ledger
-            .failed(subject, err.to_string(), err.is_transient())
-            .await
+        self.ledger.failed(subject, err.to_string(), blame).await
     }
 }
 

@@ -59,6 +59,22 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Transient(_))
     }
+
+    /// True when the database itself is out of reach (no connection, or the connection broke),
+    /// rather than this statement failing: the caller should pause, not blame its message.
+    /// Decided by where the failure happened, never by the server's message text.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Transient(Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ))
+            | StoreError::Transient(Error::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
 }
 
 /// A terminal outcome of one (job, entity): `succeeded` covers generated and skipped profiles.

@@ -147,6 +147,10 @@ struct State {
     defaults: HashMap<Option<CallKind>, FakeReply>,
     latency: Duration,
     requests: Vec<RecordedRequest>,
+    /// Every call gets this reply while set, whatever its kind (an outage).
+    outage: Option<FakeReply>,
+    /// Models answered with AccessDeniedException (not enabled for the account).
+    denied: Vec<String>,
 }
 
 /// The running fake; stops (and releases hanging requests) when dropped.
@@ -197,6 +201,20 @@ impl FakeBedrock {
     /// Delay before every reply.
     pub fn set_latency(&self, latency: Duration) {
         self.state.lock().unwrap().latency = latency;
+    }
+
+    /// Answers every call with `reply` until [`FakeBedrock::end_outage`].
+    pub fn start_outage(&self, reply: FakeReply) {
+        self.state.lock().unwrap().outage = Some(reply);
+    }
+
+    pub fn end_outage(&self) {
+        self.state.lock().unwrap().outage = None;
+    }
+
+    /// Answers every call to `model_id` with AccessDeniedException.
+    pub fn deny_model(&self, model_id: &str) {
+        self.state.lock().unwrap().denied.push(model_id.to_string());
     }
 
     /// Every request so far, in arrival order.
@@ -340,11 +358,15 @@ async fn handle(
 
     let (reply, latency) = {
         let mut s = state.lock().unwrap();
+        let denied = s.denied.contains(&recorded.model_id);
         s.requests.push(recorded);
-        let reply = s
-            .queued
-            .get_mut(&kind)
-            .and_then(VecDeque::pop_front)
+        let reply = if denied {
+            Some(FakeReply::access_denied())
+        } else {
+            s.outage.clone()
+        };
+        let reply = reply
+            .or_else(|| s.queued.get_mut(&kind).and_then(VecDeque::pop_front))
             .or_else(|| s.defaults.get(&kind).cloned())
             .unwrap_or_else(|| default_reply(kind));
         (reply, s.latency)

@@ -9,5 +9,6 @@ pub mod graph;
 pub mod iam;
 pub mod jobs;
 pub mod pipeline;
+pub mod postgres;
 pub mod redis;
 pub mod sqs;

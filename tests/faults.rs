@@ -1,0 +1,253 @@
+//! Binary-level fault tests: the real `profile-worker run` against its own PostgreSQL, moto with
+//! the production setting maxReceiveCount = 2, and the fake Bedrock. A dependency outage must
+//! pause the daemon and hold its messages: job completed, failed = 0, dead-letter queue empty.
+//! The long variants are `#[ignore]`d and run from `scripts/faults --long`.
+
+mod support;
+
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use profile_worker::config::{DatabaseConfig, SecretUrl};
+use profile_worker::generate::CallKind;
+use profile_worker::model::{EntityType, JobStatus};
+use profile_worker::store::migrate::{Mode, run_migrations};
+use profile_worker::store::{JobStore, PgStore, ProfileStore};
+use support::bedrock::{FakeBedrock, FakeReply};
+use support::daemon::{Daemon, http};
+use support::db::FIXTURE_PATH;
+use support::pipeline::message;
+use support::postgres::OwnPostgres;
+use support::sqs::{TestQueue, eventually, moto_url};
+
+const ENTITIES: usize = 20;
+
+struct Scenario {
+    db_url: String,
+    store: PgStore,
+    queue: TestQueue,
+    fake: FakeBedrock,
+    job_id: String,
+}
+
+impl Scenario {
+    /// A migrated database with the fixture collection, a 20-entity job enqueued.
+    async fn new(db_url: String) -> Self {
+        run_migrations(&db_url, support::db::SCHEMA, Mode::Standalone)
+            .await
+            .expect("migrations apply");
+        let sql = std::fs::read_to_string(FIXTURE_PATH).expect("fixture");
+        let mut conn = AsyncPgConnection::establish(&db_url).await.unwrap();
+        conn.batch_execute(&sql).await.expect("fixture loads");
+        conn.batch_execute(
+            "INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin', 'admin')",
+        )
+        .await
+        .expect("job owner");
+        let store = PgStore::connect(&DatabaseConfig {
+            url: SecretUrl::new(db_url.clone()),
+            pool_size: 4,
+            statement_timeout_ms: 30_000,
+            migrate_on_start: false,
+            schema: support::db::SCHEMA.into(),
+        })
+        .unwrap();
+        let queue = TestQueue::create(&moto_url(), 2).await;
+        let fake = FakeBedrock::start().await;
+        let authors: Vec<_> = store
+            .collection_entities()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.entity.entity_type == EntityType::Author)
+            .take(ENTITIES)
+            .collect();
+        assert_eq!(authors.len(), ENTITIES);
+        let job = store
+            .create_job(1, ENTITIES as i32, JobStatus::InProgress)
+            .await
+            .unwrap();
+        for e in &authors {
+            queue
+                .send(&message(Some(&job.id), &e.entity.to_string(), false))
+                .await;
+        }
+        Self {
+            db_url,
+            store,
+            queue,
+            fake,
+            job_id: job.id,
+        }
+    }
+
+    fn start(&self) -> Daemon {
+        let fake = self.fake.url();
+        Daemon::start(&[
+            ("DATABASE_URL", &self.db_url),
+            ("PROFILE_WORKER_QUEUE__URL", &self.queue.url),
+            ("PROFILE_WORKER_QUEUE__ENDPOINT_URL", &self.queue.endpoint),
+            ("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "1"),
+            ("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "20"),
+            ("PROFILE_WORKER_CONSUMER__RETRY_BASE_SECONDS", "1"),
+            ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
+            ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
+            ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ])
+    }
+
+    async fn counted(&self) -> i32 {
+        match self.store.job(&self.job_id).await {
+            Ok(Some(job)) => job.succeeded + job.failed,
+            _ => -1,
+        }
+    }
+
+    /// Job completed with every entity a success, nothing dead-lettered, the queue drained.
+    async fn assert_nothing_lost(&self, daemon: &Daemon, guard: Duration) {
+        let store = &self.store;
+        let id = self.job_id.clone();
+        eventually("the job completes", guard, || {
+            let id = id.clone();
+            async move {
+                matches!(store.job(&id).await, Ok(Some(j)) if j.status == JobStatus::Completed)
+            }
+        })
+        .await;
+        let job = store.job(&self.job_id).await.unwrap().unwrap();
+        assert_eq!(
+            (job.succeeded, job.failed),
+            (ENTITIES as i32, 0),
+            "error_log {:?}\nlogs:\n{}",
+            job.error_log,
+            daemon.logs()
+        );
+        let dead = self.queue.drain_dead_letters().await;
+        assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+        eventually("the queue drains", guard, || async {
+            self.queue.counts().await == (0, 0)
+        })
+        .await;
+    }
+}
+
+async fn ready(daemon: &Daemon) -> (u16, String) {
+    let (status, _, body) = http("GET", &daemon.url("/ready")).await;
+    (status, body)
+}
+
+async fn postgres_down_for(outage: Duration) {
+    let pg = OwnPostgres::start().await;
+    let url = pg.create_database("faults").await;
+    let s = Scenario::new(url).await;
+    s.fake.set_latency(Duration::from_millis(300));
+    let daemon = s.start();
+
+    eventually(
+        "a few profiles commit",
+        Duration::from_secs(120),
+        || async { s.counted().await >= 3 },
+    )
+    .await;
+    pg.stop_server();
+    eventually("the daemon pauses", Duration::from_secs(60), || async {
+        let (status, body) = ready(&daemon).await;
+        status == 503 && body.contains("database down")
+    })
+    .await;
+    tokio::time::sleep(outage).await;
+    let (status, body) = ready(&daemon).await;
+    assert_eq!(
+        status, 503,
+        "still paused while the database is down: {body}"
+    );
+    pg.start_server().await;
+
+    s.assert_nothing_lost(&daemon, Duration::from_secs(300))
+        .await;
+    // Generation repeats only for profiles that were in flight and not committed.
+    let bios = s.fake.requests_of(CallKind::Biography).len();
+    assert!(
+        bios <= ENTITIES + 5,
+        "{bios} biography calls for {ENTITIES} entities"
+    );
+    let logs = daemon.logs();
+    assert!(logs.contains("paused: dependency down"), "{logs}");
+    assert!(logs.contains("resumed: dependency answers again"), "{logs}");
+    let (status, _) = ready(&daemon).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_for_90_s_loses_nothing_and_fails_nothing() {
+    postgres_down_for(Duration::from_secs(90)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: scripts/faults --long"]
+async fn postgres_stopped_for_10_min_loses_nothing_and_fails_nothing() {
+    postgres_down_for(Duration::from_secs(600)).await;
+}
+
+async fn bedrock_throttling_for(outage: Duration) {
+    let db = support::db::TestDb::migrated().await;
+    let s = Scenario::new(db.url.clone()).await;
+    s.fake.set_latency(Duration::from_millis(100));
+    s.fake.start_outage(FakeReply::throttling());
+    let daemon = s.start();
+    eventually("the daemon pauses", Duration::from_secs(120), || async {
+        let (status, body) = ready(&daemon).await;
+        status == 503 && body.contains("bedrock down")
+    })
+    .await;
+    tokio::time::sleep(outage).await;
+    assert_eq!(s.counted().await, 0);
+    s.fake.end_outage();
+    s.assert_nothing_lost(&daemon, Duration::from_secs(300))
+        .await;
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_throttling_for_a_while_then_recovering_fails_nothing() {
+    bedrock_throttling_for(Duration::from_secs(45)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: scripts/faults --long"]
+async fn bedrock_throttling_for_5_min_then_recovering_fails_nothing() {
+    bedrock_throttling_for(Duration::from_secs(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_for_the_model_pauses_until_app_config_names_another() {
+    let db = support::db::TestDb::migrated().await;
+    let s = Scenario::new(db.url.clone()).await;
+    s.fake.deny_model(support::pipeline::HAIKU);
+    let daemon = s.start();
+    eventually(
+        "the daemon pauses naming the cause",
+        Duration::from_secs(120),
+        || async {
+            let (status, body) = ready(&daemon).await;
+            status == 503 && body.contains("AccessDeniedException")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let job = s.store.job(&s.job_id).await.unwrap().unwrap();
+    assert_eq!((job.succeeded, job.failed), (0, 0));
+    let other = "anthropic.claude-other-test-v1:0";
+    db.exec(&format!(
+        "INSERT INTO app_config (key, value) VALUES ('model.entity_profiles', '{other}')"
+    ))
+    .await;
+    s.assert_nothing_lost(&daemon, Duration::from_secs(300))
+        .await;
+    let (status, _) = ready(&daemon).await;
+    assert_eq!(status, 200);
+    drop(db);
+}
