@@ -65,15 +65,17 @@ impl StoreError {
     /// Decided by where the failure happened, never by the server's message text.
     pub fn is_unavailable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
-        match self {
-            StoreError::Unavailable(_) => true,
-            StoreError::Transient(Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                _,
-            ))
-            | StoreError::Transient(Error::BrokenTransactionManager) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            StoreError::Unavailable(_)
+                | StoreError::Transient(
+                    Error::DatabaseError(
+                        DatabaseErrorKind::ClosedConnection
+                            | DatabaseErrorKind::UnableToSendCommand,
+                        _,
+                    ) | Error::BrokenTransactionManager
+                )
+        )
     }
 }
 
