@@ -23,7 +23,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::queue::sqs::classify;
+use crate::queue::sqs::{classify, receive_count, string_attributes};
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, QueueDepth, QueueError, SqsQueue};
 
 /// Characters of a dead letter's body shown in previews.
@@ -332,19 +332,8 @@ fn dead_letter(m: &aws_sdk_sqs::types::Message) -> DeadLetter {
             .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
             .and_then(|t| t.parse::<i64>().ok())
             .and_then(DateTime::from_timestamp_millis),
-        receive_count: system
-            .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0),
-        attributes: m
-            .message_attributes()
-            .map(|attrs| {
-                attrs
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        receive_count: receive_count(m).unwrap_or(0),
+        attributes: string_attributes(m),
         body_preview: body.chars().take(PREVIEW_CHARS).collect(),
         body_bytes: body.len(),
     }

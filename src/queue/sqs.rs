@@ -144,6 +144,25 @@ async fn queue_url(client: &Client, queue: &QueueConfig) -> Result<String, Queue
     }
 }
 
+/// `ApproximateReceiveCount` of a received message, when SQS sent it.
+pub(crate) fn receive_count(m: &aws_sdk_sqs::types::Message) -> Option<u32> {
+    m.attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|c| c.parse().ok())
+}
+
+/// The string-valued message attributes (our `outcome`, `reason`, … on dead letters).
+pub(crate) fn string_attributes(m: &aws_sdk_sqs::types::Message) -> BTreeMap<String, String> {
+    m.message_attributes()
+        .map(|attrs| {
+            attrs
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 async fn resolve_url(
     client: &Client,
     name: &str,
@@ -326,20 +345,8 @@ impl Queue for SqsQueue {
                 message_id: m.message_id().unwrap_or_default().to_string(),
                 receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
                 body: m.body().unwrap_or_default().to_string(),
-                receive_count: m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1),
-                attributes: m
-                    .message_attributes()
-                    .map(|attrs| {
-                        attrs
-                            .iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                receive_count: receive_count(m).unwrap_or(1),
+                attributes: string_attributes(m),
             })
             .collect())
     }
