@@ -40,9 +40,9 @@ TASK_ACTIONS = {
     "bedrock:InvokeModel",
 }
 POLICY_ACTIONS = {
-    "task-role-policy.json": TASK_ACTIONS | {"aps:RemoteWrite"},
+    "task-role-policy.json": TASK_ACTIONS | {"aps:RemoteWrite", "secretsmanager:GetSecretValue"},
     "enqueue-policy.json": {"sqs:SendMessage", "sqs:GetQueueUrl"},
-    "execution-role-policy.json": {"secretsmanager:GetSecretValue", "ssm:GetParameters"},
+    "execution-role-policy.json": {"ssm:GetParameters"},
 }
 
 
@@ -507,8 +507,9 @@ def cmd_ecs(args):
             "container runs non-root with a read-only root filesystem")
     f.check(ctr.get("linuxParameters", {}).get("capabilities", {}).get("drop") == ["ALL"], "all capabilities dropped")
     secrets = {s["name"]: s["valueFrom"] for s in ctr.get("secrets", [])}
-    f.check(secrets.get("DATABASE_URL", "").startswith(("arn:aws:secretsmanager:", "arn:aws:ssm:")),
-            "DATABASE_URL comes from Secrets Manager or SSM")
+    # The daemon reads the database secret itself, so it can read it again after a rotation.
+    f.check(env.get("DATABASE_SECRET_ARN", "").startswith("arn:aws:secretsmanager:") and "DATABASE_URL" not in secrets,
+            "database credentials come from the secret DATABASE_SECRET_ARN names")
     f.check(not any(k in env for k in ("DATABASE_URL", "REDIS_URL", "BMX_REDIS_URL", "PROFILE_WORKER_DATABASE__URL")),
             "no connection URL in plain environment")
     port = int(env.get("PROFILE_WORKER_SERVER__LISTEN", "0.0.0.0:8080").rsplit(":", 1)[1])
@@ -526,9 +527,11 @@ def cmd_ecs(args):
     msecrets = {s["name"]: s["valueFrom"] for s in mctr.get("secrets", [])}
     f.check(mctr.get("command") == ["migrate"], f"migrate task runs `migrate`: {mctr.get('command')}")
     f.check(mctr["image"] == ctr["image"], "migrate task uses the service's image")
-    f.check(msecrets.get("DATABASE_URL") == secrets.get("DATABASE_URL"), "migrate task reads the same DATABASE_URL secret")
+    f.check(menv.get("DATABASE_SECRET_ARN") == env.get("DATABASE_SECRET_ARN") and not msecrets,
+            "migrate task reads the same database secret")
+    f.check(mtd.get("taskRoleArn") == td.get("taskRoleArn"), "migrate task runs as the task role that may read the secret")
     f.check(all(env.get(k) == v for k, v in menv.items()), "migrate task environment agrees with the service's")
-    f.check(mtd.get("executionRoleArn") == td.get("executionRoleArn"), "migrate task uses the execution role that reads the secret")
+    f.check(mtd.get("executionRoleArn") == td.get("executionRoleArn"), "migrate task uses the service's execution role")
     f.check(mctr.get("readonlyRootFilesystem") is True and mctr.get("user") == ctr.get("user"), "migrate task is as locked down as the service")
     f.check(run["taskDefinition"] == mtd["family"] and run["cluster"] == docs["service.json"]["cluster"]
             and run["networkConfiguration"] == docs["service.json"]["networkConfiguration"],
@@ -536,9 +539,8 @@ def cmd_ecs(args):
 
     if args.binary:
         extra = dict(env)
-        extra.update({name: "postgres://user:secret@db.invalid/app" if name == "DATABASE_URL" else "redis://cache.invalid:6379"
-                      for name in secrets})
-        mextra = {k: v for k, v in extra.items() if k in menv or k == "DATABASE_URL"}
+        extra.update({name: "redis://cache.invalid:6379" for name in secrets})
+        mextra = {k: v for k, v in extra.items() if k in menv}
         proc = subprocess.run([args.binary, "config"], capture_output=True, text=True, env=clean_env(mextra))
         f.check(proc.returncode == 0, "profile-worker accepts the migrate task's environment"
                 + ("" if proc.returncode == 0 else f": {proc.stderr.strip()}"))
@@ -581,6 +583,9 @@ def cmd_ecs(args):
     f.check(granted.get("sqs:GetQueueUrl") == {queue_arn, dlq_arn},
             f"sqs:GetQueueUrl is granted on the queue and the DLQ only")
     f.check(granted.get("sqs:SendMessage") == {dlq_arn}, f"sqs:SendMessage is granted on the DLQ {dlq_arn} only")
+    secret_arn = env.get("DATABASE_SECRET_ARN")
+    f.check(granted.get("secretsmanager:GetSecretValue") == {secret_arn},
+            f"secretsmanager:GetSecretValue is granted on the database secret {secret_arn} only")
     bedrock = granted.get("bedrock:InvokeModel", set())
     defaults = tomllib.loads((ROOT / "config" / "default.toml").read_text())
     for name, model_id in defaults["generator"]["models"].items():

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use profile_worker::config::{DatabaseConfig, SecretUrl};
+use profile_worker::config::DatabaseConfig;
 use profile_worker::generate::CallKind;
 use profile_worker::model::{EntityType, JobStatus};
 use profile_worker::store::migrate::{Mode, run_migrations};
@@ -45,11 +45,8 @@ impl Scenario {
         .await
         .expect("job owner");
         let store = PgStore::connect(&DatabaseConfig {
-            url: SecretUrl::new(db_url.clone()),
             pool_size: 4,
-            statement_timeout_ms: 30_000,
-            migrate_on_start: false,
-            schema: support::db::SCHEMA.into(),
+            ..support::db::config_for(&db_url)
         })
         .unwrap();
         let queue = TestQueue::create(&moto_url(), 2).await;

@@ -80,6 +80,9 @@ async fn every_call_of_the_daemon_and_the_cli_is_allowed_by_the_shipped_policies
     let producer_sqs = RecordingProxy::start(&moto_url());
     let daemon_sqs = RecordingProxy::start(&moto_url());
     let daemon_bedrock = RecordingProxy::start(&fake.url());
+    let daemon_secrets = RecordingProxy::start(&moto_url());
+    // The daemon knows the database by its secret, as the task definition deploys it.
+    let secret_arn = support::secrets::create_database_secret(&db.url).await;
 
     // As deployed with the chart's defaults: the queue by name, no dead_letter_url (start-up
     // resolves the DLQ from the RedrivePolicy), a model behind an inference profile.
@@ -104,8 +107,15 @@ async fn every_call_of_the_daemon_and_the_cli_is_allowed_by_the_shipped_policies
     fake.push(CallKind::Biography, [FakeReply::NoText]);
     queue.send("this is not a job message").await;
     let (sqs_url, bedrock_url) = (daemon_sqs.url(), daemon_bedrock.url());
-    let mut daemon_env = common.to_vec();
+    let secrets_url = daemon_secrets.url();
+    let mut daemon_env: Vec<(&str, &str)> = common
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "DATABASE_URL")
+        .collect();
     daemon_env.extend([
+        ("DATABASE_SECRET_ARN", secret_arn.as_str()),
+        ("AWS_ENDPOINT_URL_SECRETS_MANAGER", secrets_url.as_str()),
         ("PROFILE_WORKER_QUEUE__ENDPOINT_URL", sqs_url.as_str()),
         ("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "1"),
         ("PROFILE_WORKER_CONSUMER__RETRY_BASE_SECONDS", "1"),
@@ -136,7 +146,12 @@ async fn every_call_of_the_daemon_and_the_cli_is_allowed_by_the_shipped_policies
     assert!(status.success(), "exit status {status:?}");
 
     let deployment = Deployment::from_task_definition(&queue.name);
-    let daemon_calls = [daemon_sqs.calls(), daemon_bedrock.calls()].concat();
+    let daemon_calls = [
+        daemon_sqs.calls(),
+        daemon_bedrock.calls(),
+        daemon_secrets.calls(),
+    ]
+    .concat();
     let producer_calls = producer_sqs.calls();
     // The run exercised every kind of call the daemon makes, so the check below is not vacuous.
     let seen = operations(&daemon_calls);
@@ -148,6 +163,7 @@ async fn every_call_of_the_daemon_and_the_cli_is_allowed_by_the_shipped_policies
         "sqs:ChangeMessageVisibility",
         "sqs:SendMessage",
         "bedrock:Converse",
+        "secretsmanager:GetSecretValue",
     ] {
         assert!(seen.contains(op), "the run made no {op}: {seen:?}");
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use diesel::QueryableByName;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
-use profile_worker::config::{DatabaseConfig, SecretUrl};
+use profile_worker::config::DatabaseConfig;
 use profile_worker::model::{AiConnectionRow, EntityRef, EntityType, JobStatus};
 use profile_worker::store::{
     GenerationUsage, JobStore, Outcome, OutcomeRecord, PgStore, ProfileStore, ProfileUnit,
@@ -231,11 +231,9 @@ async fn statement_timeout_is_applied_and_transient() {
 #[tokio::test]
 async fn an_unreachable_database_is_transient() {
     let store = PgStore::connect(&DatabaseConfig {
-        url: SecretUrl::new("postgres://postgres@127.0.0.1:1/nothing"),
         pool_size: 2,
         statement_timeout_ms: 1000,
-        schema: "profile_worker".into(),
-        migrate_on_start: false,
+        ..support::db::config_for("postgres://postgres@127.0.0.1:1/nothing")
     })
     .expect("the pool builds without connecting");
     let err = store.ping().await.expect_err("nothing listens on port 1");

@@ -24,9 +24,13 @@ async fn uses_tls(url: &str) -> bool {
 }
 
 #[tokio::test]
-async fn sslmode_require_encrypts_and_plain_urls_do_not() {
+async fn sslmode_require_encrypts_and_disable_does_not() {
     let db = TestDb::migrated().await;
-    assert!(!uses_tls(&db.url).await, "no sslmode: plain TCP as before");
+    assert!(
+        uses_tls(&db.url).await,
+        "no sslmode is libpq's prefer: TLS when the server offers it"
+    );
+    assert!(!uses_tls(&format!("{}?sslmode=disable", db.url)).await);
     let required = format!("{}?sslmode=require", db.url);
     assert!(uses_tls(&required).await, "sslmode=require must encrypt");
 
@@ -38,6 +42,23 @@ async fn sslmode_require_encrypts_and_plain_urls_do_not() {
     let applied =
         migrate::run_migrations(&required, support::db::SCHEMA, migrate::Mode::Standalone);
     assert!(applied.await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_falls_back_to_plain_when_the_server_has_no_tls() {
+    let pg = support::postgres::OwnPostgres::start().await;
+    let url = pg.url("postgres");
+    for url in [url.clone(), format!("{url}?sslmode=prefer")] {
+        assert!(
+            !uses_tls(&url).await,
+            "{url}: plain TCP after the server declined TLS"
+        );
+    }
+    let err = tls::establish(&format!("{url}?sslmode=require"))
+        .await
+        .err()
+        .expect("require refuses a server without TLS");
+    assert!(err.to_string().to_lowercase().contains("tls"), "{err}");
 }
 
 #[tokio::test]

@@ -151,7 +151,8 @@ pub fn migrate(loaded: &Loaded, standalone: bool) -> Result {
     } else {
         migrate::Mode::Shared
     };
-    let applied = block_on(migrate::migrate(&loaded.config.database, mode))?;
+    let app = App::new(loaded.config.clone(), Adapters::PRODUCTION);
+    let applied = block_on(app.migrate(mode))?;
     println!("applied {} migration(s)", applied.len());
     Ok(Exit::Success)
 }

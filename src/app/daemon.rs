@@ -94,6 +94,7 @@ impl AppError {
             AppError::Migrate(MigrateError::Connect(_)) => true,
             AppError::Schema(SchemaError::Store(e)) | AppError::Database(e) => e.is_unavailable(),
             AppError::Queue(e) => e.is_transient(),
+            AppError::Secret(e) => e.is_unreachable(),
             _ => false,
         }
     }

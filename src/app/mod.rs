@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::aws;
 use crate::cache::{CacheError, GraphCache, KEY_PREFIX, MemoryCache};
+use crate::config::DatabaseConfig;
 use crate::config::{Config, GeneratorBackend};
 use crate::console::{self, Console, inflight::InFlight};
 use crate::consumer::{Consumer, ConsumerSettings, Handler};
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
 use crate::queue::{MemoryQueue, Queue, QueueError, SqsQueue};
 use crate::server;
+use crate::store::credentials::{DatabaseSecret, SecretError};
 use crate::store::migrate::{self, MigrateError};
 use crate::store::schema_check::SchemaError;
 use crate::store::{MemoryStore, PgStore, ProfileStore, Store, StoreError};
@@ -55,6 +57,8 @@ pub enum AppError {
     Queue(#[source] QueueError),
     #[error("cannot open the database: {0}")]
     Database(#[source] StoreError),
+    #[error("{0}")]
+    Secret(#[source] SecretError),
     #[error("migrations failed: {0}")]
     Migrate(#[source] MigrateError),
     #[error("database schema check failed: {0}")]
@@ -127,8 +131,11 @@ pub struct App {
     adapters: Adapters,
     metrics: Arc<Metrics>,
     health: Health,
-    /// One AWS SDK configuration for the SQS and Bedrock clients, loaded on first use.
+    /// One AWS SDK configuration for the SQS, Bedrock and Secrets Manager clients, loaded on
+    /// first use.
     sdk: tokio::sync::OnceCell<SdkConfig>,
+    /// The database settings with the credentials of `database.secret_id` filled in.
+    database: tokio::sync::OnceCell<Database>,
     /// The operator console's place on the side server, filled once its sources are open.
     console: console::Slot,
     /// The PostgreSQL store and SQS queue once opened, for the console's reads beyond the ports.
@@ -145,6 +152,7 @@ impl App {
             metrics: Arc::new(Metrics::new()),
             health: Health::new(),
             sdk: tokio::sync::OnceCell::new(),
+            database: tokio::sync::OnceCell::new(),
             console: console::Slot::new(&config_prefix),
             postgres: OnceLock::new(),
             sqs: OnceLock::new(),
@@ -156,6 +164,48 @@ impl App {
         self.sdk
             .get_or_init(|| aws::sdk_config(&self.config.aws))
             .await
+    }
+
+    /// The database settings to connect with: `database.url`, or the URL built from the secret
+    /// `database.secret_id` names (read once; the pool re-reads it after a rotation).
+    pub async fn database(&self) -> Result<&DatabaseConfig, AppError> {
+        Ok(&self.resolved_database().await?.config)
+    }
+
+    async fn resolved_database(&self) -> Result<&Database, AppError> {
+        self.database
+            .get_or_try_init(|| async {
+                let mut config = self.config.database.clone();
+                if config.secret_id.is_empty() {
+                    return Ok(Database {
+                        config,
+                        secret: None,
+                    });
+                }
+                let secret = DatabaseSecret::load(self.sdk().await, &config.secret_id, &config.url)
+                    .await
+                    .map_err(AppError::Secret)?;
+                config.url = secret.url();
+                Ok(Database {
+                    config,
+                    secret: Some(Arc::new(secret)),
+                })
+            })
+            .await
+    }
+
+    /// The PostgreSQL store over [`App::database`], following the secret's rotations.
+    async fn pg_store(&self) -> Result<PgStore, AppError> {
+        let database = self.resolved_database().await?;
+        PgStore::connect_with_secret(&database.config, database.secret.clone())
+            .map_err(AppError::Database)
+    }
+
+    /// `migrate`: applies the pending migrations (`mode` says whether the domain tables too).
+    pub async fn migrate(&self, mode: migrate::Mode) -> Result<Vec<String>, AppError> {
+        migrate::migrate(self.database().await?, mode)
+            .await
+            .map_err(AppError::Migrate)
     }
 
     pub fn config(&self) -> &Config {
@@ -190,24 +240,20 @@ impl App {
     /// Opens the store for a command that reads and writes rows (the operator commands, the
     /// demo); PostgreSQL is neither migrated nor checked (see [`App::checked_store`]).
     pub async fn store(&self) -> Result<Arc<dyn Store>, AppError> {
-        let database = &self.config.database;
         Ok(match self.adapters.store {
             StoreAdapter::Sample => {
                 let store = MemoryStore::new();
                 Sample::bundled().load_memory(&store);
                 Arc::new(store)
             }
-            StoreAdapter::Postgres => {
-                Arc::new(PgStore::connect(database).map_err(AppError::Database)?)
-            }
+            StoreAdapter::Postgres => Arc::new(self.pg_store().await?),
             StoreAdapter::PostgresWithSample {
                 allow_shared_database,
             } => {
+                let database = self.database().await?;
                 let mode = guard_shared_database(database, allow_shared_database).await?;
-                migrate::migrate(database, mode)
-                    .await
-                    .map_err(AppError::Migrate)?;
-                let store = PgStore::connect(database).map_err(AppError::Database)?;
+                self.migrate(mode).await?;
+                let store = self.pg_store().await?;
                 let entities = store
                     .collection_entities()
                     .await
@@ -224,16 +270,13 @@ impl App {
     /// set, then its schema is checked, so a missing column stops start-up before any message
     /// is touched.
     pub async fn checked_store(&self) -> Result<Arc<dyn Store>, AppError> {
-        let database = &self.config.database;
         if self.adapters.store != StoreAdapter::Postgres {
             return self.store().await;
         }
-        if database.migrate_on_start {
-            migrate::migrate(database, migrate::Mode::Shared)
-                .await
-                .map_err(AppError::Migrate)?;
+        if self.config.database.migrate_on_start {
+            self.migrate(migrate::Mode::Shared).await?;
         }
-        let store = PgStore::connect(database).map_err(AppError::Database)?;
+        let store = self.pg_store().await?;
         store.check_schema().await.map_err(AppError::Schema)?;
         let _ = self.postgres.set(store.clone());
         Ok(Arc::new(store))
@@ -241,7 +284,7 @@ impl App {
 
     async fn load_sample(&self) -> Result<(), AppError> {
         tracing::info!("empty database: loading the bundled sample collection");
-        let mut conn = crate::store::tls::establish(self.config.database.url.expose())
+        let mut conn = crate::store::tls::establish(self.database().await?.url.expose())
             .await
             .map_err(|e| AppError::Sample(e.to_string()))?;
         conn.batch_execute(&Sample::bundled().sql())
@@ -377,11 +420,17 @@ impl App {
     }
 }
 
+/// The database settings [`App::database`] resolved, and the secret they follow.
+struct Database {
+    config: DatabaseConfig,
+    secret: Option<Arc<DatabaseSecret>>,
+}
+
 /// Refuses a database the demo could pollute: one the API's Alembic manages, or one holding
 /// profiles (the demo's offline profiles would sit among them), unless `allowed`. Returns how to
 /// migrate it: beside the API only the daemon's schema, otherwise the stand-in domain tables too.
 async fn guard_shared_database(
-    database: &crate::config::DatabaseConfig,
+    database: &DatabaseConfig,
     allowed: bool,
 ) -> Result<migrate::Mode, AppError> {
     #[derive(diesel::QueryableByName)]

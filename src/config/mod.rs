@@ -85,11 +85,12 @@ impl Loaded {
                     .into(),
             });
         }
-        if needs.database && c.database.url.is_empty() {
+        if needs.database && c.database.url.is_empty() && c.database.secret_id.is_empty() {
             problems.push(Problem {
                 key: "database.url".into(),
-                message: "database.url must be set (PROFILE_WORKER_DATABASE__URL, \
-                          BMX_DATABASE_URL or DATABASE_URL)"
+                message: "database.url or database.secret_id must be set \
+                          (PROFILE_WORKER_DATABASE__URL, BMX_DATABASE_URL, DATABASE_URL, \
+                          BMX_DATABASE_SECRET_ARN, DATABASE_SECRET_ARN or DATABASE_SECRET_NAME)"
                     .into(),
             });
         }

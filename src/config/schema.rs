@@ -113,6 +113,9 @@ pub fn sqs_attempt_timeout(wait: Duration) -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: SecretUrl,
+    /// Secrets Manager secret (ARN or name) holding the credentials; empty = `url` alone
+    /// (docs/decisions.md, "Database credentials from Secrets Manager").
+    pub secret_id: String,
     pub pool_size: u32,
     pub statement_timeout_ms: u64,
     pub migrate_on_start: bool,

@@ -3,6 +3,7 @@
 //! into transient and rejected. [`super::migrate`] and [`super::schema_check`] use the same pieces, so none of
 //! them depends on another.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -12,6 +13,7 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::StoreError;
+use super::credentials::DatabaseSecret;
 use crate::config::DatabaseConfig;
 
 /// Longest wait for a pooled connection before the operation fails as unavailable.
@@ -37,16 +39,29 @@ pub async fn use_schema(
 
 /// Builds the pool; connections are opened lazily (TLS as the URL's `sslmode` asks), so this
 /// succeeds while the database is down (readiness reports it). Each new connection runs
-/// `SET statement_timeout` and [`use_schema`].
-pub fn pool(config: &DatabaseConfig) -> Result<Pool<AsyncPgConnection>, StoreError> {
+/// `SET statement_timeout` and [`use_schema`]. With a `secret`, connections use its latest
+/// credentials, and a refused login re-reads it once (a rotation) before the attempt fails.
+pub fn pool(
+    config: &DatabaseConfig,
+    secret: Option<Arc<DatabaseSecret>>,
+) -> Result<Pool<AsyncPgConnection>, StoreError> {
     let timeout_ms = config.statement_timeout_ms;
     let schema = config.schema.clone();
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         let schema = schema.clone();
+        let secret = secret.clone();
         Box::pin(async move {
-            let mut conn = super::tls::establish(&url).await?;
+            let mut conn = match &secret {
+                None => super::tls::establish(&url).await?,
+                Some(secret) => match super::tls::connect(secret.url().expose()).await {
+                    Err(failure) if failure.is_rejected_login() && secret.refresh().await => {
+                        super::tls::establish(secret.url().expose()).await?
+                    }
+                    other => other?,
+                },
+            };
             diesel::sql_query(format!("SET statement_timeout = {timeout_ms}"))
                 .execute(&mut conn)
                 .await

@@ -15,6 +15,7 @@
 //! (job, entity) however often the message is delivered (docs/decisions.md, "Progress counted once per (job, entity)"; docs/decisions.md, "One transaction per generated profile").
 
 pub mod connection;
+pub mod credentials;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;

@@ -3,25 +3,33 @@
 //! diesel-async connects through tokio-postgres without TLS, and tokio-postgres only knows
 //! `disable`/`prefer`/`require`. Managed databases (RDS with `rds.force_ssl`) refuse plain
 //! connections, so the daemon reads the libpq parameters itself:
-//! - absent, `disable`, `allow`, `prefer`: plain TCP (as before);
+//! - `disable`, `allow`: plain TCP;
+//! - absent or `prefer` (libpq's default): TLS when the server offers it, without certificate
+//!   checks, else plain TCP;
 //! - `require`: TLS without certificate checks (libpq's meaning: encrypted, not authenticated);
 //! - `verify-ca`, `verify-full`: TLS checked against the system roots plus `sslrootcert` (a PEM
 //!   file, e.g. the RDS CA bundle); the host name is always checked.
+//!
+//! Connections are opened through tokio-postgres directly, so a refused login keeps its SQLSTATE
+//! ([`ConnectFailure::is_rejected_login`]) whatever language the server answers in.
 
 use std::sync::Arc;
 
 use diesel::ConnectionError;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::error::SqlState;
 
 /// How a URL asks to be connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     Plain,
+    /// TLS if the server offers it (certificate not checked), else plain.
+    Preferred,
     /// Encrypted, server certificate not checked.
     Encrypted,
     /// Encrypted and checked against the system roots and an optional extra CA file.
@@ -52,7 +60,8 @@ pub fn parse(url: &str) -> Result<(Mode, String), String> {
         })
         .collect();
     let mode = match sslmode.as_deref() {
-        None | Some("disable" | "allow" | "prefer") => Mode::Plain,
+        Some("disable" | "allow") => Mode::Plain,
+        None | Some("prefer") => Mode::Preferred,
         Some("require") if root_cert.is_none() => Mode::Encrypted,
         // libpq: `require` with a root certificate behaves like `verify-ca`.
         Some("require" | "verify-ca" | "verify-full") => Mode::Verified { root_cert },
@@ -63,26 +72,89 @@ pub fn parse(url: &str) -> Result<(Mode, String), String> {
     } else {
         parsed.query_pairs_mut().clear().extend_pairs(kept);
     }
-    if mode != Mode::Plain {
-        parsed.query_pairs_mut().append_pair("sslmode", "require");
+    match mode {
+        Mode::Plain => {}
+        Mode::Preferred => {
+            parsed.query_pairs_mut().append_pair("sslmode", "prefer");
+        }
+        Mode::Encrypted | Mode::Verified { .. } => {
+            parsed.query_pairs_mut().append_pair("sslmode", "require");
+        }
     }
     Ok((mode, parsed.to_string()))
 }
 
+/// A connection attempt that failed, with the server's SQLSTATE when it sent one.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    code: Option<SqlState>,
+    pub error: ConnectionError,
+}
+
+impl ConnectFailure {
+    /// The server refused the login (wrong password, unknown role): after a credentials
+    /// rotation, new credentials may fix it.
+    pub fn is_rejected_login(&self) -> bool {
+        self.code.as_ref().is_some_and(|code| {
+            *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        })
+    }
+
+    fn from_postgres(err: &tokio_postgres::Error) -> Self {
+        Self {
+            code: err.code().cloned(),
+            error: ConnectionError::BadConnection(with_causes(err)),
+        }
+    }
+}
+
+impl From<ConnectFailure> for ConnectionError {
+    fn from(failure: ConnectFailure) -> Self {
+        failure.error
+    }
+}
+
 /// Opens one connection as the URL's `sslmode` asks.
 pub async fn establish(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
-    let (mode, url) = parse(url).map_err(ConnectionError::BadConnection)?;
+    Ok(connect(url).await?)
+}
+
+/// [`establish`], keeping the SQLSTATE of a refused connection.
+pub async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectFailure> {
+    let bad = |message: String| ConnectFailure {
+        code: None,
+        error: ConnectionError::BadConnection(message),
+    };
+    let (mode, url) = parse(url).map_err(bad)?;
     let config = match mode {
-        Mode::Plain => return AsyncPgConnection::establish(&url).await,
-        Mode::Encrypted => client_config(None, true),
+        Mode::Plain => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| ConnectFailure::from_postgres(&e))?;
+            return wrap(client, connection).await;
+        }
+        Mode::Preferred | Mode::Encrypted => client_config(None, true),
         Mode::Verified { root_cert } => client_config(root_cert.as_deref(), false),
     }
-    .map_err(ConnectionError::BadConnection)?;
+    .map_err(bad)?;
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
     let (client, connection) = tokio_postgres::connect(&url, tls)
         .await
-        .map_err(|e| ConnectionError::BadConnection(with_causes(&e)))?;
-    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        .map_err(|e| ConnectFailure::from_postgres(&e))?;
+    wrap(client, connection).await
+}
+
+async fn wrap<T>(
+    client: tokio_postgres::Client,
+    connection: tokio_postgres::Connection<tokio_postgres::Socket, T>,
+) -> Result<AsyncPgConnection, ConnectFailure>
+where
+    T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+{
+    AsyncPgConnection::try_from_client_and_connection(client, connection)
+        .await
+        .map_err(|error| ConnectFailure { code: None, error })
 }
 
 /// tokio-postgres says only "error performing TLS handshake"; the reason is in the causes.
@@ -183,12 +255,23 @@ mod tests {
 
     #[test]
     fn sslmode_is_split_off_the_url() {
-        let plain = "postgres://u:p@db:5432/app?application_name=w";
-        assert_eq!(parse(plain).unwrap(), (Mode::Plain, plain.to_string()));
         assert_eq!(
-            parse("postgres://db/app?sslmode=prefer").unwrap(),
-            (Mode::Plain, "postgres://db/app".to_string())
+            parse("postgres://u:p@db:5432/app?application_name=w&sslmode=disable").unwrap(),
+            (
+                Mode::Plain,
+                "postgres://u:p@db:5432/app?application_name=w".to_string()
+            )
         );
+        // libpq's default is `prefer`.
+        for url in ["postgres://db/app", "postgres://db/app?sslmode=prefer"] {
+            assert_eq!(
+                parse(url).unwrap(),
+                (
+                    Mode::Preferred,
+                    "postgres://db/app?sslmode=prefer".to_string()
+                )
+            );
+        }
         assert_eq!(
             parse("postgres://db/app?sslmode=require").unwrap(),
             (

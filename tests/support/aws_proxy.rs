@@ -33,6 +33,8 @@ pub enum Target {
     Queue { name: String, owner: Option<String> },
     /// A Bedrock model id or inference profile id.
     Model(String),
+    /// A Secrets Manager secret by the id the request gives (name or ARN).
+    Secret(String),
     /// A request this proxy cannot attribute (method and path).
     Unrecognised(String),
 }
@@ -40,7 +42,7 @@ pub enum Target {
 /// One recorded call: the service's IAM prefix, the API operation as sent, and its target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AwsCall {
-    /// `sqs` or `bedrock`.
+    /// `sqs`, `bedrock` or `secretsmanager`.
     pub service: String,
     /// The API operation, e.g. `DeleteMessageBatch` or `Converse`.
     pub operation: String,
@@ -202,6 +204,21 @@ pub fn classify(parts: &hyper::http::request::Parts, body: &[u8]) -> AwsCall {
             field("QueueName"),
             field("QueueOwnerAWSAccountId"),
         );
+    }
+    // Secrets Manager, JSON protocol.
+    if let Some(op) =
+        header("x-amz-target").and_then(|t| t.strip_prefix("secretsmanager.").map(str::to_string))
+    {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let id = v
+            .get("SecretId")
+            .and_then(|x| x.as_str())
+            .unwrap_or_default();
+        return AwsCall {
+            service: "secretsmanager".into(),
+            operation: op,
+            target: Target::Secret(id.to_string()),
+        };
     }
     // SQS, Query protocol.
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();

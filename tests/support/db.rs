@@ -91,18 +91,24 @@ impl TestDb {
 
     /// Database settings pointing at this database.
     pub fn config(&self) -> DatabaseConfig {
-        DatabaseConfig {
-            url: SecretUrl::new(self.url.clone()),
-            pool_size: 12,
-            statement_timeout_ms: 30_000,
-            schema: SCHEMA.into(),
-            migrate_on_start: false,
-        }
+        config_for(&self.url)
     }
 
     /// A `PgStore` on this database.
     pub fn store(&self) -> PgStore {
         PgStore::connect(&self.config()).expect("pool builds")
+    }
+}
+
+/// The daemon's database settings for `url` (a pool a little larger than the default).
+pub fn config_for(url: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        url: SecretUrl::new(url.to_owned()),
+        secret_id: String::new(),
+        pool_size: 12,
+        statement_timeout_ms: 30_000,
+        schema: SCHEMA.into(),
+        migrate_on_start: false,
     }
 }
 

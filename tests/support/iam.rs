@@ -222,6 +222,9 @@ pub struct Deployment {
     pub dead_letter_queue: String,
     /// The test's queue name; `{test_queue}-dlq` is its dead-letter queue.
     pub test_queue: String,
+    /// ARN of the database secret (`DATABASE_SECRET_ARN`); the one secret a test reads stands
+    /// for it.
+    pub database_secret: String,
 }
 
 impl Deployment {
@@ -259,6 +262,7 @@ impl Deployment {
             queue,
             dead_letter_queue,
             test_queue: test_queue.to_string(),
+            database_secret: env["DATABASE_SECRET_ARN"].clone(),
         }
     }
 
@@ -327,6 +331,10 @@ impl Deployment {
                     )],
                 })
             }
+            (Target::Secret(_), "secretsmanager") => Ok(vec![plain(
+                format!("secretsmanager:{}", call.operation),
+                self.database_secret.clone(),
+            )]),
             _ => Err(format!("{call:?}: no IAM mapping for this call")),
         }
     }

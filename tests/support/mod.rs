@@ -11,4 +11,5 @@ pub mod jobs;
 pub mod pipeline;
 pub mod postgres;
 pub mod redis;
+pub mod secrets;
 pub mod sqs;

@@ -134,6 +134,30 @@ impl OwnPostgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Makes TCP logins of every role but `postgres` need their password (SCRAM), as a managed
+    /// database does; `postgres` stays trusted for the test's own set-up.
+    pub fn require_passwords(&self) {
+        let hba = self.dir.path().join("data").join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        self.run("pg_ctl", &["-D", &self.data(), "reload"]);
+    }
+
+    /// Runs SQL as `postgres` in `database`.
+    pub async fn exec(&self, database: &str, sql: &str) {
+        let mut conn = AsyncPgConnection::establish(&self.url(database))
+            .await
+            .expect("connect to own PostgreSQL");
+        conn.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("SQL failed: {e}\n{sql}"));
+    }
+
     /// Creates a database and returns its URL.
     pub async fn create_database(&self, name: &str) -> String {
         let mut admin = AsyncPgConnection::establish(&self.admin_url())

@@ -7,6 +7,8 @@ mod graph_rows;
 mod jobs;
 mod profiles;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -15,6 +17,7 @@ use super::connection::{self, classify};
 use super::schema_check::{self, SchemaError};
 use super::{PoolStatus, Store, StoreError};
 use crate::config::DatabaseConfig;
+use crate::store::credentials::DatabaseSecret;
 
 /// The production store: a pool of `AsyncPgConnection`s, each with the configured
 /// `statement_timeout`.
@@ -28,8 +31,16 @@ pub struct PgStore {
 impl PgStore {
     /// Builds the pool (see [`connection::pool`]); succeeds while the database is down.
     pub fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        Self::connect_with_secret(config, None)
+    }
+
+    /// [`PgStore::connect`] with credentials that follow a Secrets Manager secret.
+    pub fn connect_with_secret(
+        config: &DatabaseConfig,
+        secret: Option<Arc<DatabaseSecret>>,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            pool: connection::pool(config)?,
+            pool: connection::pool(config, secret)?,
             schema: config.schema.clone(),
         })
     }
