@@ -260,8 +260,9 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
     let mut shot = false;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let p = browser.text(&pct).await;
+        // Status first: the page may refresh between the two reads, and progress only grows.
         let s = browser.text(&status).await;
+        let p = browser.text(&pct).await;
         if !p.is_empty() {
             seen.insert(p.clone());
         }

@@ -250,3 +250,78 @@ async fn pool_status_reports_size_and_use() {
     assert_eq!(status.max, 12);
     assert_eq!((status.idle, status.in_use), (1, 0));
 }
+
+/// Rows of `rollup` that differ from the same sums computed from the `profile_generations` rows
+/// matching `filter`, grouped by `key`, in either direction.
+async fn rollup_mismatches(db: &TestDb, rollup: &str, key: &str, filter: &str) -> i64 {
+    let sums = format!(
+        "SELECT {key}, count(*)::int8, sum(calls)::int8, sum(input_tokens)::int8, \
+         sum(output_tokens)::int8, round(sum(cost_usd)::numeric, 9) \
+         FROM profile_generations WHERE {filter} GROUP BY 1"
+    );
+    let kept = format!("SELECT *, round(cost_usd::numeric, 9) FROM {rollup}",);
+    let kept = kept.replace(
+        "*, round",
+        &format!(
+            "{key_col}, profiles, calls, input_tokens, output_tokens, round",
+            key_col = rollup_key(rollup)
+        ),
+    );
+    let sql = format!(
+        "SELECT count(*)::int8 AS n FROM (({sums} EXCEPT {kept}) UNION ALL ({kept} EXCEPT {sums})) d"
+    );
+    let mut conn = db.conn().await;
+    let row: Count = diesel::sql_query(sql).get_result(&mut conn).await.unwrap();
+    row.n
+}
+
+fn rollup_key(rollup: &str) -> &'static str {
+    if rollup == "job_usage" {
+        "job_id"
+    } else {
+        "day"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_rollups_equal_the_sums_of_their_generations() {
+    let db = TestDb::migrated().await;
+    // Eight sessions insert at once, into three jobs and ad-hoc (no job).
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8usize {
+        let url = db.url.clone();
+        writers.spawn(async move {
+            let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+                .await
+                .unwrap();
+            profile_worker::store::connection::use_schema(&mut conn, support::db::SCHEMA)
+                .await
+                .unwrap();
+            for i in 0..25usize {
+                let job = ["'a'", "'b'", "'c'", "NULL"][(w + i) % 4];
+                conn.batch_execute(&format!(
+                    "INSERT INTO profile_generations (entity_type, entity_id, job_id, model_id, \
+                     calls, input_tokens, output_tokens, latency_ms, cost_usd) \
+                     VALUES ('author', {i}, {job}, 'm', {calls}, {input}, {output}, 10, {cost})",
+                    calls = 1 + i % 5,
+                    input = 1000 * (w + 1) + i,
+                    output = 100 + i,
+                    cost = 0.001 * (w * 25 + i) as f64,
+                ))
+                .await
+                .unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let jobs = rollup_mismatches(&db, "job_usage", "job_id", "job_id IS NOT NULL").await;
+    assert_eq!(jobs, 0, "job_usage differs from the sums per job");
+    let day = "(created_at AT TIME ZONE 'UTC')::date";
+    let days = rollup_mismatches(&db, "daily_usage", day, "true").await;
+    assert_eq!(days, 0, "daily_usage differs from the sums per UTC day");
+    let store = db.store();
+    assert_eq!(store.job_usage("a").await.unwrap().profiles, 50);
+    assert_eq!(store.job_usage("none").await.unwrap(), Default::default());
+}

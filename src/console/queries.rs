@@ -1,18 +1,20 @@
 //! The console's read queries: recent jobs with their Bedrock usage, and today's spend.
 //!
-//! Kept here rather than on the [`Store`](crate::store::Store) port: they exist for one page,
-//! run on the same pool as everything else (one connection, a few milliseconds each) and have no
-//! in-memory twin to keep in step.
+//! Kept here rather than on the [`Store`](crate::store::Store) port: they exist for one page and
+//! have no in-memory twin to keep in step. Both read the usage rollups PostgreSQL keeps
+//! (`job_usage`, `daily_usage`; docs/decisions.md, "Usage rollups"), so a page of 1,000 jobs costs
+//! one primary-key lookup per job instead of a sum over its generations.
 
 use chrono::{DateTime, Utc};
+use diesel::OptionalExtension;
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz, Varchar};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Varchar};
 use diesel_async::RunQueryDsl;
 
 use crate::model::Job;
 use crate::store::{PgStore, StoreError, UsageTotals};
 
-/// A job row with the usage summed over its `profile_generations` rows.
+/// A job row with its usage.
 #[derive(QueryableByName)]
 struct JobUsageRow {
     #[diesel(sql_type = Varchar)]
@@ -35,16 +37,8 @@ struct JobUsageRow {
     created_at: DateTime<Utc>,
     #[diesel(sql_type = Timestamptz)]
     updated_at: DateTime<Utc>,
-    #[diesel(sql_type = BigInt)]
-    profiles: i64,
-    #[diesel(sql_type = BigInt)]
-    calls: i64,
-    #[diesel(sql_type = BigInt)]
-    input_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    output_tokens: i64,
-    #[diesel(sql_type = Double)]
-    cost_usd: f64,
+    #[diesel(embed)]
+    usage: UsageTotals,
 }
 
 /// Every active job and the `limit` most recent ones, newest first, each with its usage.
@@ -60,11 +54,7 @@ FROM (
     UNION
     (SELECT * FROM profile_generation_jobs ORDER BY created_at DESC LIMIT $1)
 ) j
-LEFT JOIN LATERAL (
-    SELECT count(*) AS profiles, sum(calls) AS calls, sum(input_tokens) AS input_tokens,
-           sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
-    FROM profile_generations g WHERE g.job_id = j.id
-) u ON true
+LEFT JOIN job_usage u ON u.job_id = j.id
 ORDER BY j.created_at DESC, j.id";
 
 /// Active and recent jobs with their usage (see [`JOBS_SQL`]).
@@ -94,51 +84,22 @@ pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>
                     created_at: r.created_at,
                     updated_at: r.updated_at,
                 },
-                UsageTotals {
-                    profiles: r.profiles,
-                    calls: r.calls,
-                    input_tokens: r.input_tokens,
-                    output_tokens: r.output_tokens,
-                    cost_usd: r.cost_usd,
-                },
+                r.usage,
             ))
         })
         .collect()
 }
 
-#[derive(QueryableByName)]
-struct SpendRow {
-    #[diesel(sql_type = BigInt)]
-    profiles: i64,
-    #[diesel(sql_type = BigInt)]
-    calls: i64,
-    #[diesel(sql_type = BigInt)]
-    input_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    output_tokens: i64,
-    #[diesel(sql_type = Double)]
-    cost_usd: f64,
-}
-
 /// Bedrock usage recorded since midnight UTC, across every job and replica.
 pub async fn spend_today(store: &PgStore) -> Result<UsageTotals, StoreError> {
     let mut conn = store.conn().await?;
-    let row: SpendRow = diesel::sql_query(
-        "SELECT count(*)::bigint AS profiles, COALESCE(sum(calls), 0)::bigint AS calls,
-                COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
-                COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
-                COALESCE(sum(cost_usd), 0)::float8 AS cost_usd
-         FROM profile_generations
-         WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    let today: Option<UsageTotals> = diesel::sql_query(
+        "SELECT profiles, calls, input_tokens, output_tokens, cost_usd FROM daily_usage \
+         WHERE day = (now() AT TIME ZONE 'UTC')::date",
     )
     .get_result(&mut conn)
     .await
+    .optional()
     .map_err(crate::store::connection::classify)?;
-    Ok(UsageTotals {
-        profiles: row.profiles,
-        calls: row.calls,
-        input_tokens: row.input_tokens,
-        output_tokens: row.output_tokens,
-        cost_usd: row.cost_usd,
-    })
+    Ok(today.unwrap_or_default())
 }

@@ -160,13 +160,19 @@ pub enum CancelOutcome {
     AlreadyTerminal(JobStatus),
 }
 
-/// Bedrock usage summed over the `profile_generations` rows of one job.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Bedrock usage summed over `profile_generations` rows: of one job, or of one UTC day. PostgreSQL
+/// keeps these sums in its `job_usage` and `daily_usage` rollups.
+#[derive(Debug, Clone, PartialEq, Default, diesel::QueryableByName)]
 pub struct UsageTotals {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub profiles: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub calls: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub input_tokens: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub output_tokens: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
     pub cost_usd: f64,
 }
 
@@ -304,7 +310,7 @@ pub trait JobStore: Send + Sync {
     /// id records nothing.
     async fn record_outcome(&self, record: OutcomeRecord) -> Result<Recorded, StoreError>;
 
-    /// Usage summed over the `profile_generations` rows with this `job_id`.
+    /// Usage summed over the `profile_generations` rows with this `job_id` (zero when none).
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError>;
 }
 

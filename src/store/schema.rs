@@ -143,10 +143,16 @@ const INT8: &[&str] = &["bigint"];
 const FLOAT8: &[&str] = &["double precision"];
 const JSON: &[&str] = &["json"];
 const TIMESTAMPTZ: &[&str] = &["timestamp with time zone"];
+const DATE: &[&str] = &["date"];
 
 /// The daemon's own tables, kept in its own schema (`database.schema`); every other table in
 /// [`REQUIRED_COLUMNS`] belongs to the API.
-pub const DAEMON_TABLES: &[&str] = &["profile_generation_job_items", "profile_generations"];
+pub const DAEMON_TABLES: &[&str] = &[
+    "profile_generation_job_items",
+    "profile_generations",
+    "job_usage",
+    "daily_usage",
+];
 
 /// Every `(table, column, accepted information_schema.data_type values)` the daemon uses; the
 /// start-up schema check compares the database against it. Keep it in step with the tables above.
@@ -232,4 +238,16 @@ pub const REQUIRED_COLUMNS: &[(&str, &str, &[&str])] = &[
     ("profile_generations", "latency_ms", INT8),
     ("profile_generations", "cost_usd", FLOAT8),
     ("profile_generations", "created_at", TIMESTAMPTZ),
+    ("job_usage", "job_id", TEXT),
+    ("job_usage", "profiles", INT8),
+    ("job_usage", "calls", INT8),
+    ("job_usage", "input_tokens", INT8),
+    ("job_usage", "output_tokens", INT8),
+    ("job_usage", "cost_usd", FLOAT8),
+    ("daily_usage", "day", DATE),
+    ("daily_usage", "profiles", INT8),
+    ("daily_usage", "calls", INT8),
+    ("daily_usage", "input_tokens", INT8),
+    ("daily_usage", "output_tokens", INT8),
+    ("daily_usage", "cost_usd", FLOAT8),
 ];

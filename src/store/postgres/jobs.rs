@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
+use diesel::sql_types::{Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::PgStore;
@@ -66,20 +66,6 @@ struct IdRow {
 struct OwnerRow {
     #[diesel(sql_type = Nullable<Integer>)]
     id: Option<i32>,
-}
-
-#[derive(QueryableByName)]
-struct UsageRow {
-    #[diesel(sql_type = BigInt)]
-    profiles: i64,
-    #[diesel(sql_type = BigInt)]
-    calls: i64,
-    #[diesel(sql_type = BigInt)]
-    input_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    output_tokens: i64,
-    #[diesel(sql_type = Double)]
-    cost_usd: f64,
 }
 
 async fn read_job(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<Option<JobRow>> {
@@ -376,23 +362,15 @@ impl JobStore for PgStore {
 
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError> {
         let mut conn = self.conn().await?;
-        let row: UsageRow = diesel::sql_query(
-            "SELECT count(*)::int8 AS profiles, COALESCE(sum(calls), 0)::int8 AS calls, \
-                    COALESCE(sum(input_tokens), 0)::int8 AS input_tokens, \
-                    COALESCE(sum(output_tokens), 0)::int8 AS output_tokens, \
-                    COALESCE(sum(cost_usd), 0)::float8 AS cost_usd \
-             FROM profile_generations WHERE job_id = $1",
+        let usage: Option<UsageTotals> = diesel::sql_query(
+            "SELECT profiles, calls, input_tokens, output_tokens, cost_usd \
+             FROM job_usage WHERE job_id = $1",
         )
         .bind::<Text, _>(job_id)
         .get_result(&mut conn)
         .await
+        .optional()
         .map_err(classify)?;
-        Ok(UsageTotals {
-            profiles: row.profiles,
-            calls: row.calls,
-            input_tokens: row.input_tokens,
-            output_tokens: row.output_tokens,
-            cost_usd: row.cost_usd,
-        })
+        Ok(usage.unwrap_or_default())
     }
 }
