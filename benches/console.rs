@@ -3,6 +3,10 @@
 //! overview of 1,000 jobs (a tenth with failures in their error log), 20 in-flight deliveries,
 //! 10 dead letters and a full hour of chart points.
 //!
+//! With `PW_TEST_DATABASE_URL` set (scripts/bench sets it), also the database side of the same
+//! page: the console's job query over 1,000 jobs with 60 recorded generations each, and today's
+//! spend, in a scratch database that is dropped afterwards.
+//!
 //! Run: `cargo bench --bench console` (add `-- --quick` for a short run).
 
 use std::collections::BTreeMap;
@@ -15,9 +19,10 @@ use profile_worker::console::dlq::{DeadLetter, Depth};
 use profile_worker::console::history::Point;
 use profile_worker::console::inflight::{Item, ReplicaSet};
 use profile_worker::console::page;
+use profile_worker::console::queries;
 use profile_worker::jobs::JobReport;
 use profile_worker::model::{Job, JobStatus};
-use profile_worker::store::UsageTotals;
+use profile_worker::store::{PgStore, UsageTotals, migrate};
 
 fn overview(jobs: usize) -> Overview {
     let now = Utc::now();
@@ -125,5 +130,100 @@ fn render(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, render);
+/// A scratch database holding 1,000 jobs and 60,000 generation rows; dropped on drop.
+struct Scratch {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn seeded(admin: &str) -> Scratch {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+        let name = format!("pw_bench_{}", std::process::id());
+        let mut conn = AsyncPgConnection::establish(admin)
+            .await
+            .expect("admin connection");
+        conn.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+        ))
+        .await
+        .expect("create the scratch database");
+        let mut url = url::Url::parse(admin).expect("admin URL");
+        url.set_path(&name);
+        let url = url.to_string();
+        migrate::run_migrations(&url, "profile_worker", migrate::Mode::Standalone)
+            .await
+            .expect("migrations");
+        let mut db = AsyncPgConnection::establish(&url)
+            .await
+            .expect("scratch connection");
+        db.batch_execute(
+            "SET search_path = profile_worker, public;
+             INSERT INTO users (id, cognito_sub) VALUES (1, 'bench');
+             INSERT INTO profile_generation_jobs
+                 (id, status, owner_id, total_entities, succeeded, failed, created_at, completed_at)
+             SELECT gen_random_uuid()::text,
+                    CASE WHEN i % 4 = 0 THEN 'in_progress' ELSE 'completed' END, 1, 70, 60, 3,
+                    now() - i * interval '7 minutes', now()
+             FROM generate_series(1, 1000) i;
+             INSERT INTO profile_generations (entity_type, entity_id, job_id, model_id, calls,
+                 input_tokens, output_tokens, latency_ms, cost_usd)
+             SELECT 'author', g, j.id, 'm', 4, 20000, 5000, 1000, 0.1
+             FROM generate_series(1, 60) g, profile_generation_jobs j;
+             VACUUM ANALYZE;",
+        )
+        .await
+        .expect("seed");
+        Scratch {
+            admin: admin.to_owned(),
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+                if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
+                    let _ = conn
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+fn database(c: &mut Criterion) {
+    let Ok(admin) = std::env::var("PW_TEST_DATABASE_URL") else {
+        eprintln!("PW_TEST_DATABASE_URL unset: skipping the console's database benches");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let scratch = rt.block_on(Scratch::seeded(&admin));
+    let mut config = profile_worker::config::defaults().database;
+    config.url = profile_worker::config::SecretUrl::new(scratch.url.clone());
+    let store = PgStore::connect(&config).expect("pool");
+    let jobs = rt
+        .block_on(queries::jobs(&store, 1000))
+        .expect("jobs query");
+    assert_eq!(jobs.len(), 1000);
+    assert!(jobs.iter().all(|(_, usage)| usage.profiles == 60));
+    c.bench_function("console_jobs_query_1000_jobs", |b| {
+        b.iter(|| black_box(rt.block_on(queries::jobs(&store, 1000)).unwrap()))
+    });
+    c.bench_function("console_spend_today_query", |b| {
+        b.iter(|| black_box(rt.block_on(queries::spend_today(&store)).unwrap()))
+    });
+    drop(store);
+    drop(scratch);
+}
+
+criterion_group!(benches, render, database);
 criterion_main!(benches);

@@ -5,38 +5,19 @@
 //! (`job_usage`, `daily_usage`; docs/decisions.md, "Usage rollups"), so a page of 1,000 jobs costs
 //! one primary-key lookup per job instead of a sum over its generations.
 
-use chrono::{DateTime, Utc};
-use diesel::OptionalExtension;
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Varchar};
+use diesel::sql_types::BigInt;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::RunQueryDsl;
 
 use crate::model::Job;
+use crate::store::postgres::JobRow;
 use crate::store::{PgStore, StoreError, UsageTotals};
 
 /// A job row with its usage.
 #[derive(QueryableByName)]
 struct JobUsageRow {
-    #[diesel(sql_type = Varchar)]
-    id: String,
-    #[diesel(sql_type = Varchar)]
-    status: String,
-    #[diesel(sql_type = Integer)]
-    owner_id: i32,
-    #[diesel(sql_type = Integer)]
-    total_entities: i32,
-    #[diesel(sql_type = Integer)]
-    succeeded: i32,
-    #[diesel(sql_type = Integer)]
-    failed: i32,
-    #[diesel(sql_type = Nullable<Text>)]
-    error_log: Option<String>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    completed_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
-    updated_at: DateTime<Utc>,
+    #[diesel(embed)]
+    job: JobRow,
     #[diesel(embed)]
     usage: UsageTotals,
 }
@@ -66,27 +47,7 @@ pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>
         .await
         .map_err(crate::store::connection::classify)?;
     rows.into_iter()
-        .map(|r| {
-            let status = r
-                .status
-                .parse()
-                .map_err(|e: String| StoreError::InvalidData(format!("job {}: {e}", r.id)))?;
-            Ok((
-                Job {
-                    id: r.id,
-                    status,
-                    owner_id: r.owner_id,
-                    total_entities: r.total_entities,
-                    succeeded: r.succeeded,
-                    failed: r.failed,
-                    error_log: r.error_log,
-                    completed_at: r.completed_at,
-                    created_at: r.created_at,
-                    updated_at: r.updated_at,
-                },
-                r.usage,
-            ))
-        })
+        .map(|r| Ok((Job::try_from(r.job)?, r.usage)))
         .collect()
 }
 

@@ -116,7 +116,7 @@ async fn read(client: &Client, id: &str, base: &str) -> Result<SecretUrl, Secret
         .map_err(|err| {
             let service = err.as_service_error();
             let message = service.map_or_else(
-                || aws_smithy_error_text(&err),
+                || super::tls::with_causes(&err),
                 |e| format!("{}: {}", e.meta().code().unwrap_or("error"), e),
             );
             let permanent = service.is_some_and(|e| {
@@ -146,17 +146,6 @@ async fn read(client: &Client, id: &str, base: &str) -> Result<SecretUrl, Secret
         id: id.to_owned(),
         message,
     })
-}
-
-/// The SDK's transport errors read best with their causes.
-fn aws_smithy_error_text(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text = format!("{text}: {c}");
-        cause = c.source();
-    }
-    text
 }
 
 /// Builds the connection URL from the secret's JSON over `base` (may be empty).

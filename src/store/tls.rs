@@ -157,8 +157,9 @@ where
         .map_err(|error| ConnectFailure { code: None, error })
 }
 
-/// tokio-postgres says only "error performing TLS handshake"; the reason is in the causes.
-fn with_causes(err: &dyn std::error::Error) -> String {
+/// An error with its causes: tokio-postgres says only "error performing TLS handshake", the
+/// AWS SDK only "dispatch failure"; the reason is in the causes.
+pub(super) fn with_causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(c) = cause {

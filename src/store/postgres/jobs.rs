@@ -23,9 +23,11 @@ use crate::store::{
 const APPEND_LOG_SQL: &str =
     "btrim(COALESCE(error_log, '') || E'\\n' || $2, E' \\t\\n\\r\\f' || chr(11))";
 
+/// A `profile_generation_jobs` row as stored (its status still text); also read by the
+/// console's job query.
 #[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = profile_generation_jobs)]
-struct JobRow {
+pub(crate) struct JobRow {
     id: String,
     status: String,
     owner_id: i32,
@@ -42,7 +44,10 @@ impl TryFrom<JobRow> for Job {
     type Error = StoreError;
     fn try_from(r: JobRow) -> Result<Self, StoreError> {
         Ok(Job {
-            status: r.status.parse().map_err(StoreError::InvalidData)?,
+            status: r
+                .status
+                .parse()
+                .map_err(|e: String| StoreError::InvalidData(format!("job {}: {e}", r.id)))?,
             id: r.id,
             owner_id: r.owner_id,
             total_entities: r.total_entities,

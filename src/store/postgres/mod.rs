@@ -7,6 +7,8 @@ mod graph_rows;
 mod jobs;
 mod profiles;
 
+pub(crate) use jobs::JobRow;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
