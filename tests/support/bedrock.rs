@@ -475,17 +475,19 @@ async fn handle(
             .or_else(|| s.queued.get_mut(&kind).and_then(VecDeque::pop_front))
             .or_else(|| s.defaults.get(&kind).cloned())
             .unwrap_or_else(|| default_reply(kind));
-        let reply = match (&reply, s.quota.as_mut()) {
-            (FakeReply::Text { .. } | FakeReply::NoText, Some(quota))
-                if !quota.admit(Instant::now(), reply.tokens()) =>
-            {
-                FakeReply::Error {
-                    status: 429,
-                    error_type: "ThrottlingException".into(),
-                    message: "Too many requests, please wait before trying again.".into(),
-                }
+        let counted = matches!(reply, FakeReply::Text { .. } | FakeReply::NoText);
+        let admitted = match s.quota.as_mut() {
+            Some(quota) if counted => quota.admit(Instant::now(), reply.tokens()),
+            _ => true,
+        };
+        let reply = if admitted {
+            reply
+        } else {
+            FakeReply::Error {
+                status: 429,
+                error_type: "ThrottlingException".into(),
+                message: "Too many requests, please wait before trying again.".into(),
             }
-            _ => reply,
         };
         (reply, s.latency)
     };
