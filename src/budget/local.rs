@@ -138,9 +138,7 @@ impl State {
     fn cluster_rate(&mut self, limits: &Limits, now: f64) -> Option<f64> {
         let rpm = limits.requests_per_minute as f64;
         if limits.adaptive {
-            let rate = *self
-                .rate
-                .get_or_insert_with(|| if rpm > 0.0 { rpm } else { adaptive::START_RPM });
+            let rate = *self.rate.get_or_insert(limits.start_rpm());
             if self.updated == 0.0 {
                 self.updated = now;
             }

@@ -242,10 +242,6 @@ impl Budget {
         Ok(this)
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Waits until the budget admits one call estimated at `tokens`. Never fails.
     pub async fn acquire(&self, tokens: u64) -> Grant {
         let started = Instant::now();

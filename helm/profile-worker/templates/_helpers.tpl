@@ -90,19 +90,9 @@ envFrom:
 
 {{/* The config.toml the chart renders (ConfigMap data), shared by the Deployment's and the hook's ConfigMaps. */}}
 {{- define "profile-worker.configData" -}}
-{{- $config := deepCopy .Values.config }}
-{{- with $config.budget }}
-{{- if not (hasKey . "replicas") }}
-{{- /* A replica without Redis takes 1/replicas of the budget: the most pods the release may run. */}}
-{{- $replicas := $.Values.replicaCount }}
-{{- if $.Values.autoscaling.hpa.enabled }}{{ $replicas = $.Values.autoscaling.hpa.maxReplicas }}{{ end }}
-{{- if $.Values.autoscaling.keda.enabled }}{{ $replicas = $.Values.autoscaling.keda.maxReplicas }}{{ end }}
-{{- $_ := set . "replicas" (int $replicas) }}
-{{- end }}
-{{- end }}
 config.toml: |
   # Rendered by the profile-worker chart from .Values.config; layered over the built-in defaults.
-  {{- include "profile-worker.toml" $config | trim | nindent 2 }}
+  {{- include "profile-worker.toml" .Values.config | trim | nindent 2 }}
 {{- end }}
 
 {{/* Fails when the values combine features that cannot work together. */}}
