@@ -56,7 +56,7 @@ impl LocalLimiter {
         if rate.is_some() {
             wait = wait.max(requests_tat - now);
         }
-        let tpm = limits.tokens_per_minute as f64 / share;
+        let tpm = limits.tpm() / share;
         if tpm > 0.0 {
             wait = wait.max(tokens_tat - now);
         }
@@ -110,7 +110,7 @@ impl LocalLimiter {
             s.requests_tat =
                 s.requests_tat.max(now) + f64::from(spent.requests - 1) * 60_000.0 / rate;
         }
-        let tpm = limits.tokens_per_minute as f64 / share;
+        let tpm = limits.tpm() / share;
         if tpm > 0.0 {
             let delta = spent.tokens as f64 - estimate as f64;
             s.tokens_tat = (s.tokens_tat + delta * 60_000.0 / tpm).max(now);
@@ -136,7 +136,7 @@ impl State {
     /// The rate the whole cluster may call at: the learnt one (adaptive, capped by the
     /// configured rpm) or the configured one; `None` = unlimited.
     fn cluster_rate(&mut self, limits: &Limits, now: f64) -> Option<f64> {
-        let rpm = limits.requests_per_minute as f64;
+        let rpm = limits.rpm();
         if limits.adaptive {
             let rate = *self.rate.get_or_insert(limits.start_rpm());
             if self.updated == 0.0 {
@@ -152,7 +152,7 @@ impl State {
         if let Some(rate) = self.rate.as_mut() {
             *rate *= 1.0 + adaptive::GROWTH_PER_SECOND * (now - self.updated) / 1000.0;
             if limits.requests_per_minute > 0 {
-                *rate = rate.min(limits.requests_per_minute as f64);
+                *rate = rate.min(limits.rpm());
             }
         }
     }
@@ -162,6 +162,7 @@ impl State {
 mod tests {
     use std::time::Duration;
 
+    use super::super::ADMITTED;
     use super::*;
 
     fn limits(configure: impl FnOnce(&mut Limits)) -> Limits {
@@ -180,15 +181,20 @@ mod tests {
     fn a_replica_alone_admits_its_share_of_the_rate() {
         let l = limits(|l| l.requests_per_minute = 120);
         let local = LocalLimiter::new();
-        // Two replicas: 60 calls/min each, one per second.
+        // Two replicas: 58.8 calls/min each (60 less the 2 % headroom).
+        let share = 120.0 * ADMITTED / 2.0;
+        let interval = 60_000.0 / share;
         assert!(local.acquire_at(0.0, &l, 2, 0).granted);
         let d = local.acquire_at(0.0, &l, 2, 0);
-        assert_eq!((d.granted, d.wait_ms, d.rate), (false, 1000.0, Some(60.0)));
-        assert!(!local.acquire_at(999.0, &l, 2, 0).granted);
-        assert!(local.acquire_at(1000.0, &l, 2, 0).granted);
+        assert_eq!(
+            (d.granted, d.wait_ms, d.rate),
+            (false, interval, Some(share))
+        );
+        assert!(!local.acquire_at(interval - 1.0, &l, 2, 0).granted);
+        assert!(local.acquire_at(interval, &l, 2, 0).granted);
         // Alone, the replica takes the whole rate.
-        let d = local.acquire_at(1000.0, &l, 1, 0);
-        assert_eq!(d.rate, Some(120.0));
+        let d = local.acquire_at(interval, &l, 1, 0);
+        assert_eq!(d.rate, Some(share * 2.0));
     }
 
     #[test]
@@ -201,23 +207,26 @@ mod tests {
             ..Spent::default()
         };
         local.settle_at(0.0, &l, 1, 0, spent);
-        assert_eq!(local.acquire_at(0.0, &l, 1, 0).wait_ms, 3000.0);
+        let interval = 60_000.0 / (60.0 * ADMITTED);
+        assert_eq!(local.acquire_at(0.0, &l, 1, 0).wait_ms, 3.0 * interval);
     }
 
     #[test]
     fn settling_corrects_the_token_reservation() {
-        // 60,000 tokens/min: a token is a millisecond.
+        // 60,000 tokens/min: a token is a millisecond (plus the headroom).
         let l = limits(|l| l.tokens_per_minute = 60_000);
+        let per_token = 1.0 / ADMITTED;
         let local = LocalLimiter::new();
         assert!(local.acquire_at(0.0, &l, 1, 5_000).granted);
-        assert_eq!(local.acquire_at(0.0, &l, 1, 10).wait_ms, 5000.0);
+        assert_eq!(local.acquire_at(0.0, &l, 1, 10).wait_ms, 5000.0 * per_token);
         let spent = Spent {
             requests: 1,
             tokens: 200,
             throttled: 0,
         };
         local.settle_at(0.0, &l, 1, 5_000, spent);
-        assert_eq!(local.acquire_at(0.0, &l, 1, 10).wait_ms, 200.0);
+        let wait = local.acquire_at(0.0, &l, 1, 10).wait_ms;
+        assert!((wait - 200.0 * per_token).abs() < 1e-6, "{wait}");
     }
 
     #[test]

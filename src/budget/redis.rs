@@ -77,8 +77,8 @@ impl RedisLimiter {
     ) -> Result<Answer, BudgetError> {
         let args = [
             "acquire".to_string(),
-            limits.requests_per_minute.to_string(),
-            limits.tokens_per_minute.to_string(),
+            limits.rpm().to_string(),
+            limits.tpm().to_string(),
             limits.max_concurrent_calls.to_string(),
             lease.to_string(),
             limits.lease_ttl.as_millis().to_string(),
@@ -112,8 +112,8 @@ impl RedisLimiter {
     ) -> Result<Option<f64>, BudgetError> {
         let args = [
             "settle".to_string(),
-            limits.requests_per_minute.to_string(),
-            limits.tokens_per_minute.to_string(),
+            limits.rpm().to_string(),
+            limits.tpm().to_string(),
             spent.requests.saturating_sub(1).to_string(),
             (spent.tokens as i64 - estimate as i64).to_string(),
             lease.to_string(),
