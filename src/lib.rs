@@ -28,10 +28,12 @@
 //! - [`jobs`]: batch jobs for operators (`enqueue`, `status`, `cancel`, `jobs`) and the
 //!   stuck-job rescue `run` hosts.
 //! - [`graph`]: the social-circles graph, built from rows, in the Python cache's JSON;
-//!   [`cache`]: its in-process and Redis cache.
+//!   [`cache`]: its in-process and Redis cache; [`budget`]: the Bedrock call budget shared by
+//!   all replicas through Redis, a decorator of the generator port.
 
 pub mod app;
 pub mod aws;
+pub mod budget;
 pub mod build_info;
 pub mod cache;
 pub mod cli;

@@ -36,6 +36,14 @@ pub struct Metrics {
     pub paused: IntGaugeVec,
     /// Messages kept invisible in process while a dependency is down.
     pub held: IntGauge,
+    /// Time Bedrock calls waited for the budget (src/budget/), by where it was decided.
+    pub budget_wait_seconds: HistogramVec,
+    /// 1 while this replica budgets on its local share (Redis unreachable or not configured).
+    pub budget_fallback: IntGauge,
+    /// Call leases this replica holds (budget.max_concurrent_calls).
+    pub budget_leases: IntGauge,
+    /// Calls per minute the budget admits now (adaptive: the learnt rate).
+    pub budget_rate: prometheus::Gauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -223,6 +231,38 @@ impl Metrics {
                 IntGauge::with_opts(opts(
                     "held_messages",
                     "Messages kept invisible in process until their dependency answers again.",
+                )),
+            ),
+            budget_wait_seconds: reg(
+                r,
+                HistogramVec::new(
+                    hopts(
+                        "budget_wait_seconds",
+                        "Time a Bedrock call waited for the shared budget before it was admitted, by where it was decided (redis, local).",
+                        vec![0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                    ),
+                    &["source"],
+                ),
+            ),
+            budget_fallback: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "budget_fallback",
+                    "1 while this replica budgets Bedrock calls on its local share (Redis unreachable or not configured).",
+                )),
+            ),
+            budget_leases: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "budget_leases",
+                    "Bedrock call leases this replica holds.",
+                )),
+            ),
+            budget_rate: reg(
+                r,
+                prometheus::Gauge::with_opts(opts(
+                    "budget_rate_per_minute",
+                    "Bedrock calls per minute the budget admits (the learnt rate when adaptive); the local share during a fallback.",
                 )),
             ),
             registry,

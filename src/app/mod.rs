@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::aws;
+use crate::budget::{Budget, BudgetError, BudgetedGenerator};
 use crate::cache::{CacheError, GraphCache, KEY_PREFIX, MemoryCache};
 use crate::config::DatabaseConfig;
 use crate::config::{Config, GeneratorBackend};
@@ -65,6 +66,8 @@ pub enum AppError {
     Schema(#[source] SchemaError),
     #[error("cannot set up the graph cache: {0}")]
     Cache(#[source] CacheError),
+    #[error("cannot set up the Bedrock budget: {0}")]
+    Budget(#[source] BudgetError),
     #[error("cannot load the sample collection: {0}")]
     Sample(String),
     #[error("cannot set up the console: {0}")]
@@ -350,19 +353,35 @@ impl App {
         Ok(cache)
     }
 
-    /// The generator `generator.backend` names.
-    pub async fn generator(&self) -> Arc<dyn Generator> {
-        match self.config.generator.backend {
-            GeneratorBackend::Bedrock => Arc::new(BedrockGenerator::new(
-                self.sdk().await,
-                &self.config.generator,
-                self.metrics.clone(),
-            )),
+    /// The generator `generator.backend` names; Bedrock behind the shared budget when
+    /// `[budget]` sets any limit (docs/decisions.md, "Bedrock budget: GCRA in one Lua script").
+    pub async fn generator(&self) -> Result<Arc<dyn Generator>, AppError> {
+        Ok(match self.config.generator.backend {
+            GeneratorBackend::Bedrock => {
+                let bedrock: Arc<dyn Generator> = Arc::new(BedrockGenerator::new(
+                    self.sdk().await,
+                    &self.config.generator,
+                    self.metrics.clone(),
+                ));
+                if !self.config.budget.enabled() {
+                    return Ok(bedrock);
+                }
+                let replica = format!("{}:{}", console::inflight::host_name(), std::process::id());
+                let budget = Budget::new(
+                    &self.config.budget,
+                    &self.config.cache,
+                    replica,
+                    self.metrics.clone(),
+                    &self.health,
+                )
+                .map_err(AppError::Budget)?;
+                Arc::new(BudgetedGenerator::new(bedrock, Arc::new(budget)))
+            }
             GeneratorBackend::Offline => Arc::new(OfflineGenerator::from_config(
                 &self.config.generator,
                 self.metrics.clone(),
             )),
-        }
+        })
     }
 
     /// The profile pipeline over `store`, with the configured cache and generator.
@@ -370,7 +389,7 @@ impl App {
         Ok(Pipeline::new(
             store,
             self.cache().await?,
-            self.generator().await,
+            self.generator().await?,
             self.metrics.clone(),
             pipeline::Settings::from_config(&self.config),
         ))

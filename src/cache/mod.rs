@@ -28,6 +28,7 @@ use crate::retry::Backoff;
 
 pub use memory::MemoryCache;
 pub use redis::RedisCache;
+pub(crate) use redis::pool as redis_pool;
 pub use shared::{SharedCache, SharedCacheError};
 
 /// The original's key prefix; `invalidate` clears everything under it.

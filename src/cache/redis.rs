@@ -46,19 +46,7 @@ impl RedisCache {
     /// A pool for `cache.redis_url` (not contacted yet) and its readiness check.
     pub fn connect(config: &CacheConfig, health: &Health) -> Result<Self, CacheError> {
         let timeout = Duration::from_millis(config.redis_timeout_ms);
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let manager = Manager::new_with_config(connection_info(config)?, connection)
-            .map_err(CacheError::RedisUrl)?;
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()
-            .map_err(CacheError::Pool)?;
+        let pool = pool(config, POOL_SIZE)?;
         let check = health.check("redis", false);
         check.set(false, "not contacted yet");
         Ok(Self {
@@ -177,6 +165,25 @@ impl SharedCache for RedisCache {
             cursor = next;
         }
     }
+}
+
+/// A pool of at most `size` connections to `cache.redis_url` (not contacted yet), every step
+/// bounded by `cache.redis_timeout_ms`; the Bedrock budget (src/budget/) opens its own.
+pub(crate) fn pool(config: &CacheConfig, size: usize) -> Result<Pool, CacheError> {
+    let timeout = Duration::from_millis(config.redis_timeout_ms);
+    let connection = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let manager = Manager::new_with_config(connection_info(config)?, connection)
+        .map_err(CacheError::RedisUrl)?;
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(CacheError::Pool)
 }
 
 /// The Redis address; with `cache.tls_ca_file`, a `rediss://` connection trusts that CA bundle

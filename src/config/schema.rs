@@ -26,6 +26,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub cache: CacheConfig,
     pub generator: GeneratorConfig,
+    pub budget: BudgetConfig,
     pub staleness: StalenessConfig,
     pub jobs: JobsConfig,
     pub console: ConsoleConfig,
@@ -160,6 +161,40 @@ pub struct GeneratorConfig {
     pub offline_latency_ms: u64,
     pub models: BTreeMap<String, String>,
     pub prices: BTreeMap<String, Price>,
+}
+
+/// The Bedrock call budget shared by all replicas through Redis (docs/decisions.md, "Bedrock
+/// budget: GCRA in one Lua script"). Every limit at 0 and `adaptive` off: no budget.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Calls (attempts) per minute across the cluster; 0 = no limit.
+    pub requests_per_minute: u64,
+    /// Input plus output tokens per minute across the cluster; 0 = no limit.
+    pub tokens_per_minute: u64,
+    /// Bedrock calls running at once across the cluster; 0 = no limit.
+    pub max_concurrent_calls: u64,
+    /// Life of a call's lease unless renewed (every third of it while the call runs), so a killed
+    /// replica's leases free themselves.
+    pub lease_ttl_seconds: u64,
+    /// Learn the call rate from throttling (AIMD) when the account's quota is unknown.
+    pub adaptive: bool,
+    /// Replicas expected before Redis has counted the live ones: a replica without Redis takes
+    /// this share of each limit.
+    pub replicas: u64,
+    /// Prefix of the budget's Redis keys (one hash slot: keep the braces on a cluster).
+    #[serde(deserialize_with = "text")]
+    pub key_prefix: String,
+}
+
+impl BudgetConfig {
+    /// Whether any limit or the adaptive rate is on.
+    pub fn enabled(&self) -> bool {
+        self.adaptive
+            || self.requests_per_minute > 0
+            || self.tokens_per_minute > 0
+            || self.max_concurrent_calls > 0
+    }
 }
 
 /// USD per million tokens.

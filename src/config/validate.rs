@@ -28,6 +28,7 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
     checks.ranges(c);
     checks.urls(c);
     checks.generator(c);
+    checks.budget(c);
     checks.traps(c);
     checks.console(c);
     checks.problems
@@ -234,6 +235,33 @@ impl Checks<'_> {
         }
     }
 
+    fn budget(&mut self, c: &Config) {
+        let b = &c.budget;
+        self.range(
+            "budget.requests_per_minute",
+            b.requests_per_minute,
+            0,
+            1_000_000,
+        );
+        self.range(
+            "budget.tokens_per_minute",
+            b.tokens_per_minute,
+            0,
+            1_000_000_000,
+        );
+        self.range(
+            "budget.max_concurrent_calls",
+            b.max_concurrent_calls,
+            0,
+            10_000,
+        );
+        self.range("budget.lease_ttl_seconds", b.lease_ttl_seconds, 3, 3600);
+        self.range("budget.replicas", b.replicas, 1, 1000);
+        if b.key_prefix.trim().is_empty() {
+            self.fail("budget.key_prefix", "must not be empty");
+        }
+    }
+
     /// Combinations of keys that pass their ranges one by one but cannot work together.
     fn traps(&mut self, c: &Config) {
         let k = &c.consumer;
@@ -325,6 +353,17 @@ mod tests {
             ))
             .contains("not both")
         );
+    }
+
+    #[test]
+    fn budget_limits_are_checked_by_name() {
+        assert_eq!(
+            problems("[budget]\nrequests_per_minute = 120\nmax_concurrent_calls = 8"),
+            []
+        );
+        assert!(only("[budget]\nlease_ttl_seconds = 1").starts_with("budget.lease_ttl_seconds"));
+        assert!(only("[budget]\nreplicas = 0").starts_with("budget.replicas"));
+        assert!(only("[budget]\nkey_prefix = \" \"").starts_with("budget.key_prefix"));
     }
 
     #[test]

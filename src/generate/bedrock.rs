@@ -171,6 +171,9 @@ impl BedrockGenerator {
                     format!("no reply within {}s", self.call_timeout.as_secs()),
                 ),
             };
+            if failure == Failure::Throttled {
+                usage.throttled += 1;
+            }
             self.count(
                 call,
                 match failure {

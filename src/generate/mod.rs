@@ -111,6 +111,8 @@ pub struct Usage {
     pub output_tokens: u64,
     /// Wall time spent in calls (backoff sleeps excluded).
     pub latency: Duration,
+    /// Attempts the service answered with throttling (the budget's adaptive rate learns from it).
+    pub throttled: u32,
 }
 
 impl Add for Usage {
@@ -121,6 +123,7 @@ impl Add for Usage {
             input_tokens: self.input_tokens + rhs.input_tokens,
             output_tokens: self.output_tokens + rhs.output_tokens,
             latency: self.latency + rhs.latency,
+            throttled: self.throttled + rhs.throttled,
         }
     }
 }
@@ -403,6 +406,7 @@ mod tests {
             input_tokens: 10,
             output_tokens: 5,
             latency: Duration::from_millis(100),
+            throttled: 1,
         };
         let total: Usage = [a, a, Usage::default()].into_iter().sum();
         assert_eq!(
@@ -411,7 +415,8 @@ mod tests {
                 calls: 2,
                 input_tokens: 20,
                 output_tokens: 10,
-                latency: Duration::from_millis(200)
+                latency: Duration::from_millis(200),
+                throttled: 2,
             }
         );
         let mut b = a;
@@ -427,6 +432,7 @@ mod tests {
             input_tokens: 1_000_000,
             output_tokens: 500_000,
             latency: Duration::ZERO,
+            throttled: 0,
         };
         let cost =
             estimate_cost_usd(&prices, "anthropic.claude-3-5-haiku-20241022-v1:0", &usage).unwrap();

@@ -7,11 +7,14 @@
 //!
 //! From another process (the real binary) point the SDK at it with
 //! `AWS_ENDPOINT_URL_BEDROCK_RUNTIME=<FakeBedrock::url()>` plus any dummy credentials.
+//!
+//! An optional account quota ([`FakeBedrock::set_quota`]) answers 429 `ThrottlingException`, as
+//! Bedrock does, to a call that would exceed the requests or tokens accepted in a sliding window.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_bedrockruntime::config::{Credentials, SharedCredentialsProvider};
@@ -99,7 +102,23 @@ impl FakeReply {
     pub fn access_denied() -> Self {
         Self::error(403, "AccessDeniedException")
     }
+
+    /// Input plus output tokens the reply reports (what a quota counts).
+    fn tokens(&self) -> u64 {
+        match self {
+            FakeReply::Text {
+                input_tokens,
+                output_tokens,
+                ..
+            } => (input_tokens + output_tokens).max(0) as u64,
+            FakeReply::NoText => NO_TEXT_INPUT_TOKENS as u64,
+            _ => 0,
+        }
+    }
 }
+
+/// Input tokens a [`FakeReply::NoText`] reports.
+const NO_TEXT_INPUT_TOKENS: i64 = 50;
 
 /// The default reply of each call kind: valid, parseable output.
 pub fn default_reply(kind: Option<CallKind>) -> FakeReply {
@@ -151,6 +170,72 @@ struct State {
     outage: Option<FakeReply>,
     /// Models answered with AccessDeniedException (not enabled for the account).
     denied: Vec<String>,
+    quota: Option<QuotaState>,
+}
+
+/// An account quota: requests and tokens (input + output) accepted in any sliding `window`;
+/// 0 leaves that dimension unlimited. Throttled calls do not count against it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    pub requests: u64,
+    pub tokens: u64,
+    /// Bedrock's quotas are per minute; tests shorten the window.
+    pub window: Duration,
+}
+
+impl Quota {
+    /// `requests` per minute, tokens unlimited.
+    pub fn requests_per_minute(requests: u64) -> Self {
+        Self {
+            requests,
+            tokens: 0,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the quota did with each call, for assertions and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuotaLog {
+    pub accepted: u64,
+    pub throttled: u64,
+    /// Arrival of every call since the quota was set, and whether it was accepted.
+    pub calls: Vec<(Duration, bool)>,
+}
+
+#[derive(Debug)]
+struct QuotaState {
+    quota: Quota,
+    since: Instant,
+    /// Accepted calls in the window: arrival and tokens.
+    window: VecDeque<(Instant, u64)>,
+    log: QuotaLog,
+}
+
+impl QuotaState {
+    /// Admits a call costing `tokens` arriving `now`, or refuses it.
+    fn admit(&mut self, now: Instant, tokens: u64) -> bool {
+        let horizon = now.checked_sub(self.quota.window);
+        while let Some(&(at, _)) = self.window.front() {
+            if horizon.is_some_and(|h| at <= h) {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+        let requests = self.window.len() as u64;
+        let used: u64 = self.window.iter().map(|&(_, t)| t).sum();
+        let ok = (self.quota.requests == 0 || requests < self.quota.requests)
+            && (self.quota.tokens == 0 || used + tokens <= self.quota.tokens);
+        if ok {
+            self.window.push_back((now, tokens));
+            self.log.accepted += 1;
+        } else {
+            self.log.throttled += 1;
+        }
+        self.log.calls.push((now - self.since, ok));
+        ok
+    }
 }
 
 /// The running fake; stops (and releases hanging requests) when dropped.
@@ -215,6 +300,27 @@ impl FakeBedrock {
     /// Answers every call to `model_id` with AccessDeniedException.
     pub fn deny_model(&self, model_id: &str) {
         self.state.lock().unwrap().denied.push(model_id.to_string());
+    }
+
+    /// Enforces `quota` from now on (a fresh window and log); `None` lifts it.
+    pub fn set_quota(&self, quota: Option<Quota>) {
+        self.state.lock().unwrap().quota = quota.map(|quota| QuotaState {
+            quota,
+            since: Instant::now(),
+            window: VecDeque::new(),
+            log: QuotaLog::default(),
+        });
+    }
+
+    /// Calls the quota accepted and throttled since it was set.
+    pub fn quota_log(&self) -> QuotaLog {
+        self.state
+            .lock()
+            .unwrap()
+            .quota
+            .as_ref()
+            .map(|q| q.log.clone())
+            .unwrap_or_default()
     }
 
     /// Every request so far, in arrival order.
@@ -369,6 +475,20 @@ async fn handle(
             .or_else(|| s.queued.get_mut(&kind).and_then(VecDeque::pop_front))
             .or_else(|| s.defaults.get(&kind).cloned())
             .unwrap_or_else(|| default_reply(kind));
+        let counted = matches!(reply, FakeReply::Text { .. } | FakeReply::NoText);
+        let admitted = match s.quota.as_mut() {
+            Some(quota) if counted => quota.admit(Instant::now(), reply.tokens()),
+            _ => true,
+        };
+        let reply = if admitted {
+            reply
+        } else {
+            FakeReply::Error {
+                status: 429,
+                error_type: "ThrottlingException".into(),
+                message: "Too many requests, please wait before trying again.".into(),
+            }
+        };
         (reply, s.latency)
     };
     if !latency.is_zero() {
@@ -397,7 +517,8 @@ async fn handle(
             json!({
                 "output": {"message": {"role": "assistant", "content": []}},
                 "stopReason": "end_turn",
-                "usage": {"inputTokens": 50, "outputTokens": 0, "totalTokens": 50},
+                "usage": {"inputTokens": NO_TEXT_INPUT_TOKENS, "outputTokens": 0,
+                          "totalTokens": NO_TEXT_INPUT_TOKENS},
                 "metrics": {"latencyMs": latency_ms}
             }),
         ),

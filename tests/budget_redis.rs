@@ -1,0 +1,348 @@
+//! The Bedrock budget (src/budget/) against real Redis: several `Budget`s stand for replicas
+//! sharing one key prefix. Redis time is real, so limits are set high and windows short.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis::AsyncCommands;
+use profile_worker::budget::{Budget, BudgetedGenerator, Source, Spent};
+use profile_worker::config::{BudgetConfig, CacheConfig};
+use profile_worker::generate::bedrock::BedrockGenerator;
+use profile_worker::generate::{Generator, PairRequest};
+use profile_worker::health::Health;
+use profile_worker::metrics::Metrics;
+use profile_worker::model::Entity;
+use support::bedrock::{FakeBedrock, Quota, sdk_config};
+use support::redis::{RedisServer, cache_config, guard, raw, shared_url};
+
+/// A budget configuration under a prefix no other test uses.
+fn budget_config(configure: impl FnOnce(&mut BudgetConfig)) -> BudgetConfig {
+    let mut config = profile_worker::config::defaults().budget;
+    config.key_prefix = format!("test:{}:budget:", uuid::Uuid::new_v4().simple());
+    configure(&mut config);
+    config
+}
+
+/// One replica's budget with its own metrics and health.
+struct Replica {
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
+    health: Health,
+}
+
+impl Replica {
+    fn new(name: &str, budget: &BudgetConfig, cache: &CacheConfig) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let health = Health::new();
+        let budget = Budget::new(budget, cache, name.to_string(), metrics.clone(), &health)
+            .expect("budget builds");
+        Self {
+            budget: Arc::new(budget),
+            metrics,
+            health,
+        }
+    }
+
+    /// The informational `budget` readiness check: (ok, detail); never makes the replica unready.
+    fn check(&self) -> (bool, String) {
+        let r = self.health.readiness();
+        let c = &r.checks["budget"];
+        assert!(!c.required, "the budget must never make a replica unready");
+        (c.ok, c.detail.clone())
+    }
+}
+
+fn pair(model: &str) -> PairRequest {
+    let entity = |r: &str, name: &str| Entity {
+        entity: r.parse().unwrap(),
+        name: name.to_string(),
+        birth_year: None,
+        death_year: None,
+        founded_year: None,
+        closed_year: None,
+    };
+    PairRequest {
+        model: model.to_string(),
+        source: entity("author:1", "Charles Dickens"),
+        target: entity("author:2", "Wilkie Collins"),
+        connection_type: "friendship".into(),
+        shared_titles: vec![],
+        connections: vec![],
+    }
+}
+
+/// `calls` narrative calls spread over three replicas, five at a time each, against `fake`.
+async fn three_replicas_call(fake: &FakeBedrock, budget: Option<&BudgetConfig>, calls: usize) {
+    let sdk = sdk_config().await;
+    let mut config = fake.generator_config();
+    config.max_attempts = 1;
+    let cache = cache_config(&shared_url());
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in 0..3 {
+        let metrics = Arc::new(Metrics::new());
+        let bedrock: Arc<dyn Generator> =
+            Arc::new(BedrockGenerator::new(&sdk, &config, metrics.clone()));
+        let generator: Arc<dyn Generator> = match budget {
+            Some(b) => Arc::new(BudgetedGenerator::new(
+                bedrock,
+                Replica::new(&format!("replica-{r}"), b, &cache).budget,
+            )),
+            None => bedrock,
+        };
+        for slot in 0..5 {
+            let generator = generator.clone();
+            let n = calls / 15 + usize::from(r * 5 + slot < calls % 15);
+            tasks.spawn(async move {
+                for _ in 0..n {
+                    let _ = generator.connection_narrative(&pair("m.x")).await;
+                }
+            });
+        }
+    }
+    guard(async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("caller task");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_shared_request_budget_keeps_three_replicas_inside_the_quota() {
+    // Quota: 6 calls per second; budget: 300/min (5 per second) across the three replicas.
+    let fake = FakeBedrock::start().await;
+    let quota = Quota {
+        requests: 6,
+        tokens: 0,
+        window: Duration::from_secs(1),
+    };
+    fake.set_quota(Some(quota));
+    let budget = budget_config(|b| b.requests_per_minute = 300);
+    three_replicas_call(&fake, Some(&budget), 30).await;
+    let log = fake.quota_log();
+    assert_eq!((log.accepted, log.throttled), (30, 0), "{log:?}");
+
+    // The same load without the budget is throttled, so the quota does bite.
+    fake.set_quota(Some(quota));
+    three_replicas_call(&fake, None, 30).await;
+    assert!(fake.quota_log().throttled > 0);
+}
+
+#[tokio::test]
+async fn a_shared_token_budget_keeps_three_replicas_inside_the_token_quota() {
+    // Every default reply uses 120 tokens; quota 720 tokens (6 calls) per second, budget 600/s.
+    let fake = FakeBedrock::start().await;
+    let quota = Quota {
+        requests: 0,
+        tokens: 720,
+        window: Duration::from_secs(1),
+    };
+    fake.set_quota(Some(quota));
+    // The first calls reserve the first estimate (output cap + 1000): reconciling them to 120
+    // tokens is what lets the rest through at the quota's pace.
+    let budget = budget_config(|b| b.tokens_per_minute = 36_000);
+    three_replicas_call(&fake, Some(&budget), 30).await;
+    let log = fake.quota_log();
+    assert_eq!((log.accepted, log.throttled), (30, 0), "{log:?}");
+}
+
+/// Milliseconds until the token budget's theoretical arrival time, on Redis's clock.
+async fn tokens_ahead_ms(url: &str, budget: &BudgetConfig) -> f64 {
+    let mut conn = raw(url).await;
+    let tat: Option<String> = conn
+        .get(format!("{}tokens", budget.key_prefix))
+        .await
+        .unwrap();
+    let (secs, micros): (u64, u64) = deadpool_redis::redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let now = secs as f64 * 1000.0 + micros as f64 / 1000.0;
+    tat.map_or(0.0, |t| t.parse::<f64>().unwrap() - now)
+}
+
+#[tokio::test]
+async fn settling_replaces_the_reserved_estimate_with_the_tokens_spent() {
+    let url = shared_url();
+    let cache = cache_config(&url);
+    // 6,000 tokens per minute: every token reserves 10 ms.
+    let config = budget_config(|b| b.tokens_per_minute = 6_000);
+    let replica = Replica::new("replica-a", &config, &cache);
+    let grant = guard(replica.budget.acquire(1_000)).await;
+    assert_eq!(grant.source, Source::Redis);
+    let reserved = tokens_ahead_ms(&url, &config).await;
+    assert!(
+        reserved > 5_000.0,
+        "1,000 tokens reserve 10 s: {reserved} ms"
+    );
+    let spent = Spent {
+        requests: 1,
+        tokens: 100,
+        throttled: 0,
+    };
+    replica.budget.settle(grant, spent).await;
+    let settled = tokens_ahead_ms(&url, &config).await;
+    assert!(
+        settled <= 1_100.0,
+        "100 tokens take 1 s (2 % headroom): {settled} ms"
+    );
+
+    // Another replica is held back by what the first one spent, then admitted.
+    let other = Replica::new("replica-b", &config, &cache);
+    let grant = guard(other.budget.acquire(10)).await;
+    assert_eq!(grant.source, Source::Redis);
+}
+
+#[tokio::test]
+async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
+    let url = shared_url();
+    let cache = cache_config(&url);
+    let config = budget_config(|b| {
+        b.max_concurrent_calls = 1;
+        b.lease_ttl_seconds = 3;
+    });
+    let leases_key = format!("{}leases", config.key_prefix);
+    let holder = Replica::new("replica-a", &config, &cache);
+    let grant = guard(holder.budget.acquire(10)).await;
+    assert_eq!(holder.metrics.budget_leases.get(), 1);
+    let mut conn = raw(&url).await;
+    let held: Vec<String> = conn.zrange(&leases_key, 0, -1).await.unwrap();
+    assert_eq!(held.len(), 1);
+    // The holder is killed: its grant is never settled and nobody renews it (dropping a grant
+    // leaves its Redis lease to expire).
+    drop(grant);
+    drop(holder);
+
+    let other = Replica::new("replica-b", &config, &cache);
+    let grant = guard(other.budget.acquire(10)).await;
+    assert_eq!(grant.source, Source::Redis);
+    let now_held: Vec<String> = conn.zrange(&leases_key, 0, -1).await.unwrap();
+    assert_eq!(now_held.len(), 1);
+    assert_ne!(
+        now_held, held,
+        "the dead replica's lease expired, the new one is held"
+    );
+    other.budget.settle(grant, Spent::default()).await;
+    let after: Vec<String> = conn.zrange(&leases_key, 0, -1).await.unwrap();
+    assert!(after.is_empty(), "settling releases the lease: {after:?}");
+    assert_eq!(other.metrics.budget_leases.get(), 0);
+}
+
+#[tokio::test]
+async fn a_renewed_lease_outlives_its_ttl() {
+    let url = shared_url();
+    let cache = cache_config(&url);
+    let config = budget_config(|b| {
+        b.max_concurrent_calls = 1;
+        b.lease_ttl_seconds = 3;
+    });
+    let leases_key = format!("{}leases", config.key_prefix);
+    let holder = Replica::new("replica-a", &config, &cache);
+    let grant = guard(holder.budget.acquire(10)).await;
+    let mut conn = raw(&url).await;
+    let expiry = |conn: &mut deadpool_redis::redis::aio::MultiplexedConnection| {
+        let key = leases_key.clone();
+        let mut conn = conn.clone();
+        async move {
+            let scores: Vec<(String, f64)> = conn.zrange_withscores(&key, 0, -1).await.unwrap();
+            scores[0].1
+        }
+    };
+    let first = expiry(&mut conn).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    holder.budget.renew(&grant).await;
+    assert!(expiry(&mut conn).await > first, "renewing moves the expiry");
+    holder.budget.settle(grant, Spent::default()).await;
+}
+
+#[tokio::test]
+async fn without_redis_each_replica_takes_its_share_and_carries_on() {
+    let mut server = RedisServer::start();
+    let cache = cache_config(&server.url());
+    let config = budget_config(|b| {
+        b.requests_per_minute = 600_000;
+        b.max_concurrent_calls = 4;
+    });
+    let a = Replica::new("replica-a", &config, &cache);
+    let b = Replica::new("replica-b", &config, &cache);
+    // Twice, so that each has seen both replicas live.
+    for r in [&a, &b, &a, &b] {
+        let grant = guard(r.budget.acquire(10)).await;
+        assert_eq!(grant.source, Source::Redis);
+        r.budget.settle(grant, Spent::default()).await;
+    }
+    let (ok, detail) = a.check();
+    assert!(ok, "{detail}");
+    assert_eq!(a.metrics.budget_fallback.get(), 0);
+
+    server.stop();
+    // Both replicas carry on, each on half of the budget: two leases each.
+    for r in [&a, &b] {
+        let first = guard(r.budget.acquire(10)).await;
+        let second = guard(r.budget.acquire(10)).await;
+        assert_eq!(
+            (first.source, second.source),
+            (Source::Local, Source::Local)
+        );
+        assert_eq!(r.metrics.budget_fallback.get(), 1);
+        let (ok, detail) = r.check();
+        assert!(!ok && detail.contains("1/2"), "{detail}");
+        r.budget.settle(first, Spent::default()).await;
+        r.budget.settle(second, Spent::default()).await;
+    }
+    assert!(
+        a.health.readiness().ready,
+        "a Redis outage leaves the replica ready"
+    );
+
+    server.restart();
+    // The next probe (at most a second later) goes back to Redis.
+    let back = guard(async {
+        loop {
+            let grant = a.budget.acquire(10).await;
+            let source = grant.source;
+            a.budget.settle(grant, Spent::default()).await;
+            if source == Source::Redis {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    back.await;
+    assert_eq!(a.metrics.budget_fallback.get(), 0);
+    assert!(a.check().0);
+}
+
+#[tokio::test]
+async fn throttling_cuts_the_adaptive_rate_for_every_replica() {
+    let url = shared_url();
+    let cache = cache_config(&url);
+    let config = budget_config(|b| {
+        b.adaptive = true;
+        b.requests_per_minute = 6_000;
+    });
+    let a = Replica::new("replica-a", &config, &cache);
+    let b = Replica::new("replica-b", &config, &cache);
+    let grant = guard(a.budget.acquire(10)).await;
+    let start = a.metrics.budget_rate.get();
+    assert!(
+        start > 5_800.0 && start <= 6_000.0,
+        "the configured rate less 2 %: {start}"
+    );
+    let throttled = Spent {
+        requests: 2,
+        tokens: 120,
+        throttled: 1,
+    };
+    a.budget.settle(grant, throttled).await;
+    let cut = a.metrics.budget_rate.get();
+    assert!(cut < start * 0.75, "one throttle cuts the rate: {cut}");
+
+    // The other replica admits at the cut rate, learnt through Redis.
+    let grant = guard(b.budget.acquire(10)).await;
+    let seen = b.metrics.budget_rate.get();
+    assert!(seen < start * 0.75, "{seen}");
+    b.budget.settle(grant, Spent::default()).await;
+}
