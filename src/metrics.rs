@@ -138,7 +138,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "generator_requests_total",
-                        "Generator calls, by call kind and result (ok, throttled, retryable, error).",
+                        "Generator calls, by call kind and result (ok, throttled, retryable, error; stopped: not sent because the message's call cap was spent or its work cancelled).",
                     ),
                     &["call", "result"],
                 ),

@@ -153,6 +153,9 @@ pub struct GeneratorConfig {
     pub endpoint_url: String,
     pub call_timeout_seconds: u64,
     pub max_attempts: u32,
+    /// Model requests one message may make, every attempt counted (docs/decisions.md,
+    /// "Per-message call cap and cancellation").
+    pub max_calls_per_message: u32,
     pub retry_base_ms: u64,
     pub offline_latency_ms: u64,
     pub models: BTreeMap<String, String>,

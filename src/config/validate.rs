@@ -217,6 +217,12 @@ impl Checks<'_> {
             3600,
         );
         self.range("generator.max_attempts", g.max_attempts.into(), 1, 20);
+        self.range(
+            "generator.max_calls_per_message",
+            g.max_calls_per_message.into(),
+            2,
+            1000,
+        );
         self.range("generator.retry_base_ms", g.retry_base_ms, 1, 600_000);
         self.range(
             "generator.offline_latency_ms",

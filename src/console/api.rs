@@ -70,5 +70,7 @@ pub fn usage_json(u: &UsageTotals) -> Value {
         "input_tokens": u.input_tokens,
         "output_tokens": u.output_tokens,
         "estimated_cost_usd": u.cost_usd,
+        "discarded_calls": u.discarded_calls,
+        "discarded_cost_usd": u.discarded_cost_usd,
     })
 }

@@ -10,6 +10,7 @@ use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz, Va
 use diesel_async::RunQueryDsl;
 
 use crate::model::Job;
+use crate::store::postgres::USAGE_SUMS_SQL;
 use crate::store::{PgStore, StoreError, UsageTotals};
 
 /// A job row with the usage summed over its `profile_generations` rows.
@@ -45,32 +46,34 @@ struct JobUsageRow {
     output_tokens: i64,
     #[diesel(sql_type = Double)]
     cost_usd: f64,
+    #[diesel(sql_type = BigInt)]
+    discarded_calls: i64,
+    #[diesel(sql_type = Double)]
+    discarded_cost_usd: f64,
 }
 
 /// Every active job and the `limit` most recent ones, newest first, each with its usage.
-const JOBS_SQL: &str = "
+fn jobs_sql() -> String {
+    format!(
+        "
 SELECT j.id, j.status, j.owner_id, j.total_entities, j.succeeded, j.failed, j.error_log,
-       j.completed_at, j.created_at, j.updated_at,
-       COALESCE(u.profiles, 0)::bigint AS profiles, COALESCE(u.calls, 0)::bigint AS calls,
-       COALESCE(u.input_tokens, 0)::bigint AS input_tokens,
-       COALESCE(u.output_tokens, 0)::bigint AS output_tokens,
-       COALESCE(u.cost_usd, 0)::float8 AS cost_usd
+       j.completed_at, j.created_at, j.updated_at, u.*
 FROM (
     SELECT * FROM profile_generation_jobs WHERE status IN ('pending', 'in_progress')
     UNION
     (SELECT * FROM profile_generation_jobs ORDER BY created_at DESC LIMIT $1)
 ) j
-LEFT JOIN LATERAL (
-    SELECT count(*) AS profiles, sum(calls) AS calls, sum(input_tokens) AS input_tokens,
-           sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
-    FROM profile_generations g WHERE g.job_id = j.id
-) u ON true
-ORDER BY j.created_at DESC, j.id";
+CROSS JOIN LATERAL (
+    SELECT {USAGE_SUMS_SQL} FROM profile_generations g WHERE g.job_id = j.id
+) u
+ORDER BY j.created_at DESC, j.id"
+    )
+}
 
-/// Active and recent jobs with their usage (see [`JOBS_SQL`]).
+/// Active and recent jobs with their usage (see [`jobs_sql`]).
 pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>, StoreError> {
     let mut conn = store.conn().await?;
-    let rows: Vec<JobUsageRow> = diesel::sql_query(JOBS_SQL)
+    let rows: Vec<JobUsageRow> = diesel::sql_query(jobs_sql())
         .bind::<BigInt, _>(limit)
         .load(&mut conn)
         .await
@@ -100,6 +103,8 @@ pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>
                     input_tokens: r.input_tokens,
                     output_tokens: r.output_tokens,
                     cost_usd: r.cost_usd,
+                    discarded_calls: r.discarded_calls,
+                    discarded_cost_usd: r.discarded_cost_usd,
                 },
             ))
         })
@@ -118,19 +123,19 @@ struct SpendRow {
     output_tokens: i64,
     #[diesel(sql_type = Double)]
     cost_usd: f64,
+    #[diesel(sql_type = BigInt)]
+    discarded_calls: i64,
+    #[diesel(sql_type = Double)]
+    discarded_cost_usd: f64,
 }
 
 /// Bedrock usage recorded since midnight UTC, across every job and replica.
 pub async fn spend_today(store: &PgStore) -> Result<UsageTotals, StoreError> {
     let mut conn = store.conn().await?;
-    let row: SpendRow = diesel::sql_query(
-        "SELECT count(*)::bigint AS profiles, COALESCE(sum(calls), 0)::bigint AS calls,
-                COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
-                COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
-                COALESCE(sum(cost_usd), 0)::float8 AS cost_usd
-         FROM profile_generations
-         WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-    )
+    let row: SpendRow = diesel::sql_query(format!(
+        "SELECT {USAGE_SUMS_SQL} FROM profile_generations
+         WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    ))
     .get_result(&mut conn)
     .await
     .map_err(crate::store::connection::classify)?;
@@ -140,5 +145,7 @@ pub async fn spend_today(store: &PgStore) -> Result<UsageTotals, StoreError> {
         input_tokens: row.input_tokens,
         output_tokens: row.output_tokens,
         cost_usd: row.cost_usd,
+        discarded_calls: row.discarded_calls,
+        discarded_cost_usd: row.discarded_cost_usd,
     })
 }

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
 use super::{
-    BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator, GeneratorError,
+    Allowance, BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator, GeneratorError,
     PairRequest, RelationshipStory, RelationshipStoryRequest, Reply, Usage, hygiene, prompts,
 };
 
@@ -101,8 +101,10 @@ impl BedrockGenerator {
     }
 
     /// One logical call with our retry policy; returns the reply text and all usage spent.
+    /// Every attempt first takes a request from `allowance`.
     async fn call(
         &self,
+        allowance: &Allowance,
         kind: CallKind,
         model: &str,
         user: String,
@@ -112,6 +114,10 @@ impl BedrockGenerator {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Err(stop) = allowance.take() {
+                self.count(call, "stopped");
+                return Err(GeneratorError::Stopped { stop, usage });
+            }
             let request = self
                 .client
                 .converse()
@@ -324,6 +330,7 @@ impl Generator for BedrockGenerator {
         }
         let (text, usage) = self
             .call(
+                &request.allowance,
                 CallKind::Discovery,
                 &request.model,
                 prompts::discovery_user(request),
@@ -342,6 +349,7 @@ impl Generator for BedrockGenerator {
     ) -> Result<Reply<super::Biography>, GeneratorError> {
         let (text, usage) = self
             .call(
+                &request.allowance,
                 CallKind::Biography,
                 &request.model,
                 prompts::biography_user(request),
@@ -361,6 +369,7 @@ impl Generator for BedrockGenerator {
     ) -> Result<Reply<String>, GeneratorError> {
         let (text, usage) = self
             .call(
+                &request.allowance,
                 CallKind::Narrative,
                 &request.model,
                 prompts::narrative_user(request),
@@ -380,6 +389,7 @@ impl Generator for BedrockGenerator {
     ) -> Result<Reply<Option<RelationshipStory>>, GeneratorError> {
         let (text, usage) = self
             .call(
+                &request.pair.allowance,
                 CallKind::RelationshipStory,
                 &request.pair.model,
                 prompts::relationship_user(request),

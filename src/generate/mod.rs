@@ -21,9 +21,12 @@ pub mod prompts;
 use std::collections::BTreeMap;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Price;
 use crate::model::{Book, CollectionEntity, Entity};
@@ -137,6 +140,94 @@ impl Sum for Usage {
     }
 }
 
+/// The model requests one message may still make (docs/decisions.md, "Per-message call cap and
+/// cancellation"): every request counts — retried attempts, failed and unusable narratives
+/// included — and none is made once the message is cancelled. Adapters take one before every
+/// request; the concurrent calls of one message share it.
+#[derive(Debug, Clone)]
+pub struct Allowance {
+    inner: Arc<AllowanceInner>,
+}
+
+#[derive(Debug)]
+struct AllowanceInner {
+    max: u32,
+    used: AtomicU32,
+    cancel: CancellationToken,
+}
+
+/// Why an [`Allowance`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The message's work was cancelled (its job cancelled, or the daemon stopping).
+    Cancelled,
+    /// `generator.max_calls_per_message` requests were made.
+    CallCap(u32),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Cancelled => f.write_str("cancelled"),
+            Stop::CallCap(max) => write!(f, "call cap of {max} per message reached"),
+        }
+    }
+}
+
+impl Allowance {
+    /// At most `max_calls` requests, none after `cancel` fires.
+    pub fn new(max_calls: u32, cancel: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(AllowanceInner {
+                max: max_calls,
+                used: AtomicU32::new(0),
+                cancel,
+            }),
+        }
+    }
+
+    /// No cap and no cancellation (single calls outside the pipeline, tests).
+    pub fn unlimited() -> Self {
+        Self::new(u32::MAX, CancellationToken::new())
+    }
+
+    /// Takes one request: refused when cancelled or when the cap is spent.
+    pub fn take(&self) -> Result<(), Stop> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let max = self.inner.max;
+        self.inner
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used < max).then_some(used + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| Stop::CallCap(max))
+    }
+
+    /// Requests taken so far.
+    pub fn used(&self) -> u32 {
+        self.inner.used.load(Ordering::SeqCst)
+    }
+
+    /// Requests left before the cap.
+    pub fn remaining(&self) -> u32 {
+        self.inner.max.saturating_sub(self.used())
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+}
+
+/// Requests are compared by content; the allowance is the same when it is the same message's.
+impl PartialEq for Allowance {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
 /// A successful call: the validated value, what it cost and which model produced it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply<T> {
@@ -160,14 +251,27 @@ pub enum GeneratorError {
     /// the configured model as a whole (access denied, unknown or disabled model).
     #[error("generator unavailable: {reason}")]
     Unavailable { reason: String, usage: Usage },
+    /// The request's [`Allowance`] refused a request: nothing more is sent for this message.
+    #[error("generator call not made: {stop}")]
+    Stopped { stop: Stop, usage: Usage },
 }
 
 impl GeneratorError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            GeneratorError::Transient { .. } | GeneratorError::Unavailable { .. }
+            GeneratorError::Transient { .. }
+                | GeneratorError::Unavailable { .. }
+                | GeneratorError::Stopped { .. }
         )
+    }
+
+    /// Why the allowance stopped the call, if it did.
+    pub fn stop(&self) -> Option<Stop> {
+        match self {
+            GeneratorError::Stopped { stop, .. } => Some(*stop),
+            _ => None,
+        }
     }
 
     /// The model service, not the message, is at fault.
@@ -180,7 +284,8 @@ impl GeneratorError {
         match self {
             GeneratorError::Transient { usage, .. }
             | GeneratorError::Permanent { usage, .. }
-            | GeneratorError::Unavailable { usage, .. } => *usage,
+            | GeneratorError::Unavailable { usage, .. }
+            | GeneratorError::Stopped { usage, .. } => *usage,
         }
     }
 }
@@ -190,6 +295,8 @@ impl GeneratorError {
 pub struct DiscoveryRequest {
     /// Resolved model id ([`resolve_model`]).
     pub model: String,
+    /// The message's requests left; taken before every request.
+    pub allowance: Allowance,
     /// The profiled entity.
     pub entity: CollectionEntity,
     /// Collection entities with qualifying books, authors then publishers then binders (may include
@@ -202,6 +309,7 @@ pub struct DiscoveryRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BiographyRequest {
     pub model: String,
+    pub allowance: Allowance,
     pub entity: Entity,
     /// The entity's qualifying books in prompt order (`year_start` NULLS LAST); all titles go in.
     pub books: Vec<Book>,
@@ -214,6 +322,7 @@ pub struct BiographyRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairRequest {
     pub model: String,
+    pub allowance: Allowance,
     /// The profiled entity with the years its graph node carries.
     pub source: Entity,
     /// The other endpoint with the years its graph node carries (publishers/binders: none).

@@ -210,7 +210,7 @@ Reply with JSON only: {\"summary\": \"...\", \"details\": [...], \"narrative_sty
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::NarrativeTrigger;
+    use crate::generate::{Allowance, NarrativeTrigger};
     use crate::model::{Book, EntityRef};
 
     fn entity(r: &str, name: &str) -> Entity {
@@ -238,6 +238,7 @@ mod tests {
     ) -> BiographyRequest {
         BiographyRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             entity: e,
             books: titles
                 .iter()
@@ -255,6 +256,7 @@ mod tests {
     fn pair(connections: Vec<CollectionEntity>, shared: &[&str]) -> PairRequest {
         PairRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             source: Entity {
                 birth_year: Some(1812),
                 death_year: Some(1870),
@@ -370,6 +372,7 @@ mod tests {
             .collect();
         let p = discovery_user(&DiscoveryRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             entity: ce("author:1", "N1"),
             universe,
         });

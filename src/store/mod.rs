@@ -159,14 +159,20 @@ pub enum CancelOutcome {
     AlreadyTerminal(JobStatus),
 }
 
-/// Bedrock usage summed over the `profile_generations` rows of one job.
+/// Bedrock usage summed over `profile_generations` rows (of one job, or of a day): every call
+/// billed, discarded ones included (docs/decisions.md, "Honest cost: every attempt is recorded").
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UsageTotals {
+    /// Profiles written (discarded rows are not profiles).
     pub profiles: i64,
     pub calls: i64,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: f64,
+    /// The part of `calls` spent on generations that wrote no profile.
+    pub discarded_calls: i64,
+    /// The part of `cost_usd` spent on generations that wrote no profile.
+    pub discarded_cost_usd: f64,
 }
 
 /// Connection pool occupancy, for the `db_pool_connections{state}` and `db_pool_max_connections` gauges.
@@ -232,6 +238,17 @@ pub trait ProfileStore: Send + Sync {
     ///
     /// Any error rolls all four back.
     async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError>;
+
+    /// The usage of calls whose generation wrote no profile (it failed, was cut short, or its
+    /// commit failed): one `profile_generations` row with `discarded = true`, so job and daily
+    /// sums are what the account is billed (docs/decisions.md, "Honest cost: every attempt is
+    /// recorded"). Counts nothing on the job.
+    async fn record_discarded_usage(
+        &self,
+        entity: EntityRef,
+        job_id: Option<&str>,
+        usage: &GenerationUsage,
+    ) -> Result<(), StoreError>;
 }
 
 /// The job side of the port: generation jobs, their per-entity items and usage totals.
@@ -302,6 +319,13 @@ pub trait JobStore: Send + Sync {
     /// the job's status (a cancelled job still counts, and stays cancelled). An unknown job
     /// id records nothing.
     async fn record_outcome(&self, record: OutcomeRecord) -> Result<Recorded, StoreError>;
+
+    /// Whether (job, entity) is recorded `succeeded`: `SELECT … FROM
+    /// profile_generation_job_items WHERE job_id = $1 AND entity_type = $2 AND entity_id = $3 AND
+    /// outcome = 'succeeded'`. A redelivered message of such an entity — `force` included — is
+    /// not generated again (docs/decisions.md, "Per-message call cap and cancellation").
+    async fn job_item_succeeded(&self, job_id: &str, entity: EntityRef)
+    -> Result<bool, StoreError>;
 
     /// Usage summed over the `profile_generations` rows with this `job_id`.
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError>;

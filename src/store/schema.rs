@@ -131,6 +131,7 @@ diesel::table! {
         latency_ms -> Int8,
         cost_usd -> Float8,
         created_at -> Timestamptz,
+        discarded -> Bool,
     }
 }
 
@@ -143,6 +144,7 @@ const INT8: &[&str] = &["bigint"];
 const FLOAT8: &[&str] = &["double precision"];
 const JSON: &[&str] = &["json"];
 const TIMESTAMPTZ: &[&str] = &["timestamp with time zone"];
+const BOOL: &[&str] = &["boolean"];
 
 /// The daemon's own tables, kept in its own schema (`database.schema`); every other table in
 /// [`REQUIRED_COLUMNS`] belongs to the API.
@@ -232,4 +234,5 @@ pub const REQUIRED_COLUMNS: &[(&str, &str, &[&str])] = &[
     ("profile_generations", "latency_ms", INT8),
     ("profile_generations", "cost_usd", FLOAT8),
     ("profile_generations", "created_at", TIMESTAMPTZ),
+    ("profile_generations", "discarded", BOOL),
 ];

@@ -151,6 +151,8 @@ struct State {
     outage: Option<FakeReply>,
     /// Models answered with AccessDeniedException (not enabled for the account).
     denied: Vec<String>,
+    /// Replies for calls of a kind whose user prompt contains a text, before any queue.
+    by_prompt: Vec<(CallKind, String, FakeReply)>,
 }
 
 /// The running fake; stops (and releases hanging requests) when dropped.
@@ -196,6 +198,16 @@ impl FakeBedrock {
             .unwrap()
             .defaults
             .insert(Some(kind), reply);
+    }
+
+    /// Answers every call of `kind` whose user prompt contains `needle` with `reply`, ahead of
+    /// queued and default replies (to script one connection among calls running at once).
+    pub fn reply_when_prompt_contains(&self, kind: CallKind, needle: &str, reply: FakeReply) {
+        self.state
+            .lock()
+            .unwrap()
+            .by_prompt
+            .push((kind, needle.to_string(), reply));
     }
 
     /// Delay before every reply.
@@ -359,6 +371,11 @@ async fn handle(
     let (reply, latency) = {
         let mut s = state.lock().unwrap();
         let denied = s.denied.contains(&recorded.model_id);
+        let scripted = s
+            .by_prompt
+            .iter()
+            .find(|(k, needle, _)| Some(*k) == kind && recorded.user.contains(needle.as_str()))
+            .map(|(_, _, reply)| reply.clone());
         s.requests.push(recorded);
         let reply = if denied {
             Some(FakeReply::access_denied())
@@ -366,6 +383,7 @@ async fn handle(
             s.outage.clone()
         };
         let reply = reply
+            .or(scripted)
             .or_else(|| s.queued.get_mut(&kind).and_then(VecDeque::pop_front))
             .or_else(|| s.defaults.get(&kind).cloned())
             .unwrap_or_else(|| default_reply(kind));

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::PgStore;
+use super::{PgStore, USAGE_SUMS_SQL};
 use crate::model::{EntityRef, Job, JobStatus};
 use crate::store::connection::classify;
 use crate::store::schema::profile_generation_jobs;
@@ -80,6 +80,10 @@ struct UsageRow {
     output_tokens: i64,
     #[diesel(sql_type = Double)]
     cost_usd: f64,
+    #[diesel(sql_type = BigInt)]
+    discarded_calls: i64,
+    #[diesel(sql_type = Double)]
+    discarded_cost_usd: f64,
 }
 
 async fn read_job(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<Option<JobRow>> {
@@ -358,6 +362,25 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn job_item_succeeded(
+        &self,
+        job_id: &str,
+        entity: EntityRef,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let found: Vec<IdRow> = diesel::sql_query(
+            "SELECT job_id::text AS id FROM profile_generation_job_items \
+             WHERE job_id = $1 AND entity_type = $2 AND entity_id = $3 AND outcome = 'succeeded'",
+        )
+        .bind::<Text, _>(job_id)
+        .bind::<Text, _>(entity.entity_type.as_str())
+        .bind::<Integer, _>(entity.id)
+        .load(&mut conn)
+        .await
+        .map_err(classify)?;
+        Ok(!found.is_empty())
+    }
+
     async fn record_outcome(&self, record: OutcomeRecord) -> Result<Recorded, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async move |conn| {
@@ -376,13 +399,9 @@ impl JobStore for PgStore {
 
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError> {
         let mut conn = self.conn().await?;
-        let row: UsageRow = diesel::sql_query(
-            "SELECT count(*)::int8 AS profiles, COALESCE(sum(calls), 0)::int8 AS calls, \
-                    COALESCE(sum(input_tokens), 0)::int8 AS input_tokens, \
-                    COALESCE(sum(output_tokens), 0)::int8 AS output_tokens, \
-                    COALESCE(sum(cost_usd), 0)::float8 AS cost_usd \
-             FROM profile_generations WHERE job_id = $1",
-        )
+        let row: UsageRow = diesel::sql_query(format!(
+            "SELECT {USAGE_SUMS_SQL} FROM profile_generations WHERE job_id = $1"
+        ))
         .bind::<Text, _>(job_id)
         .get_result(&mut conn)
         .await
@@ -393,6 +412,8 @@ impl JobStore for PgStore {
             input_tokens: row.input_tokens,
             output_tokens: row.output_tokens,
             cost_usd: row.cost_usd,
+            discarded_calls: row.discarded_calls,
+            discarded_cost_usd: row.discarded_cost_usd,
         })
     }
 }
