@@ -159,7 +159,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "generator_tokens_total",
-                        "Tokens used by the generator, by model and direction (input, output).",
+                        "Tokens used by the generator, by model and direction (input: billed at the full rate, output, cache_read, cache_write).",
                     ),
                     &["model", "direction"],
                 ),

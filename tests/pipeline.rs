@@ -1099,6 +1099,106 @@ async fn concurrent_narratives_keep_the_originals_winners_and_calls() {
     );
 }
 
+/// Generates every entity of the 264-entity fixture in one job, prompt caching on or off, with
+/// the fake counting tokens from the prompts by Bedrock's caching rules; returns the fake's bill,
+/// the job's usage as `status` shows it and the number of profiles.
+async fn generate_fixture(
+    caching: bool,
+) -> (
+    support::bedrock::Billed,
+    profile_worker::store::UsageTotals,
+    usize,
+) {
+    use profile_worker::store::{JobStore, ProfileStore};
+    let h = Harness::on_fixture(|_, g| {
+        if !caching {
+            g.prompt_cache.clear();
+        }
+    })
+    .await;
+    let config = profile_worker::config::defaults().generator;
+    let price = config.prices[HAIKU];
+    let min = config.prompt_cache[HAIKU].min_tokens;
+    h.fake.bill_by_prompt(
+        &[(HAIKU, u64::from(min))],
+        &[(
+            HAIKU,
+            [
+                price.input,
+                price.output,
+                price.cache_read.unwrap(),
+                price.cache_write.unwrap(),
+            ],
+        )],
+    );
+    let entities = h.store.collection_entities().await.unwrap();
+    assert_eq!(entities.len(), 264);
+    let job = h.create_job(entities.len() as i32, "in_progress").await;
+    for e in &entities {
+        let outcome = h
+            .deliver(&message(Some(&job), &e.entity.to_string(), true))
+            .await;
+        assert_eq!(outcome, Outcome::Done, "{}", e.entity);
+    }
+    assert_eq!(h.job(&job).await.status, JobStatus::Completed);
+    let usage = h.store.job_usage(&job).await.unwrap();
+    (h.fake.billed(), usage, entities.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_caching_halves_the_billed_input_and_status_matches_the_bill() {
+    let (bill_off, usage_off, profiles) = generate_fixture(false).await;
+    let (bill_on, usage_on, _) = generate_fixture(true).await;
+    let price = profile_worker::config::defaults().generator.prices[HAIKU];
+    // Input tokens billed, cache reads and writes weighed by their price against the input's.
+    let billed_input = |u: &profile_worker::store::UsageTotals| {
+        (u.input_tokens as f64
+            + u.cache_read_tokens as f64 * price.cache_read.unwrap() / price.input
+            + u.cache_write_tokens as f64 * price.cache_write.unwrap() / price.input)
+            / profiles as f64
+    };
+    assert_eq!(
+        (usage_off.cache_read_tokens, usage_off.cache_write_tokens),
+        (0, 0)
+    );
+    assert!(usage_on.cache_read_tokens > 0 && usage_on.cache_write_tokens > 0);
+    let (off, on) = (billed_input(&usage_off), billed_input(&usage_on));
+    assert!(
+        on <= 0.5 * off,
+        "billed input tokens per profile: {on:.0} with caching, {off:.0} without"
+    );
+    // The job's cost as `status` shows it is what the fake billed, to the cent; so are the tokens.
+    for (bill, usage) in [(bill_off, &usage_off), (bill_on, &usage_on)] {
+        assert_eq!(
+            (
+                bill.input_tokens,
+                bill.output_tokens,
+                bill.cache_read_tokens,
+                bill.cache_write_tokens
+            ),
+            (
+                usage.input_tokens as u64,
+                usage.output_tokens as u64,
+                usage.cache_read_tokens as u64,
+                usage.cache_write_tokens as u64
+            )
+        );
+        assert_eq!(
+            format!("{:.2}", bill.cost_usd),
+            format!("{:.2}", usage.cost_usd),
+            "{bill:?} vs {usage:?}"
+        );
+        assert!((bill.cost_usd - usage.cost_usd).abs() < 1e-9);
+    }
+    eprintln!(
+        "billed input tokens per profile: {off:.0} without caching, {on:.0} with ({:.0} %); \
+         cost ${:.4} vs ${:.4}",
+        100.0 * on / off,
+        usage_off.cost_usd,
+        usage_on.cost_usd
+    );
+}
+
 // ---- The message contract at the handler ----
 
 #[tokio::test]

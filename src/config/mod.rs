@@ -19,8 +19,9 @@ use figment::providers::{Format, Toml};
 
 pub use schema::{
     AwsConfig, CacheConfig, Config, ConsoleConfig, ConsumerConfig, DEFAULTS, DatabaseConfig,
-    GeneratorBackend, GeneratorConfig, JobsConfig, LogConfig, LogFormat, Price, QueueConfig,
-    ServerConfig, ShutdownConfig, StalenessConfig, renewal_period, sqs_attempt_timeout,
+    GeneratorBackend, GeneratorConfig, JobsConfig, LogConfig, LogFormat, Price, PromptCache,
+    QueueConfig, ServerConfig, ShutdownConfig, StalenessConfig, renewal_period,
+    sqs_attempt_timeout,
 };
 pub use secret::{Secret, SecretUrl, redact_url};
 pub use sources::ENV_PREFIX;

@@ -160,6 +160,9 @@ pub struct GeneratorConfig {
     pub offline_latency_ms: u64,
     pub models: BTreeMap<String, String>,
     pub prices: BTreeMap<String, Price>,
+    /// By model id: models whose prompts get a cache point (empty = no prompt caching).
+    #[serde(default)]
+    pub prompt_cache: BTreeMap<String, PromptCache>,
 }
 
 /// USD per million tokens.
@@ -168,6 +171,20 @@ pub struct GeneratorConfig {
 pub struct Price {
     pub input: f64,
     pub output: f64,
+    /// Prompt-cache reads; the input price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+    /// Prompt-cache writes; the input price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+}
+
+/// Prompt caching of one model (docs/decisions.md, "Prompt caching"): listed = supported.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptCache {
+    /// The smallest prefix, in tokens, the model caches; shorter prefixes get no cache point.
+    pub min_tokens: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -231,12 +231,24 @@ impl Checks<'_> {
             600_000,
         );
         for (model, price) in &g.prices {
-            if !(price.input >= 0.0 && price.output >= 0.0) {
+            if !(price.input >= 0.0
+                && price.output >= 0.0
+                && price.cache_read.is_none_or(|p| p >= 0.0)
+                && price.cache_write.is_none_or(|p| p >= 0.0))
+            {
                 self.fail(
                     &format!("generator.prices.\"{model}\""),
                     "prices must be >= 0",
                 );
             }
+        }
+        for (model, cache) in &g.prompt_cache {
+            self.range(
+                &format!("generator.prompt_cache.\"{model}\".min_tokens"),
+                cache.min_tokens.into(),
+                1,
+                1_000_000,
+            );
         }
     }
 

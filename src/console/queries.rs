@@ -44,6 +44,10 @@ struct JobUsageRow {
     input_tokens: i64,
     #[diesel(sql_type = BigInt)]
     output_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    cache_read_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    cache_write_tokens: i64,
     #[diesel(sql_type = Double)]
     cost_usd: f64,
     #[diesel(sql_type = BigInt)]
@@ -102,6 +106,8 @@ pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>
                     calls: r.calls,
                     input_tokens: r.input_tokens,
                     output_tokens: r.output_tokens,
+                    cache_read_tokens: r.cache_read_tokens,
+                    cache_write_tokens: r.cache_write_tokens,
                     cost_usd: r.cost_usd,
                     discarded_calls: r.discarded_calls,
                     discarded_cost_usd: r.discarded_cost_usd,
@@ -121,6 +127,10 @@ struct SpendRow {
     input_tokens: i64,
     #[diesel(sql_type = BigInt)]
     output_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    cache_read_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    cache_write_tokens: i64,
     #[diesel(sql_type = Double)]
     cost_usd: f64,
     #[diesel(sql_type = BigInt)]
@@ -144,6 +154,8 @@ pub async fn spend_today(store: &PgStore) -> Result<UsageTotals, StoreError> {
         calls: row.calls,
         input_tokens: row.input_tokens,
         output_tokens: row.output_tokens,
+        cache_read_tokens: row.cache_read_tokens,
+        cache_write_tokens: row.cache_write_tokens,
         cost_usd: row.cost_usd,
         discarded_calls: row.discarded_calls,
         discarded_cost_usd: row.discarded_cost_usd,

@@ -110,8 +110,13 @@ impl CallKind {
 pub struct Usage {
     /// Model invocations made (each retry attempt counts).
     pub calls: u32,
+    /// Input tokens billed at the full rate (cached prefix tokens excluded).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt-prefix tokens read from the model's prompt cache (billed at the cache-read rate).
+    pub cache_read_tokens: u64,
+    /// Prompt-prefix tokens written to the prompt cache (billed at the cache-write rate).
+    pub cache_write_tokens: u64,
     /// Wall time spent in calls (backoff sleeps excluded).
     pub latency: Duration,
 }
@@ -123,6 +128,8 @@ impl Add for Usage {
             calls: self.calls + rhs.calls,
             input_tokens: self.input_tokens + rhs.input_tokens,
             output_tokens: self.output_tokens + rhs.output_tokens,
+            cache_read_tokens: self.cache_read_tokens + rhs.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens + rhs.cache_write_tokens,
             latency: self.latency + rhs.latency,
         }
     }
@@ -432,8 +439,9 @@ pub fn resolve_model(
     }
 }
 
-/// Estimated cost in USD of `usage` on `model` from `generator.prices` (USD per million tokens);
-/// `None` when the model has no price.
+/// Estimated cost in USD of `usage` on `model` from `generator.prices` (USD per million tokens;
+/// cache reads and writes at their own prices, the input price when none is set); `None` when the
+/// model has no price.
 pub fn estimate_cost_usd(
     prices: &BTreeMap<String, Price>,
     model: &str,
@@ -441,7 +449,10 @@ pub fn estimate_cost_usd(
 ) -> Option<f64> {
     let price = prices.get(model)?;
     Some(
-        (usage.input_tokens as f64 * price.input + usage.output_tokens as f64 * price.output)
+        (usage.input_tokens as f64 * price.input
+            + usage.output_tokens as f64 * price.output
+            + usage.cache_read_tokens as f64 * price.cache_read.unwrap_or(price.input)
+            + usage.cache_write_tokens as f64 * price.cache_write.unwrap_or(price.input))
             / 1_000_000.0,
     )
 }
@@ -511,6 +522,8 @@ mod tests {
             calls: 1,
             input_tokens: 10,
             output_tokens: 5,
+            cache_read_tokens: 3,
+            cache_write_tokens: 2,
             latency: Duration::from_millis(100),
         };
         let total: Usage = [a, a, Usage::default()].into_iter().sum();
@@ -520,6 +533,8 @@ mod tests {
                 calls: 2,
                 input_tokens: 20,
                 output_tokens: 10,
+                cache_read_tokens: 6,
+                cache_write_tokens: 4,
                 latency: Duration::from_millis(200)
             }
         );
@@ -536,6 +551,7 @@ mod tests {
             input_tokens: 1_000_000,
             output_tokens: 500_000,
             latency: Duration::ZERO,
+            ..Usage::default()
         };
         let cost =
             estimate_cost_usd(&prices, "anthropic.claude-3-5-haiku-20241022-v1:0", &usage).unwrap();

@@ -90,6 +90,8 @@ impl JobReport {
                 "calls": self.usage.calls,
                 "input_tokens": self.usage.input_tokens,
                 "output_tokens": self.usage.output_tokens,
+                "cache_read_tokens": self.usage.cache_read_tokens,
+                "cache_write_tokens": self.usage.cache_write_tokens,
                 "estimated_cost_usd": self.usage.cost_usd,
                 "discarded_calls": self.usage.discarded_calls,
                 "discarded_cost_usd": self.usage.discarded_cost_usd,
@@ -130,6 +132,12 @@ impl JobReport {
             self.usage.output_tokens,
             self.usage.cost_usd
         );
+        if self.usage.cache_read_tokens + self.usage.cache_write_tokens > 0 {
+            out += &format!(
+                ", cache {} read + {} written",
+                self.usage.cache_read_tokens, self.usage.cache_write_tokens
+            );
+        }
         if self.usage.discarded_calls > 0 {
             out += &format!(
                 " (incl. ${:.4} on {} call(s) that wrote no profile)",
@@ -307,6 +315,8 @@ mod tests {
             calls: 27,
             input_tokens: 12_000,
             output_tokens: 3_000,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
             cost_usd: 0.0216,
             discarded_calls: 2,
             discarded_cost_usd: 0.0016,

@@ -287,6 +287,8 @@ impl Pipeline {
             output_tokens: usage.output_tokens as i64,
             latency_ms: usage.latency.as_millis() as i64,
             cost_usd: estimate_cost_usd(&self.settings.prices, model, usage).unwrap_or(0.0),
+            cache_read_tokens: usage.cache_read_tokens as i64,
+            cache_write_tokens: usage.cache_write_tokens as i64,
         }
     }
 }

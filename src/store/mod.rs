@@ -133,6 +133,9 @@ pub struct GenerationUsage {
     pub output_tokens: i64,
     pub latency_ms: i64,
     pub cost_usd: f64,
+    /// Prompt-cache reads and writes, apart from `input_tokens` (billed at their own prices).
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
 }
 
 /// Everything one generated profile writes, committed as a single transaction.
@@ -168,6 +171,8 @@ pub struct UsageTotals {
     pub calls: i64,
     pub input_tokens: i64,
     pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
     pub cost_usd: f64,
     /// The part of `calls` spent on generations that wrote no profile.
     pub discarded_calls: i64,

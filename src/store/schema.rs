@@ -132,6 +132,8 @@ diesel::table! {
         cost_usd -> Float8,
         created_at -> Timestamptz,
         discarded -> Bool,
+        cache_read_tokens -> Int8,
+        cache_write_tokens -> Int8,
     }
 }
 
@@ -235,4 +237,6 @@ pub const REQUIRED_COLUMNS: &[(&str, &str, &[&str])] = &[
     ("profile_generations", "cost_usd", FLOAT8),
     ("profile_generations", "created_at", TIMESTAMPTZ),
     ("profile_generations", "discarded", BOOL),
+    ("profile_generations", "cache_read_tokens", INT8),
+    ("profile_generations", "cache_write_tokens", INT8),
 ];

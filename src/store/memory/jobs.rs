@@ -264,6 +264,8 @@ impl JobStore for MemoryStore {
             totals.calls += i64::from(u.calls);
             totals.input_tokens += u.input_tokens;
             totals.output_tokens += u.output_tokens;
+            totals.cache_read_tokens += u.cache_read_tokens;
+            totals.cache_write_tokens += u.cache_write_tokens;
             totals.cost_usd += u.cost_usd;
         }
         Ok(totals)

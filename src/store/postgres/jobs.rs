@@ -78,6 +78,10 @@ struct UsageRow {
     input_tokens: i64,
     #[diesel(sql_type = BigInt)]
     output_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    cache_read_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    cache_write_tokens: i64,
     #[diesel(sql_type = Double)]
     cost_usd: f64,
     #[diesel(sql_type = BigInt)]
@@ -411,6 +415,8 @@ impl JobStore for PgStore {
             calls: row.calls,
             input_tokens: row.input_tokens,
             output_tokens: row.output_tokens,
+            cache_read_tokens: row.cache_read_tokens,
+            cache_write_tokens: row.cache_write_tokens,
             cost_usd: row.cost_usd,
             discarded_calls: row.discarded_calls,
             discarded_cost_usd: row.discarded_cost_usd,

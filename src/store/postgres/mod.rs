@@ -73,6 +73,8 @@ pub const USAGE_SUMS_SQL: &str = "count(*) FILTER (WHERE NOT discarded)::int8 AS
     COALESCE(sum(calls), 0)::int8 AS calls, \
     COALESCE(sum(input_tokens), 0)::int8 AS input_tokens, \
     COALESCE(sum(output_tokens), 0)::int8 AS output_tokens, \
+    COALESCE(sum(cache_read_tokens), 0)::int8 AS cache_read_tokens, \
+    COALESCE(sum(cache_write_tokens), 0)::int8 AS cache_write_tokens, \
     COALESCE(sum(cost_usd), 0)::float8 AS cost_usd, \
     COALESCE(sum(calls) FILTER (WHERE discarded), 0)::int8 AS discarded_calls, \
     COALESCE(sum(cost_usd) FILTER (WHERE discarded), 0)::float8 AS discarded_cost_usd";

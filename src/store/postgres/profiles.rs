@@ -90,8 +90,9 @@ async fn insert_usage(
 ) -> QueryResult<()> {
     diesel::sql_query(
         "INSERT INTO profile_generations (entity_type, entity_id, job_id, model_id, calls, \
-             input_tokens, output_tokens, latency_ms, cost_usd, discarded, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
+             input_tokens, output_tokens, latency_ms, cost_usd, discarded, cache_read_tokens, \
+             cache_write_tokens, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())",
     )
     .bind::<Text, _>(entity.entity_type.as_str())
     .bind::<Integer, _>(entity.id)
@@ -103,6 +104,8 @@ async fn insert_usage(
     .bind::<BigInt, _>(u.latency_ms)
     .bind::<Double, _>(u.cost_usd)
     .bind::<Bool, _>(discarded)
+    .bind::<BigInt, _>(u.cache_read_tokens)
+    .bind::<BigInt, _>(u.cache_write_tokens)
     .execute(conn)
     .await?;
     Ok(())
