@@ -4,7 +4,7 @@
 //! messages, jobs or entities never become labels.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -36,6 +36,10 @@ pub struct Metrics {
     pub paused: IntGaugeVec,
     /// Messages kept invisible in process while a dependency is down.
     pub held: IntGauge,
+    /// Bedrock cost recorded today (UTC) by every replica, as last read before a generation.
+    pub spend_today_usd: Gauge,
+    /// `budget.daily_cost_usd` in force (0 = no cap).
+    pub daily_cap_usd: Gauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -213,7 +217,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     opts(
                         "paused",
-                        "1 while a dependency (database, bedrock, queue) is down and the daemon holds work.",
+                        "1 while a dependency (database, bedrock, queue, daily_cost_cap) is down and the daemon holds work.",
                     ),
                     &["dependency"],
                 ),
@@ -223,6 +227,20 @@ impl Metrics {
                 IntGauge::with_opts(opts(
                     "held_messages",
                     "Messages kept invisible in process until their dependency answers again.",
+                )),
+            ),
+            spend_today_usd: reg(
+                r,
+                Gauge::with_opts(opts(
+                    "spend_today_usd",
+                    "Estimated Bedrock cost recorded today (UTC) across all replicas, as last read.",
+                )),
+            ),
+            daily_cap_usd: reg(
+                r,
+                Gauge::with_opts(opts(
+                    "daily_cap_usd",
+                    "The daily Bedrock cost cap in force (budget.daily_cost_usd; 0 = none).",
                 )),
             ),
             registry,

@@ -132,16 +132,16 @@ fn unknown_env_keys_are_named_as_the_variable_was_written() {
 
     let err = rejected(
         &["config"],
-        &[("PROFILE_WORKER_BUDGET__REQUESTS_PER_MINUTE", "60")],
+        &[("PROFILE_WORKER_QUOTA__REQUESTS_PER_MINUTE", "60")],
     );
     assert!(
         err.contains(
-            "budget.requests_per_minute = 60 (from PROFILE_WORKER_BUDGET__REQUESTS_PER_MINUTE): \
-             unknown key; \"budget\" is not one of: log, server,"
+            "quota.requests_per_minute = 60 (from PROFILE_WORKER_QUOTA__REQUESTS_PER_MINUTE): \
+             unknown key; \"quota\" is not one of: log, server,"
         ),
         "{err}"
     );
-    assert!(!err.contains("budget.budget"), "{err}");
+    assert!(!err.contains("quota.quota"), "{err}");
 
     // Spelled in lower case, the variable is still named exactly as set.
     let err = rejected(&["config"], &[("PROFILE_WORKER_consumer__Bogus", "1")]);
@@ -162,11 +162,11 @@ fn unknown_file_keys_are_named_with_the_file() {
         "{err}"
     );
 
-    let (_file, path) = config_file("[budget]\nrequests_per_minute = 60\n");
+    let (_file, path) = config_file("[quota]\nrequests_per_minute = 60\n");
     let err = rejected(&["--config", &path, "config"], &[]);
     assert!(
         err.contains(&format!(
-            "budget.requests_per_minute = 60 (from {path}): unknown key; \"budget\" is not one of:"
+            "quota.requests_per_minute = 60 (from {path}): unknown key; \"quota\" is not one of:"
         )),
         "{err}"
     );

@@ -1199,6 +1199,55 @@ async fn prompt_caching_halves_the_billed_input_and_status_matches_the_bill() {
     );
 }
 
+#[tokio::test]
+async fn the_daily_cost_cap_holds_messages_until_it_is_raised() {
+    use profile_worker::outcome::Dependency;
+    use profile_worker::store::JobStore;
+    let h = Harness::new().await;
+    let job = h.create_job(2, "in_progress").await;
+    // Below one profile's cost: the first message is generated (nothing spent yet), then the cap
+    // is reached.
+    h.db.exec("INSERT INTO app_config (key, value) VALUES ('budget.daily_cost_usd', '0.0001')")
+        .await;
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:20", false)).await,
+        Outcome::Done
+    );
+    let spent = h.store.spend_today().await.unwrap().cost_usd;
+    assert!((spent - default_cost(2.0)).abs() < 1e-12, "{spent}");
+    let sent = h.fake.requests().len();
+
+    let msg = message(Some(&job), "author:1", false);
+    for (attempt, last) in [(1, false), (2, true)] {
+        let outcome = h.deliver_attempt(&msg, attempt, last).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Hold {
+                    dependency: Dependency::DailyCostCap,
+                    ..
+                }
+            ),
+            "held, even on the last attempt: {outcome:?}"
+        );
+    }
+    assert_eq!(h.fake.requests().len(), sent, "no call at the cap");
+    let j = h.job(&job).await;
+    assert_eq!((j.succeeded, j.failed), (1, 0), "nothing counted failed");
+    assert_eq!(h.store.spend_today().await.unwrap().cost_usd, spent);
+    assert_eq!(h.metrics.daily_cap_usd.get(), 0.0001);
+    assert_eq!(h.metrics.spend_today_usd.get(), spent);
+
+    h.db.exec("UPDATE app_config SET value = '1' WHERE key = 'budget.daily_cost_usd'")
+        .await;
+    assert_eq!(h.deliver(&msg).await, Outcome::Done, "a raised cap resumes");
+    let j = h.job(&job).await;
+    assert_eq!(
+        (j.succeeded, j.failed, j.status),
+        (2, 0, JobStatus::Completed)
+    );
+}
+
 // ---- The message contract at the handler ----
 
 #[tokio::test]

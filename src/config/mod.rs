@@ -18,9 +18,9 @@ use figment::Figment;
 use figment::providers::{Format, Toml};
 
 pub use schema::{
-    AwsConfig, CacheConfig, Config, ConsoleConfig, ConsumerConfig, DEFAULTS, DatabaseConfig,
-    GeneratorBackend, GeneratorConfig, JobsConfig, LogConfig, LogFormat, Price, PromptCache,
-    QueueConfig, ServerConfig, ShutdownConfig, StalenessConfig, renewal_period,
+    AwsConfig, BudgetConfig, CacheConfig, Config, ConsoleConfig, ConsumerConfig, DEFAULTS,
+    DatabaseConfig, GeneratorBackend, GeneratorConfig, JobsConfig, LogConfig, LogFormat, Price,
+    PromptCache, QueueConfig, ServerConfig, ShutdownConfig, StalenessConfig, renewal_period,
     sqs_attempt_timeout,
 };
 pub use secret::{Secret, SecretUrl, redact_url};
@@ -164,17 +164,17 @@ mod tests {
 
     #[test]
     fn an_unknown_section_is_named_by_the_keys_written_under_it() {
-        let err = with_file("[budget]\nrequests_per_minute = 60")
+        let err = with_file("[quota]\nrequests_per_minute = 60")
             .err()
             .expect("rejected");
         let msgs = messages(err);
         assert_eq!(msgs.len(), 1, "{msgs:?}");
         assert!(
-            msgs[0].starts_with("budget.requests_per_minute = 60 (from "),
+            msgs[0].starts_with("quota.requests_per_minute = 60 (from "),
             "{msgs:?}"
         );
         assert!(
-            msgs[0].contains("unknown key; \"budget\" is not one of: log, server,"),
+            msgs[0].contains("unknown key; \"quota\" is not one of: log, server,"),
             "{msgs:?}"
         );
     }

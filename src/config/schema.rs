@@ -29,6 +29,16 @@ pub struct Config {
     pub staleness: StalenessConfig,
     pub jobs: JobsConfig,
     pub console: ConsoleConfig,
+    pub budget: BudgetConfig,
+}
+
+/// Spending limits (docs/decisions.md, "Daily cost cap").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Estimated Bedrock USD per UTC day across all replicas; 0 = no cap. `app_config`
+    /// `budget.daily_cost_usd` wins when set, and is re-read before every generation.
+    pub daily_cost_usd: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -160,7 +160,7 @@ fn render(value: &Value) -> String {
 }
 
 /// Every key with a value at or under `key`, so an unknown section is reported by the keys the
-/// operator actually wrote (`budget.requests_per_minute`, not `budget`).
+/// operator actually wrote (`quota.requests_per_minute`, not `quota`).
 fn leaves(figment: &Figment, key: &str) -> Vec<String> {
     fn walk(prefix: &str, value: &Value, out: &mut Vec<String>) {
         match value {

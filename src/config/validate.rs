@@ -242,6 +242,12 @@ impl Checks<'_> {
                 );
             }
         }
+        if !(c.budget.daily_cost_usd >= 0.0 && c.budget.daily_cost_usd.is_finite()) {
+            self.fail(
+                "budget.daily_cost_usd",
+                "must be a number >= 0 (0 = no cap)",
+            );
+        }
         for (model, cache) in &g.prompt_cache {
             self.range(
                 &format!("generator.prompt_cache.\"{model}\".min_tokens"),

@@ -117,47 +117,7 @@ pub async fn jobs(store: &PgStore, limit: i64) -> Result<Vec<(Job, UsageTotals)>
         .collect()
 }
 
-#[derive(QueryableByName)]
-struct SpendRow {
-    #[diesel(sql_type = BigInt)]
-    profiles: i64,
-    #[diesel(sql_type = BigInt)]
-    calls: i64,
-    #[diesel(sql_type = BigInt)]
-    input_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    output_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    cache_read_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    cache_write_tokens: i64,
-    #[diesel(sql_type = Double)]
-    cost_usd: f64,
-    #[diesel(sql_type = BigInt)]
-    discarded_calls: i64,
-    #[diesel(sql_type = Double)]
-    discarded_cost_usd: f64,
-}
-
 /// Bedrock usage recorded since midnight UTC, across every job and replica.
 pub async fn spend_today(store: &PgStore) -> Result<UsageTotals, StoreError> {
-    let mut conn = store.conn().await?;
-    let row: SpendRow = diesel::sql_query(format!(
-        "SELECT {USAGE_SUMS_SQL} FROM profile_generations
-         WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    ))
-    .get_result(&mut conn)
-    .await
-    .map_err(crate::store::connection::classify)?;
-    Ok(UsageTotals {
-        profiles: row.profiles,
-        calls: row.calls,
-        input_tokens: row.input_tokens,
-        output_tokens: row.output_tokens,
-        cache_read_tokens: row.cache_read_tokens,
-        cache_write_tokens: row.cache_write_tokens,
-        cost_usd: row.cost_usd,
-        discarded_calls: row.discarded_calls,
-        discarded_cost_usd: row.discarded_cost_usd,
-    })
+    crate::store::JobStore::spend_today(store).await
 }

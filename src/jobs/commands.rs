@@ -232,7 +232,8 @@ pub async fn status(store: &dyn Store, args: &StatusOptions) -> Result<Outcome, 
         return Ok(Outcome::NotFound);
     };
     if !args.watch {
-        let report = JobReport::new(job.clone(), store.job_usage(&job.id).await?, Utc::now());
+        let report = JobReport::new(job.clone(), store.job_usage(&job.id).await?, Utc::now())
+            .with_spend_today(store.spend_today().await?.cost_usd);
         if args.json {
             print_json(&report.to_json())?;
         } else {
@@ -399,7 +400,11 @@ pub async fn list(store: &dyn Store, limit: i64, json: bool) -> Result<Outcome, 
     } else if rows.is_empty() {
         print_text("no jobs\n")?;
     } else {
-        let lines: String = rows.iter().map(|(j, u)| list_line(j, u) + "\n").collect();
+        let mut lines: String = rows.iter().map(|(j, u)| list_line(j, u) + "\n").collect();
+        lines += &format!(
+            "today (UTC): est. ${:.4} spent by all jobs and replicas\n",
+            store.spend_today().await?.cost_usd
+        );
         print_text(&lines)?;
     }
     Ok(Outcome::Success)

@@ -53,6 +53,8 @@ pub struct JobReport {
     pub job: Job,
     pub usage: UsageTotals,
     pub progress: Progress,
+    /// Estimated Bedrock cost recorded today (UTC) by every job and replica, when read.
+    pub spend_today_usd: Option<f64>,
 }
 
 impl JobReport {
@@ -62,7 +64,14 @@ impl JobReport {
             job,
             usage,
             progress,
+            spend_today_usd: None,
         }
+    }
+
+    /// Adds today's spend across all jobs and replicas (the daily cost cap's measure).
+    pub fn with_spend_today(mut self, usd: f64) -> Self {
+        self.spend_today_usd = Some(usd);
+        self
     }
 
     /// Machine output: the job row (with `error_log`), derived progress and Bedrock usage.
@@ -97,6 +106,7 @@ impl JobReport {
                 "discarded_cost_usd": self.usage.discarded_cost_usd,
             },
             "error_log": j.error_log,
+            "spend_today_usd": self.spend_today_usd,
         })
     }
 
@@ -145,6 +155,10 @@ impl JobReport {
             );
         }
         out += "\n";
+        if let Some(today) = self.spend_today_usd {
+            out +=
+                &format!("  today     est. ${today:.4} spent (UTC day, all jobs and replicas)\n");
+        }
         if let Some(log) = j.error_log.as_deref().filter(|l| !l.is_empty()) {
             let lines: Vec<&str> = log.lines().collect();
             out += &format!(
@@ -321,7 +335,7 @@ mod tests {
             discarded_calls: 2,
             discarded_cost_usd: 0.0016,
         };
-        let report = JobReport::new(j, usage, at(300));
+        let report = JobReport::new(j, usage, at(300)).with_spend_today(1.5);
         let text = report.to_text();
         assert!(text.contains("10/40 (25%)"), "{text}");
         assert!(text.contains("rate      2.0/min  eta 15m00s"), "{text}");
@@ -330,6 +344,7 @@ mod tests {
              (incl. $0.0016 on 2 call(s) that wrote no profile)"
         ));
         assert!(text.contains("2 line(s); last: author:4: bang"));
+        assert!(text.contains("today     est. $1.5000 spent"), "{text}");
         let v = report.to_json();
         assert_eq!(v["status"], "in_progress");
         assert_eq!(v["eta_seconds"], 900);

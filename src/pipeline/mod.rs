@@ -50,6 +50,8 @@ pub struct Settings {
     pub offline: bool,
     /// `generator.max_calls_per_message`.
     pub max_calls_per_message: u32,
+    /// `budget.daily_cost_usd` (0 = no cap); `app_config` wins.
+    pub daily_cost_usd: f64,
 }
 
 impl Settings {
@@ -62,6 +64,7 @@ impl Settings {
             model_change: config.staleness.model_change,
             offline: config.generator.backend == crate::config::GeneratorBackend::Offline,
             max_calls_per_message: config.generator.max_calls_per_message,
+            daily_cost_usd: config.budget.daily_cost_usd,
         }
     }
 }
@@ -82,6 +85,9 @@ pub enum PipelineError {
     /// The model answered, but with no usable biography: the message comes back.
     #[error("biography generation returned no usable biography")]
     EmptyBiography,
+    /// Today's spend reached the daily cost cap: the message is held, not failed.
+    #[error("daily cost cap reached: ${spent:.4} spent today of ${cap:.4}")]
+    DailyCap { spent: f64, cap: f64 },
 }
 
 impl PipelineError {
@@ -92,6 +98,7 @@ impl PipelineError {
             PipelineError::Graph(e) => e.is_transient(),
             PipelineError::EntityNotFound(_) => false,
             PipelineError::EmptyBiography => true,
+            PipelineError::DailyCap { .. } => true,
         }
     }
 }
@@ -130,6 +137,7 @@ pub struct Pipeline {
     cache: GraphCache,
     generator: Arc<dyn Generator>,
     ledger: Ledger,
+    metrics: Arc<Metrics>,
     settings: Settings,
 }
 
@@ -142,7 +150,8 @@ impl Pipeline {
         settings: Settings,
     ) -> Self {
         Self {
-            ledger: Ledger::new(store.clone(), metrics),
+            ledger: Ledger::new(store.clone(), metrics.clone()),
+            metrics,
             store,
             cache,
             generator,
@@ -186,6 +195,7 @@ impl Pipeline {
         };
         tracing::debug!(?reason, "profile is stale");
 
+        self.check_daily_cap().await?;
         let graph = self.graph().await?;
         let entity_row = self
             .store
@@ -258,6 +268,33 @@ impl Pipeline {
         Ok(Processed::Generated)
     }
 
+    /// Holds the message when today's spend across all replicas has reached the daily cost cap
+    /// (docs/decisions.md, "Daily cost cap"). The cap is re-read every time, `app_config` first,
+    /// so raising it takes effect at the held messages' next probe.
+    async fn check_daily_cap(&self) -> Result<(), PipelineError> {
+        let cap = match self.store.daily_cap_setting().await {
+            Ok(Some(value)) => match value.trim().parse::<f64>() {
+                Ok(cap) if cap >= 0.0 && cap.is_finite() => cap,
+                _ => {
+                    tracing::warn!(%value, "app_config budget.daily_cost_usd is not a number >= 0; using configuration");
+                    self.settings.daily_cost_usd
+                }
+            },
+            Ok(None) => self.settings.daily_cost_usd,
+            Err(err) => return Err(err.into()),
+        };
+        self.metrics.daily_cap_usd.set(cap);
+        if cap <= 0.0 {
+            return Ok(());
+        }
+        let spent = self.store.spend_today().await?.cost_usd;
+        self.metrics.spend_today_usd.set(spent);
+        if spent >= cap {
+            return Err(PipelineError::DailyCap { spent, cap });
+        }
+        Ok(())
+    }
+
     /// Records what a generation that wrote nothing spent (docs/decisions.md, "Honest cost: every
     /// attempt is recorded"); a failure to record is logged, never the message's failure.
     async fn discard(&self, msg: &Message, model: &str, tally: &Tally) {
@@ -321,6 +358,7 @@ impl Pipeline {
             PipelineError::Generator(e) if e.is_unavailable() => {
                 Blame::Dependency(Dependency::Bedrock)
             }
+            PipelineError::DailyCap { .. } => Blame::Dependency(Dependency::DailyCostCap),
             other => Blame::Message {
                 transient: other.is_transient(),
             },

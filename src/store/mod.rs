@@ -228,6 +228,10 @@ pub trait ProfileStore: Send + Sync {
     /// `SELECT value FROM app_config WHERE key = 'model.entity_profiles'`.
     async fn model_setting(&self) -> Result<Option<String>, StoreError>;
 
+    /// `SELECT value FROM app_config WHERE key = 'budget.daily_cost_usd'`: the daily cost cap
+    /// set at run time (docs/decisions.md, "Daily cost cap").
+    async fn daily_cap_setting(&self) -> Result<Option<String>, StoreError>;
+
     /// The unit of work of one generated profile, one transaction (docs/decisions.md, "One transaction per generated profile"):
     /// 1. AI connections: canonical order (`"type:id"` string compare, smaller is the source),
     ///    confidence clamped to [0, 1], duplicates in the batch collapsed keeping the highest
@@ -334,6 +338,10 @@ pub trait JobStore: Send + Sync {
 
     /// Usage summed over the `profile_generations` rows with this `job_id`.
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError>;
+
+    /// Usage summed over the `profile_generations` rows written since midnight UTC, every job,
+    /// ad-hoc message and replica, discarded rows included: what the daily cost cap compares.
+    async fn spend_today(&self) -> Result<UsageTotals, StoreError>;
 }
 
 /// The daemon's whole view of the database: both sides plus the connection itself. Object safe:

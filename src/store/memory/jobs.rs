@@ -270,4 +270,25 @@ impl JobStore for MemoryStore {
         }
         Ok(totals)
     }
+
+    /// Every row counts as today's: the embedded store keeps no timestamps (the demo runs within a day).
+    async fn spend_today(&self) -> Result<UsageTotals, StoreError> {
+        let s = self.lock();
+        let mut totals = UsageTotals::default();
+        for (_, u, discarded) in s.generations.iter() {
+            if *discarded {
+                totals.discarded_calls += i64::from(u.calls);
+                totals.discarded_cost_usd += u.cost_usd;
+            } else {
+                totals.profiles += 1;
+            }
+            totals.calls += i64::from(u.calls);
+            totals.input_tokens += u.input_tokens;
+            totals.output_tokens += u.output_tokens;
+            totals.cache_read_tokens += u.cache_read_tokens;
+            totals.cache_write_tokens += u.cache_write_tokens;
+            totals.cost_usd += u.cost_usd;
+        }
+        Ok(totals)
+    }
 }

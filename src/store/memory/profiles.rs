@@ -190,6 +190,10 @@ impl ProfileStore for MemoryStore {
         Ok(self.lock().app_config.get("model.entity_profiles").cloned())
     }
 
+    async fn daily_cap_setting(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().app_config.get("budget.daily_cost_usd").cloned())
+    }
+
     async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError> {
         let mut s = self.lock();
         let now = Utc::now();

@@ -422,4 +422,26 @@ impl JobStore for PgStore {
             discarded_cost_usd: row.discarded_cost_usd,
         })
     }
+
+    async fn spend_today(&self) -> Result<UsageTotals, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: UsageRow = diesel::sql_query(format!(
+            "SELECT {USAGE_SUMS_SQL} FROM profile_generations \
+             WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        ))
+        .get_result(&mut conn)
+        .await
+        .map_err(classify)?;
+        Ok(UsageTotals {
+            profiles: row.profiles,
+            calls: row.calls,
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+            cache_read_tokens: row.cache_read_tokens,
+            cache_write_tokens: row.cache_write_tokens,
+            cost_usd: row.cost_usd,
+            discarded_calls: row.discarded_calls,
+            discarded_cost_usd: row.discarded_cost_usd,
+        })
+    }
 }

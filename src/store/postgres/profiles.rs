@@ -363,6 +363,17 @@ impl ProfileStore for PgStore {
             .map_err(classify)
     }
 
+    async fn daily_cap_setting(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        app_config::table
+            .find("budget.daily_cost_usd")
+            .select(app_config::value)
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(classify)
+    }
+
     async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async move |conn| write_profile_unit(conn, &unit).await)
