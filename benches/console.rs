@@ -56,6 +56,7 @@ fn overview(jobs: usize) -> Overview {
                 input_tokens: 1_200_000,
                 output_tokens: 300_000,
                 cost_usd: 8.1234,
+                ..UsageTotals::default()
             };
             JobReport::new(job, usage, now)
         })
