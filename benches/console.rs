@@ -22,7 +22,7 @@ use profile_worker::console::page;
 use profile_worker::console::queries;
 use profile_worker::jobs::JobReport;
 use profile_worker::model::{Job, JobStatus};
-use profile_worker::store::{PgStore, UsageTotals, migrate};
+use profile_worker::store::{JobStore, PgStore, UsageTotals, migrate};
 
 fn overview(jobs: usize) -> Overview {
     let now = Utc::now();
@@ -61,6 +61,7 @@ fn overview(jobs: usize) -> Overview {
                 input_tokens: 1_200_000,
                 output_tokens: 300_000,
                 cost_usd: 8.1234,
+                ..UsageTotals::default()
             };
             JobReport::new(job, usage, now)
         })
@@ -219,7 +220,7 @@ fn database(c: &mut Criterion) {
         b.iter(|| black_box(rt.block_on(queries::jobs(&store, 1000)).unwrap()))
     });
     c.bench_function("console_spend_today_query", |b| {
-        b.iter(|| black_box(rt.block_on(queries::spend_today(&store)).unwrap()))
+        b.iter(|| black_box(rt.block_on(store.spend_today()).unwrap()))
     });
     drop(store);
     drop(scratch);

@@ -136,6 +136,8 @@ async fn store_with_fresh_profile(author: EntityRef) -> Arc<MemoryStore> {
                 output_tokens: 0,
                 latency_ms: 0,
                 cost_usd: 0.0,
+                cache_read_tokens: 0,
+                cache_write_tokens: 0,
             },
             job_id: None,
             attempt: 1,

@@ -92,6 +92,10 @@ struct Args {
     /// The command that reproduces this run (reported).
     #[arg(long, default_value = "scripts/bench")]
     command: String,
+    /// Only measure time to profile: this many ad-hoc messages for one entity, one after the
+    /// other (`scripts/bench latency`); 0 runs the load benchmark instead.
+    #[arg(long, default_value_t = 0)]
+    latency_runs: usize,
 }
 
 fn main() -> Result<()> {
@@ -102,6 +106,9 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let results = runtime.block_on(run(&args))?;
+    if args.latency_runs > 0 {
+        return Ok(());
+    }
     let report = report(&args, &results);
     std::fs::write(args.out.join("benchmarks.md"), report)?;
     let mut csv = String::from("seconds,in_flight,processed,rss_mib\n");
@@ -309,6 +316,11 @@ async fn run(args: &Args) -> Result<Results> {
         entities: entities.len(),
         ..Results::default()
     };
+    if args.latency_runs > 0 {
+        let outcome = latency_phase(args, &env, &database, &queue, &fake).await;
+        graph_cache.invalidate().await;
+        return outcome.map(|()| results);
+    }
     let outcome = async {
         startup_phase(args, &env, &mut results).await?;
         drain_phase(args, &env, &queue, &fake, &entities, &mut results).await?;
@@ -376,6 +388,92 @@ fn body(job_id: Option<&str>, entity: &CollectionEntity, force: bool) -> String 
         force,
     }
     .body()
+}
+
+#[derive(diesel::QueryableByName)]
+struct EntityRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    entity: String,
+}
+
+/// Time to profile: one ad-hoc message at a time for the publisher with the most qualifying
+/// books (a hub, so it gets its three narratives), from the send until the daemon counts it
+/// done; the median over `latency_runs` and the fake's calls per message. Writes latency.json.
+async fn latency_phase(
+    args: &Args,
+    env: &[(String, String)],
+    database: &db::TestDb,
+    queue: &sqs::TestQueue,
+    fake: &bedrock::FakeBedrock,
+) -> Result<()> {
+    use diesel_async::RunQueryDsl;
+    let row: EntityRow = diesel::sql_query(
+        "SELECT 'publisher:' || publisher_id AS entity FROM books \
+         WHERE status IN ('ON_HAND', 'IN_TRANSIT') AND publisher_id IS NOT NULL \
+         GROUP BY publisher_id ORDER BY count(*) DESC, publisher_id LIMIT 1",
+    )
+    .get_result(&mut database.conn().await)
+    .await
+    .context("pick the hub publisher")?;
+    let entity: EntityRef = row.entity.parse().map_err(anyhow::Error::msg)?;
+    let body = Message {
+        job_id: None,
+        entity,
+        force: false,
+    }
+    .body();
+    let daemon = Daemon::spawn(args, env, "latency")?;
+    let mut daemon = daemon;
+    daemon.wait_ready(Duration::from_secs(60)).await?;
+    eprintln!(
+        "[bench] latency: {} messages for {entity}, fake latency {} ms",
+        args.latency_runs, args.latency_ms
+    );
+    let mut times = Vec::new();
+    let mut calls = Vec::new();
+    for run in 0..args.latency_runs {
+        let done_before = daemon.metrics().await?.processed("done");
+        let requests_before = fake.requests().len();
+        let t0 = Instant::now();
+        send_all(queue, vec![body.clone()]).await?;
+        loop {
+            if daemon.metrics().await?.processed("done") > done_before {
+                break;
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(120),
+                "message {run} not done after 120 s; daemon log {}",
+                daemon.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        times.push(t0.elapsed());
+        calls.push(fake.requests().len() - requests_before);
+        eprintln!(
+            "[bench] latency: run {run}: {:.3} s, {} calls",
+            times[run].as_secs_f64(),
+            calls[run]
+        );
+    }
+    wait_queue_empty(queue).await?;
+    daemon.stop(Duration::from_secs(60)).await?;
+    let median_time = median(&times);
+    let result = json!({
+        "binary": args.binary,
+        "build_profile": args.build_profile,
+        "entity": entity.to_string(),
+        "latency_ms": args.latency_ms,
+        "runs": args.latency_runs,
+        "median_seconds": median_time.as_secs_f64(),
+        "seconds": times.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+        "calls_per_message": calls,
+    });
+    std::fs::write(
+        args.out.join("latency.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    println!("{result}");
+    Ok(())
 }
 
 async fn drain_phase(

@@ -4,7 +4,7 @@
 //! messages, jobs or entities never become labels.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -44,6 +44,10 @@ pub struct Metrics {
     pub budget_leases: IntGauge,
     /// Calls per minute the budget admits now (adaptive: the learnt rate).
     pub budget_rate: prometheus::Gauge,
+    /// Bedrock cost recorded today (UTC) by every replica, as last read before a generation.
+    pub spend_today_usd: Gauge,
+    /// `budget.daily_cost_usd` in force (0 = no cap).
+    pub daily_cap_usd: Gauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -146,7 +150,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "generator_requests_total",
-                        "Generator calls, by call kind and result (ok, throttled, retryable, error).",
+                        "Generator calls, by call kind and result (ok, throttled, retryable, error; stopped: not sent because the message's call cap was spent or its work cancelled).",
                     ),
                     &["call", "result"],
                 ),
@@ -167,7 +171,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "generator_tokens_total",
-                        "Tokens used by the generator, by model and direction (input, output).",
+                        "Tokens used by the generator, by model and direction (input: billed at the full rate, output, cache_read, cache_write).",
                     ),
                     &["model", "direction"],
                 ),
@@ -221,7 +225,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     opts(
                         "paused",
-                        "1 while a dependency (database, bedrock, queue) is down and the daemon holds work.",
+                        "1 while a dependency (database, bedrock, queue, daily_cost_cap) is down and the daemon holds work.",
                     ),
                     &["dependency"],
                 ),
@@ -263,6 +267,20 @@ impl Metrics {
                 prometheus::Gauge::with_opts(opts(
                     "budget_rate_per_minute",
                     "Bedrock calls per minute the budget admits (the learnt rate when adaptive); the local share during a fallback.",
+                )),
+            ),
+            spend_today_usd: reg(
+                r,
+                Gauge::with_opts(opts(
+                    "spend_today_usd",
+                    "Estimated Bedrock cost recorded today (UTC) across all replicas, as last read.",
+                )),
+            ),
+            daily_cap_usd: reg(
+                r,
+                Gauge::with_opts(opts(
+                    "daily_cap_usd",
+                    "The daily Bedrock cost cap in force (budget.daily_cost_usd; 0 = none).",
                 )),
             ),
             registry,

@@ -10,7 +10,7 @@ use deadpool_redis::redis::AsyncCommands;
 use profile_worker::budget::{Budget, BudgetedGenerator, Source, Spent};
 use profile_worker::config::{BudgetConfig, CacheConfig};
 use profile_worker::generate::bedrock::BedrockGenerator;
-use profile_worker::generate::{Generator, PairRequest};
+use profile_worker::generate::{Allowance, Generator, PairRequest};
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
 use profile_worker::model::Entity;
@@ -70,6 +70,7 @@ fn pair(model: &str) -> PairRequest {
         connection_type: "friendship".into(),
         shared_titles: vec![],
         connections: vec![],
+        allowance: Allowance::unlimited(),
     }
 }
 

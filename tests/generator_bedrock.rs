@@ -8,8 +8,8 @@ use std::sync::Arc;
 use profile_worker::config::GeneratorConfig;
 use profile_worker::generate::bedrock::BedrockGenerator;
 use profile_worker::generate::{
-    BiographyRequest, CallKind, DiscoveryRequest, Generator, GeneratorError, NarrativeStyle,
-    NarrativeTrigger, PairRequest, RelationshipStoryRequest, prompts,
+    Allowance, BiographyRequest, CallKind, DiscoveryRequest, Generator, GeneratorError,
+    NarrativeStyle, NarrativeTrigger, PairRequest, RelationshipStoryRequest, prompts,
 };
 use profile_worker::metrics::Metrics;
 use profile_worker::model::{Book, CollectionEntity, Entity};
@@ -70,6 +70,7 @@ fn dickens() -> Entity {
 fn bio_request(e: Entity, titles: &[&str], connections: Vec<CollectionEntity>) -> BiographyRequest {
     BiographyRequest {
         model: HAIKU.into(),
+        allowance: Allowance::unlimited(),
         entity: e,
         books: titles
             .iter()
@@ -87,6 +88,7 @@ fn bio_request(e: Entity, titles: &[&str], connections: Vec<CollectionEntity>) -
 fn pair(shared: &[&str], connections: Vec<CollectionEntity>) -> PairRequest {
     PairRequest {
         model: HAIKU.into(),
+        allowance: Allowance::unlimited(),
         source: dickens(),
         target: entity("publisher:2", "Chapman & Hall"),
         connection_type: "publisher".into(),
@@ -118,6 +120,7 @@ async fn converse_request_has_system_one_user_message_and_per_call_budgets() {
     h.generator
         .discover_connections(&DiscoveryRequest {
             model: HAIKU.into(),
+            allowance: Allowance::unlimited(),
             entity: universe[0].clone(),
             universe,
         })
@@ -507,6 +510,7 @@ async fn discovery_is_validated_and_skipped_for_an_empty_universe() {
     ];
     let request = DiscoveryRequest {
         model: HAIKU.into(),
+        allowance: Allowance::unlimited(),
         entity: universe[0].clone(),
         universe: universe.clone(),
     };

@@ -13,8 +13,8 @@ use std::time::Duration;
 use profile_worker::generate::bedrock::BedrockGenerator;
 use profile_worker::generate::offline::{OFFLINE_MODEL, OfflineGenerator};
 use profile_worker::generate::{
-    BiographyRequest, CallKind, DiscoveryRequest, Generator, MAX_AI_CONNECTIONS, NarrativeTrigger,
-    PairRequest, RelationshipStoryRequest, Usage,
+    Allowance, BiographyRequest, CallKind, DiscoveryRequest, Generator, MAX_AI_CONNECTIONS,
+    NarrativeTrigger, PairRequest, RelationshipStoryRequest, Usage,
 };
 use profile_worker::metrics::Metrics;
 use profile_worker::model::{Book, CollectionEntity, Entity, EntityRef};
@@ -178,6 +178,7 @@ fn connections() -> Vec<CollectionEntity> {
 fn pair() -> PairRequest {
     PairRequest {
         model: MODEL.into(),
+        allowance: Allowance::unlimited(),
         source: dickens(),
         target: chapman(),
         connection_type: "publisher".into(),
@@ -215,6 +216,7 @@ async fn an_empty_universe_answers_without_a_call(s: Subject) {
         .generator
         .discover_connections(&DiscoveryRequest {
             model: MODEL.into(),
+            allowance: Allowance::unlimited(),
             entity: ce("author:5", "Charles Dickens"),
             universe: vec![],
         })
@@ -235,6 +237,7 @@ async fn discovered_connections_stay_within_the_universe(s: Subject) {
         .generator
         .discover_connections(&DiscoveryRequest {
             model: MODEL.into(),
+            allowance: Allowance::unlimited(),
             entity: universe[0].clone(),
             universe: universe.clone(),
         })
@@ -255,6 +258,7 @@ async fn discovered_connections_stay_within_the_universe(s: Subject) {
 async fn a_biography_is_usable_and_its_markers_name_connections(s: Subject) {
     let request = BiographyRequest {
         model: MODEL.into(),
+        allowance: Allowance::unlimited(),
         entity: dickens(),
         books: vec![
             Book {

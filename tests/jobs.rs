@@ -761,7 +761,8 @@ async fn jobs_lists_recent_jobs_newest_first() {
     let (code, out, err) = run(cli(&db, None), &["jobs", "--limit", "2"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines.len(), 3, "two jobs and today's spend: {out}");
+    assert!(lines[2].starts_with("today (UTC): est. $0.0000"), "{out}");
     assert!(
         lines[0].starts_with(&ids[2]) && lines[0].contains("0/5"),
         "{out}"

@@ -104,7 +104,12 @@ async fn w2_permanent_generation_error_is_a_counted_failure_with_the_error_line(
         "a failure counts toward the total"
     );
     assert!(h.profile("author:1").await.is_none(), "nothing written");
-    assert!(h.rows("SELECT * FROM profile_generations").await.is_empty());
+    assert_eq!(
+        h.rows("SELECT calls, discarded FROM profile_generations")
+            .await,
+        [json!({"calls": 2, "discarded": true})],
+        "only the spend is recorded"
+    );
 }
 
 #[tokio::test]
@@ -615,7 +620,12 @@ async fn unusable_biography_is_transient_and_writes_nothing() {
         }
     );
     assert!(h.profile("author:20").await.is_none());
-    assert!(h.rows("SELECT 1 FROM profile_generations").await.is_empty());
+    assert_eq!(
+        h.rows("SELECT discarded, calls FROM profile_generations")
+            .await,
+        [json!({"discarded": true, "calls": 2})],
+        "discovery and biography were paid for: recorded, flagged discarded"
+    );
 
     assert_eq!(h.deliver(&body("author:20")).await, Outcome::Done);
 }
@@ -910,6 +920,332 @@ async fn token_usage_and_cost_are_recorded_per_profile_and_in_metrics() {
         &[("model", HAIKU)],
     );
     assert!((metric_cost - expected_cost).abs() < 1e-12, "{metric_cost}");
+}
+
+// ---- docs/decisions.md, "Cost and calls per message" ----
+
+/// Cost of `calls` default fake replies (100 input and 20 output tokens each) on haiku.
+fn default_cost(calls: f64) -> f64 {
+    calls * (100.0 * HAIKU_PRICE.0 + 20.0 * HAIKU_PRICE.1) / 1_000_000.0
+}
+
+#[tokio::test]
+async fn a_retried_message_costs_every_attempt_in_the_job_sums() {
+    use profile_worker::store::JobStore;
+    let h = Harness::new().await;
+    let job = h.create_job(1, "in_progress").await;
+    let msg = message(Some(&job), "author:1", false);
+    h.fake.push(CallKind::Biography, [FakeReply::NoText]);
+    let outcome = h.deliver_attempt(&msg, 1, false).await;
+    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    assert_eq!(h.deliver_attempt(&msg, 2, true).await, Outcome::Done);
+
+    // Attempt 1: discovery + biography (no text, 50 input tokens); attempt 2: discovery,
+    // biography and author 2's relationship story.
+    let totals = h.store.job_usage(&job).await.unwrap();
+    assert_eq!(h.fake.requests().len(), 5);
+    assert_eq!(
+        (totals.profiles, totals.calls, totals.discarded_calls),
+        (1, 5, 2)
+    );
+    assert_eq!(totals.input_tokens, 4 * 100 + 50);
+    let no_text = 50.0 * HAIKU_PRICE.0 / 1_000_000.0;
+    let expected = default_cost(4.0) + no_text;
+    assert!((totals.cost_usd - expected).abs() < 1e-12, "{totals:?}");
+    assert!(
+        (totals.discarded_cost_usd - default_cost(1.0) - no_text).abs() < 1e-12,
+        "{totals:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_call_cap_counts_unusable_narratives_and_keeps_the_profile() {
+    let h = Harness::with(|s, _| s.max_calls_per_message = 4).await;
+    h.fake
+        .set_default(CallKind::Narrative, FakeReply::validation());
+    assert_eq!(h.deliver(&body("publisher:3")).await, Outcome::Done);
+
+    // Discovery, biography and two of the hub's narratives; the third is never sent.
+    assert_eq!(h.fake.requests().len(), 4);
+    assert_eq!(calls(&h, CallKind::Narrative), 2);
+    assert_eq!(h.requests("narrative", "stopped"), 1);
+    let p = h.profile("publisher:3").await.unwrap();
+    assert!(p.bio_summary.is_some());
+    assert_eq!(p.connection_narratives.unwrap(), json!({}));
+    let rows = h
+        .rows("SELECT calls, discarded FROM profile_generations")
+        .await;
+    assert_eq!(rows, [json!({"calls": 4, "discarded": false})]);
+}
+
+#[tokio::test]
+async fn the_call_cap_counts_retried_attempts() {
+    let h = Harness::with(|s, _| s.max_calls_per_message = 3).await;
+    h.fake
+        .set_default(CallKind::Biography, FakeReply::throttling());
+    let outcome = h.deliver(&body("author:20")).await;
+    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    let reason = reason_of(&outcome);
+    assert!(reason.contains("call cap of 3"), "{reason}");
+    assert_eq!(
+        h.fake.requests().len(),
+        3,
+        "discovery + two biography attempts"
+    );
+    assert!(h.profile("author:20").await.is_none());
+}
+
+#[tokio::test]
+async fn a_force_redelivery_of_a_done_entity_is_not_generated_again() {
+    let h = Harness::new().await;
+    let job = h.create_job(2, "in_progress").await;
+    let msg = message(Some(&job), "author:20", true);
+    assert_eq!(h.deliver(&msg).await, Outcome::Done);
+    let sent = h.fake.requests().len();
+    assert!(sent >= 2);
+
+    assert_eq!(h.deliver_attempt(&msg, 2, false).await, Outcome::Skipped);
+    assert_eq!(h.fake.requests().len(), sent, "no call for a done entity");
+    let j = h.job(&job).await;
+    assert_eq!((j.succeeded, j.failed), (1, 0));
+    assert_eq!(h.rows("SELECT 1 FROM profile_generations").await.len(), 1);
+
+    // A failed entity is generated again (a redrive from the dead-letter queue).
+    let failed = message(Some(&job), "author:1", true);
+    h.fake
+        .set_default(CallKind::Biography, FakeReply::validation());
+    let outcome = h.deliver_attempt(&failed, 1, true).await;
+    assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    h.fake.set_default(
+        CallKind::Biography,
+        support::bedrock::default_reply(Some(CallKind::Biography)),
+    );
+    assert_eq!(h.deliver(&failed).await, Outcome::Done);
+    assert!(h.profile("author:1").await.is_some());
+}
+
+#[tokio::test]
+async fn a_job_cancelled_during_generation_gets_no_further_calls() {
+    let h = Harness::new().await;
+    let job = h.create_job(1, "in_progress").await;
+    // Discovery and biography take long enough for the once-a-second job check to see the
+    // cancellation before author 1's relationship story would be sent.
+    h.fake.set_latency(std::time::Duration::from_millis(2500));
+    let cancel = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        h.db.exec(&format!(
+            "UPDATE profile_generation_jobs SET status = 'cancelled' WHERE id = '{job}'"
+        ))
+        .await;
+    };
+    let msg = message(Some(&job), "author:1", false);
+    let (outcome, ()) = tokio::join!(h.deliver(&msg), cancel);
+    assert_eq!(outcome, Outcome::Skipped);
+    assert_eq!(h.fake.requests().len(), 2, "discovery and biography only");
+    assert_eq!(calls(&h, CallKind::RelationshipStory), 0);
+    assert!(h.profile("author:1").await.is_none());
+    assert_eq!(
+        h.rows("SELECT calls, discarded FROM profile_generations")
+            .await,
+        [json!({"calls": 2, "discarded": true})]
+    );
+    assert_eq!(h.job(&job).await.status, JobStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn concurrent_narratives_keep_the_originals_winners_and_calls() {
+    let h = Harness::new().await;
+    h.fake.reply_when_prompt_contains(
+        CallKind::Narrative,
+        "connected to Hub Author B (",
+        FakeReply::validation(),
+    );
+    assert_eq!(h.deliver(&body("publisher:3")).await, Outcome::Done);
+
+    // Sequentially: A, B (fails), C, D — three winners after four calls; E is never asked.
+    let asked: Vec<String> = h
+        .fake
+        .requests_of(CallKind::Narrative)
+        .iter()
+        .map(|r| {
+            ["A", "B", "C", "D", "E"]
+                .into_iter()
+                .find(|l| r.user.contains(&format!("connected to Hub Author {l} (")))
+                .expect("a hub author")
+                .to_string()
+        })
+        .collect();
+    let mut sorted = asked.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["A", "B", "C", "D"], "{asked:?}");
+    assert_eq!(asked[3], "D", "D only after the first wave: {asked:?}");
+    let p = h.profile("publisher:3").await.unwrap();
+    let mut keys: Vec<String> = p
+        .connection_narratives
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "publisher:3:author:10",
+            "publisher:3:author:12",
+            "publisher:3:author:13"
+        ]
+    );
+}
+
+/// Generates every entity of the 264-entity fixture in one job, prompt caching on or off, with
+/// the fake counting tokens from the prompts by Bedrock's caching rules; returns the fake's bill,
+/// the job's usage as `status` shows it and the number of profiles.
+async fn generate_fixture(
+    caching: bool,
+) -> (
+    support::bedrock::Billed,
+    profile_worker::store::UsageTotals,
+    usize,
+) {
+    use profile_worker::store::{JobStore, ProfileStore};
+    let h = Harness::on_fixture(|_, g| {
+        if !caching {
+            g.prompt_cache.clear();
+        }
+    })
+    .await;
+    let config = profile_worker::config::defaults().generator;
+    let price = config.prices[HAIKU];
+    let min = config.prompt_cache[HAIKU].min_tokens;
+    h.fake.bill_by_prompt(
+        &[(HAIKU, u64::from(min))],
+        &[(
+            HAIKU,
+            [
+                price.input,
+                price.output,
+                price.cache_read.unwrap(),
+                price.cache_write.unwrap(),
+            ],
+        )],
+    );
+    let entities = h.store.collection_entities().await.unwrap();
+    assert_eq!(entities.len(), 264);
+    let job = h.create_job(entities.len() as i32, "in_progress").await;
+    for e in &entities {
+        let outcome = h
+            .deliver(&message(Some(&job), &e.entity.to_string(), true))
+            .await;
+        assert_eq!(outcome, Outcome::Done, "{}", e.entity);
+    }
+    assert_eq!(h.job(&job).await.status, JobStatus::Completed);
+    let usage = h.store.job_usage(&job).await.unwrap();
+    (h.fake.billed(), usage, entities.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_caching_halves_the_billed_input_and_status_matches_the_bill() {
+    let (bill_off, usage_off, profiles) = generate_fixture(false).await;
+    let (bill_on, usage_on, _) = generate_fixture(true).await;
+    let price = profile_worker::config::defaults().generator.prices[HAIKU];
+    // Input tokens billed, cache reads and writes weighed by their price against the input's.
+    let billed_input = |u: &profile_worker::store::UsageTotals| {
+        (u.input_tokens as f64
+            + u.cache_read_tokens as f64 * price.cache_read.unwrap() / price.input
+            + u.cache_write_tokens as f64 * price.cache_write.unwrap() / price.input)
+            / profiles as f64
+    };
+    assert_eq!(
+        (usage_off.cache_read_tokens, usage_off.cache_write_tokens),
+        (0, 0)
+    );
+    assert!(usage_on.cache_read_tokens > 0 && usage_on.cache_write_tokens > 0);
+    let (off, on) = (billed_input(&usage_off), billed_input(&usage_on));
+    assert!(
+        on <= 0.5 * off,
+        "billed input tokens per profile: {on:.0} with caching, {off:.0} without"
+    );
+    // The job's cost as `status` shows it is what the fake billed, to the cent; so are the tokens.
+    for (bill, usage) in [(bill_off, &usage_off), (bill_on, &usage_on)] {
+        assert_eq!(
+            (
+                bill.input_tokens,
+                bill.output_tokens,
+                bill.cache_read_tokens,
+                bill.cache_write_tokens
+            ),
+            (
+                usage.input_tokens as u64,
+                usage.output_tokens as u64,
+                usage.cache_read_tokens as u64,
+                usage.cache_write_tokens as u64
+            )
+        );
+        assert_eq!(
+            format!("{:.2}", bill.cost_usd),
+            format!("{:.2}", usage.cost_usd),
+            "{bill:?} vs {usage:?}"
+        );
+        assert!((bill.cost_usd - usage.cost_usd).abs() < 1e-9);
+    }
+    eprintln!(
+        "billed input tokens per profile: {off:.0} without caching, {on:.0} with ({:.0} %); \
+         cost ${:.4} vs ${:.4}",
+        100.0 * on / off,
+        usage_off.cost_usd,
+        usage_on.cost_usd
+    );
+}
+
+#[tokio::test]
+async fn the_daily_cost_cap_holds_messages_until_it_is_raised() {
+    use profile_worker::outcome::Dependency;
+    use profile_worker::store::JobStore;
+    let h = Harness::new().await;
+    let job = h.create_job(2, "in_progress").await;
+    // Below one profile's cost: the first message is generated (nothing spent yet), then the cap
+    // is reached.
+    h.db.exec("INSERT INTO app_config (key, value) VALUES ('budget.daily_cost_usd', '0.0001')")
+        .await;
+    assert_eq!(
+        h.deliver(&message(Some(&job), "author:20", false)).await,
+        Outcome::Done
+    );
+    let spent = h.store.spend_today().await.unwrap().cost_usd;
+    assert!((spent - default_cost(2.0)).abs() < 1e-12, "{spent}");
+    let sent = h.fake.requests().len();
+
+    let msg = message(Some(&job), "author:1", false);
+    for (attempt, last) in [(1, false), (2, true)] {
+        let outcome = h.deliver_attempt(&msg, attempt, last).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Hold {
+                    dependency: Dependency::DailyCostCap,
+                    ..
+                }
+            ),
+            "held, even on the last attempt: {outcome:?}"
+        );
+    }
+    assert_eq!(h.fake.requests().len(), sent, "no call at the cap");
+    let j = h.job(&job).await;
+    assert_eq!((j.succeeded, j.failed), (1, 0), "nothing counted failed");
+    assert_eq!(h.store.spend_today().await.unwrap().cost_usd, spent);
+    assert_eq!(h.metrics.daily_cap_usd.get(), 0.0001);
+    assert_eq!(h.metrics.spend_today_usd.get(), spent);
+
+    h.db.exec("UPDATE app_config SET value = '1' WHERE key = 'budget.daily_cost_usd'")
+        .await;
+    assert_eq!(h.deliver(&msg).await, Outcome::Done, "a raised cap resumes");
+    let j = h.job(&job).await;
+    assert_eq!(
+        (j.succeeded, j.failed, j.status),
+        (2, 0, JobStatus::Completed)
+    );
 }
 
 // ---- The message contract at the handler ----

@@ -396,6 +396,8 @@ fn unit(entity: EntityRef, job_id: Option<&str>) -> ProfileUnit {
             output_tokens: 300,
             latency_ms: 4500,
             cost_usd: 0.00216,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
         },
         job_id: job_id.map(Into::into),
         attempt: 1,

@@ -445,7 +445,7 @@ async fn migrate_subcommand_applies_migrations_and_needs_a_database_url() {
     db.store().check_schema().await.expect("schema complete");
 }
 
-const MIGRATIONS_COUNT: usize = 3;
+const MIGRATIONS_COUNT: usize = 5;
 
 #[test]
 fn embedded_migrations_are_every_directory() {

@@ -77,6 +77,8 @@ fn unit(job_id: &str, model_version: String) -> ProfileUnit {
             output_tokens: 5,
             latency_ms: 100,
             cost_usd: 0.001,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
         },
         job_id: Some(job_id.into()),
         attempt: 1,

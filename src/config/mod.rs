@@ -20,7 +20,7 @@ use figment::providers::{Format, Toml};
 pub use schema::{
     AwsConfig, BudgetConfig, CacheConfig, Config, ConsoleConfig, ConsumerConfig, DEFAULTS,
     DatabaseConfig, GeneratorBackend, GeneratorConfig, JobsConfig, LogConfig, LogFormat, Price,
-    QueueConfig, ServerConfig, ShutdownConfig, StalenessConfig, renewal_period,
+    PromptCache, QueueConfig, ServerConfig, ShutdownConfig, StalenessConfig, renewal_period,
     sqs_attempt_timeout,
 };
 pub use secret::{Secret, SecretUrl, redact_url};

@@ -157,10 +157,16 @@ pub struct GeneratorConfig {
     pub endpoint_url: String,
     pub call_timeout_seconds: u64,
     pub max_attempts: u32,
+    /// Model requests one message may make, every attempt counted (docs/decisions.md,
+    /// "Per-message call cap and cancellation").
+    pub max_calls_per_message: u32,
     pub retry_base_ms: u64,
     pub offline_latency_ms: u64,
     pub models: BTreeMap<String, String>,
     pub prices: BTreeMap<String, Price>,
+    /// By model id: models whose prompts get a cache point (empty = no prompt caching).
+    #[serde(default)]
+    pub prompt_cache: BTreeMap<String, PromptCache>,
 }
 
 /// The Bedrock call budget shared by all replicas through Redis (docs/decisions.md, "Bedrock
@@ -182,6 +188,10 @@ pub struct BudgetConfig {
     /// Replicas expected before Redis has counted the live ones: a replica without Redis takes
     /// this share of each limit.
     pub replicas: u64,
+    /// Estimated Bedrock USD per UTC day across all replicas; 0 = no cap. `app_config`
+    /// `budget.daily_cost_usd` wins when set, and is re-read before every generation
+    /// (docs/decisions.md, "Daily cost cap").
+    pub daily_cost_usd: f64,
     /// Prefix of the budget's Redis keys (one hash slot: keep the braces on a cluster).
     #[serde(deserialize_with = "text")]
     pub key_prefix: String,
@@ -203,6 +213,20 @@ impl BudgetConfig {
 pub struct Price {
     pub input: f64,
     pub output: f64,
+    /// Prompt-cache reads; the input price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+    /// Prompt-cache writes; the input price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+}
+
+/// Prompt caching of one model (docs/decisions.md, "Prompt caching"): listed = supported.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptCache {
+    /// The smallest prefix, in tokens, the model caches; shorter prefixes get no cache point.
+    pub min_tokens: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

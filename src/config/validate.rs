@@ -218,6 +218,12 @@ impl Checks<'_> {
             3600,
         );
         self.range("generator.max_attempts", g.max_attempts.into(), 1, 20);
+        self.range(
+            "generator.max_calls_per_message",
+            g.max_calls_per_message.into(),
+            2,
+            1000,
+        );
         self.range("generator.retry_base_ms", g.retry_base_ms, 1, 600_000);
         self.range(
             "generator.offline_latency_ms",
@@ -226,12 +232,30 @@ impl Checks<'_> {
             600_000,
         );
         for (model, price) in &g.prices {
-            if !(price.input >= 0.0 && price.output >= 0.0) {
+            if !(price.input >= 0.0
+                && price.output >= 0.0
+                && price.cache_read.is_none_or(|p| p >= 0.0)
+                && price.cache_write.is_none_or(|p| p >= 0.0))
+            {
                 self.fail(
                     &format!("generator.prices.\"{model}\""),
                     "prices must be >= 0",
                 );
             }
+        }
+        if !(c.budget.daily_cost_usd >= 0.0 && c.budget.daily_cost_usd.is_finite()) {
+            self.fail(
+                "budget.daily_cost_usd",
+                "must be a number >= 0 (0 = no cap)",
+            );
+        }
+        for (model, cache) in &g.prompt_cache {
+            self.range(
+                &format!("generator.prompt_cache.\"{model}\".min_tokens"),
+                cache.min_tokens.into(),
+                1,
+                1_000_000,
+            );
         }
     }
 

@@ -69,6 +69,10 @@ pub fn usage_json(u: &UsageTotals) -> Value {
         "calls": u.calls,
         "input_tokens": u.input_tokens,
         "output_tokens": u.output_tokens,
+        "cache_read_tokens": u.cache_read_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
         "estimated_cost_usd": u.cost_usd,
+        "discarded_calls": u.discarded_calls,
+        "discarded_cost_usd": u.discarded_cost_usd,
     })
 }

@@ -144,7 +144,7 @@ impl Console {
         let mut problems = Vec::new();
         let (jobs, spend, queue, dead_letter, letters, redrive, boards) = tokio::join!(
             queries::jobs(&self.store, job_limit),
-            queries::spend_today(&self.store),
+            crate::store::JobStore::spend_today(&self.store),
             self.dead_letters.queue_depth(),
             self.dead_letters.dead_letter_depth(),
             self.dead_letters.peek(DEAD_LETTERS_SHOWN),

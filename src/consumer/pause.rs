@@ -33,7 +33,12 @@ struct Inner {
 impl Pauses {
     pub fn new(check: Check, metrics: Arc<Metrics>) -> Self {
         check.set(true, "not paused");
-        for dependency in [Dependency::Database, Dependency::Bedrock, Dependency::Queue] {
+        for dependency in [
+            Dependency::Database,
+            Dependency::Bedrock,
+            Dependency::Queue,
+            Dependency::DailyCostCap,
+        ] {
             metrics
                 .paused
                 .with_label_values(&[dependency.as_str()])
@@ -124,7 +129,12 @@ impl Pauses {
     }
 
     fn publish(&self, down: &BTreeMap<Dependency, String>) {
-        for dependency in [Dependency::Database, Dependency::Bedrock, Dependency::Queue] {
+        for dependency in [
+            Dependency::Database,
+            Dependency::Bedrock,
+            Dependency::Queue,
+            Dependency::DailyCostCap,
+        ] {
             self.inner
                 .metrics
                 .paused

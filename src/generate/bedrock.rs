@@ -16,16 +16,16 @@ use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::operation::converse::{ConverseError, ConverseOutput};
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ConversationRole, ConverseOutput as ReplyContent, InferenceConfiguration,
-    Message, SystemContentBlock,
+    CachePointBlock, CachePointType, ContentBlock, ConversationRole,
+    ConverseOutput as ReplyContent, InferenceConfiguration, Message, SystemContentBlock,
 };
 
-use crate::config::{GeneratorConfig, Price};
+use crate::config::{GeneratorConfig, Price, PromptCache};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
 use super::{
-    BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator, GeneratorError,
+    Allowance, BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator, GeneratorError,
     PairRequest, RelationshipStory, RelationshipStoryRequest, Reply, Usage, hygiene, prompts,
 };
 
@@ -50,7 +50,61 @@ pub struct BedrockGenerator {
     /// Full jitter below `generator.retry_base_ms · 2^(n−1)`, at most [`MAX_BACKOFF`].
     backoff: Backoff,
     prices: BTreeMap<String, Price>,
+    prompt_cache: BTreeMap<String, PromptCache>,
     metrics: Arc<Metrics>,
+}
+
+/// A user prompt: the part shared by every entity of the collection (cacheable), then the rest.
+struct UserPrompt {
+    shared: String,
+    rest: String,
+}
+
+impl UserPrompt {
+    fn unshared(rest: String) -> Self {
+        Self {
+            shared: String::new(),
+            rest,
+        }
+    }
+}
+
+/// Tokens of `text` as the cache-point threshold estimates them: 4 bytes a token, rounded up
+/// (docs/decisions.md, "Prompt caching").
+pub fn estimate_tokens(text: &str) -> u64 {
+    text.len().div_ceil(4) as u64
+}
+
+/// Where the cache point goes: after the system prompt, or after the shared user part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CachePoint {
+    None,
+    AfterSystem,
+    AfterShared,
+}
+
+/// The last cache point whose prefix reaches the model's minimum; none for models without
+/// prompt caching.
+fn cache_point(cache: Option<&PromptCache>, system: &str, shared: &str) -> CachePoint {
+    let Some(cache) = cache else {
+        return CachePoint::None;
+    };
+    let min = u64::from(cache.min_tokens);
+    let system_tokens = estimate_tokens(system);
+    if !shared.is_empty() && system_tokens + estimate_tokens(shared) >= min {
+        CachePoint::AfterShared
+    } else if system_tokens >= min {
+        CachePoint::AfterSystem
+    } else {
+        CachePoint::None
+    }
+}
+
+fn cache_point_block() -> CachePointBlock {
+    CachePointBlock::builder()
+        .r#type(CachePointType::Default)
+        .build()
+        .expect("the cache point type is set")
 }
 
 /// How one failed attempt is treated.
@@ -96,31 +150,56 @@ impl BedrockGenerator {
             backoff: Backoff::exponential(Duration::from_millis(config.retry_base_ms), MAX_BACKOFF)
                 .full_jitter(),
             prices: config.prices.clone(),
+            prompt_cache: config.prompt_cache.clone(),
             metrics,
         }
     }
 
     /// One logical call with our retry policy; returns the reply text and all usage spent.
+    /// Every attempt first takes a request from `allowance`.
     async fn call(
         &self,
+        allowance: &Allowance,
         kind: CallKind,
         model: &str,
-        user: String,
+        user: UserPrompt,
     ) -> Result<(String, Usage), GeneratorError> {
         let call = kind.as_str();
         let mut usage = Usage::default();
+        let point = cache_point(
+            self.prompt_cache.get(model),
+            kind.system_prompt(),
+            &user.shared,
+        );
+        let mut system = vec![SystemContentBlock::Text(kind.system_prompt().to_string())];
+        if point == CachePoint::AfterSystem {
+            system.push(SystemContentBlock::CachePoint(cache_point_block()));
+        }
+        let content = if point == CachePoint::AfterShared {
+            vec![
+                ContentBlock::Text(user.shared),
+                ContentBlock::CachePoint(cache_point_block()),
+                ContentBlock::Text(user.rest),
+            ]
+        } else {
+            vec![ContentBlock::Text(user.shared + &user.rest)]
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Err(stop) = allowance.take() {
+                self.count(call, "stopped");
+                return Err(GeneratorError::Stopped { stop, usage });
+            }
             let request = self
                 .client
                 .converse()
                 .model_id(model)
-                .system(SystemContentBlock::Text(kind.system_prompt().to_string()))
+                .set_system(Some(system.clone()))
                 .messages(
                     Message::builder()
                         .role(ConversationRole::User)
-                        .content(ContentBlock::Text(user.clone()))
+                        .set_content(Some(content.clone()))
                         .build()
                         .map_err(|e| GeneratorError::Permanent {
                             reason: format!("cannot build the {call} request: {e}"),
@@ -145,9 +224,7 @@ impl BedrockGenerator {
 
             let (failure, reason) = match outcome {
                 Ok(Ok(output)) => {
-                    let spent = self.account(model, &output);
-                    usage.input_tokens += spent.0;
-                    usage.output_tokens += spent.1;
+                    usage += self.account(model, &output);
                     return match reply_text(&output) {
                         Some(text) => {
                             self.count(call, "ok");
@@ -209,31 +286,36 @@ impl BedrockGenerator {
             .inc();
     }
 
-    /// Counts the tokens (and estimated cost) of one reply; returns (input, output).
-    fn account(&self, model: &str, output: &ConverseOutput) -> (u64, u64) {
+    /// Counts the tokens (and estimated cost) of one reply; returns them (no call counted).
+    fn account(&self, model: &str, output: &ConverseOutput) -> Usage {
         let Some(tokens) = output.usage() else {
-            return (0, 0);
+            return Usage::default();
         };
-        let input = u64::try_from(tokens.input_tokens()).unwrap_or(0);
-        let out = u64::try_from(tokens.output_tokens()).unwrap_or(0);
-        let m = &self.metrics;
-        m.generator_tokens
-            .with_label_values(&[model, "input"])
-            .inc_by(input);
-        m.generator_tokens
-            .with_label_values(&[model, "output"])
-            .inc_by(out);
+        let count = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         let usage = Usage {
-            input_tokens: input,
-            output_tokens: out,
+            input_tokens: count(Some(tokens.input_tokens())),
+            output_tokens: count(Some(tokens.output_tokens())),
+            cache_read_tokens: count(tokens.cache_read_input_tokens()),
+            cache_write_tokens: count(tokens.cache_write_input_tokens()),
             ..Usage::default()
         };
+        let m = &self.metrics;
+        for (direction, n) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ] {
+            m.generator_tokens
+                .with_label_values(&[model, direction])
+                .inc_by(n);
+        }
         if let Some(cost) = super::estimate_cost_usd(&self.prices, model, &usage) {
             m.generator_cost_usd
                 .with_label_values(&[model])
                 .inc_by(cost);
         }
-        (input, out)
+        usage
     }
 }
 
@@ -327,9 +409,13 @@ impl Generator for BedrockGenerator {
         }
         let (text, usage) = self
             .call(
+                &request.allowance,
                 CallKind::Discovery,
                 &request.model,
-                prompts::discovery_user(request),
+                UserPrompt {
+                    shared: prompts::discovery_shared(request),
+                    rest: prompts::discovery_entity(request),
+                },
             )
             .await?;
         Ok(Reply {
@@ -345,9 +431,10 @@ impl Generator for BedrockGenerator {
     ) -> Result<Reply<super::Biography>, GeneratorError> {
         let (text, usage) = self
             .call(
+                &request.allowance,
                 CallKind::Biography,
                 &request.model,
-                prompts::biography_user(request),
+                UserPrompt::unshared(prompts::biography_user(request)),
             )
             .await?;
         let valid = hygiene::valid_marker_ids(&request.connections);
@@ -364,9 +451,10 @@ impl Generator for BedrockGenerator {
     ) -> Result<Reply<String>, GeneratorError> {
         let (text, usage) = self
             .call(
+                &request.allowance,
                 CallKind::Narrative,
                 &request.model,
-                prompts::narrative_user(request),
+                UserPrompt::unshared(prompts::narrative_user(request)),
             )
             .await?;
         let valid = hygiene::valid_marker_ids(&request.connections);
@@ -383,9 +471,10 @@ impl Generator for BedrockGenerator {
     ) -> Result<Reply<Option<RelationshipStory>>, GeneratorError> {
         let (text, usage) = self
             .call(
+                &request.pair.allowance,
                 CallKind::RelationshipStory,
                 &request.pair.model,
-                prompts::relationship_user(request),
+                UserPrompt::unshared(prompts::relationship_user(request)),
             )
             .await?;
         let valid = hygiene::valid_marker_ids(&request.pair.connections);
@@ -394,5 +483,29 @@ impl Generator for BedrockGenerator {
             usage,
             model: request.pair.model.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_point_goes_after_the_longest_prefix_that_reaches_the_minimum() {
+        let cache = PromptCache { min_tokens: 10 };
+        let short = "x".repeat(12);
+        let long = "x".repeat(40);
+        assert_eq!(cache_point(None, &long, &long), CachePoint::None);
+        assert_eq!(cache_point(Some(&cache), &short, ""), CachePoint::None);
+        assert_eq!(
+            cache_point(Some(&cache), &long, ""),
+            CachePoint::AfterSystem
+        );
+        assert_eq!(cache_point(Some(&cache), &short, &short), CachePoint::None);
+        assert_eq!(
+            cache_point(Some(&cache), &short, &long),
+            CachePoint::AfterShared
+        );
+        assert_eq!(estimate_tokens("abcde"), 2);
     }
 }

@@ -21,9 +21,12 @@ pub mod prompts;
 use std::collections::BTreeMap;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Price;
 use crate::model::{Book, CollectionEntity, Entity};
@@ -107,8 +110,13 @@ impl CallKind {
 pub struct Usage {
     /// Model invocations made (each retry attempt counts).
     pub calls: u32,
+    /// Input tokens billed at the full rate (cached prefix tokens excluded).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt-prefix tokens read from the model's prompt cache (billed at the cache-read rate).
+    pub cache_read_tokens: u64,
+    /// Prompt-prefix tokens written to the prompt cache (billed at the cache-write rate).
+    pub cache_write_tokens: u64,
     /// Wall time spent in calls (backoff sleeps excluded).
     pub latency: Duration,
     /// Attempts the service answered with throttling (the budget's adaptive rate learns from it).
@@ -122,6 +130,8 @@ impl Add for Usage {
             calls: self.calls + rhs.calls,
             input_tokens: self.input_tokens + rhs.input_tokens,
             output_tokens: self.output_tokens + rhs.output_tokens,
+            cache_read_tokens: self.cache_read_tokens + rhs.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens + rhs.cache_write_tokens,
             latency: self.latency + rhs.latency,
             throttled: self.throttled + rhs.throttled,
         }
@@ -137,6 +147,94 @@ impl AddAssign for Usage {
 impl Sum for Usage {
     fn sum<I: Iterator<Item = Usage>>(iter: I) -> Usage {
         iter.fold(Usage::default(), Add::add)
+    }
+}
+
+/// The model requests one message may still make (docs/decisions.md, "Per-message call cap and
+/// cancellation"): every request counts — retried attempts, failed and unusable narratives
+/// included — and none is made once the message is cancelled. Adapters take one before every
+/// request; the concurrent calls of one message share it.
+#[derive(Debug, Clone)]
+pub struct Allowance {
+    inner: Arc<AllowanceInner>,
+}
+
+#[derive(Debug)]
+struct AllowanceInner {
+    max: u32,
+    used: AtomicU32,
+    cancel: CancellationToken,
+}
+
+/// Why an [`Allowance`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The message's work was cancelled (its job cancelled, or the daemon stopping).
+    Cancelled,
+    /// `generator.max_calls_per_message` requests were made.
+    CallCap(u32),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Cancelled => f.write_str("cancelled"),
+            Stop::CallCap(max) => write!(f, "call cap of {max} per message reached"),
+        }
+    }
+}
+
+impl Allowance {
+    /// At most `max_calls` requests, none after `cancel` fires.
+    pub fn new(max_calls: u32, cancel: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(AllowanceInner {
+                max: max_calls,
+                used: AtomicU32::new(0),
+                cancel,
+            }),
+        }
+    }
+
+    /// No cap and no cancellation (single calls outside the pipeline, tests).
+    pub fn unlimited() -> Self {
+        Self::new(u32::MAX, CancellationToken::new())
+    }
+
+    /// Takes one request: refused when cancelled or when the cap is spent.
+    pub fn take(&self) -> Result<(), Stop> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let max = self.inner.max;
+        self.inner
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used < max).then_some(used + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| Stop::CallCap(max))
+    }
+
+    /// Requests taken so far.
+    pub fn used(&self) -> u32 {
+        self.inner.used.load(Ordering::SeqCst)
+    }
+
+    /// Requests left before the cap.
+    pub fn remaining(&self) -> u32 {
+        self.inner.max.saturating_sub(self.used())
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+}
+
+/// Requests are compared by content; the allowance is the same when it is the same message's.
+impl PartialEq for Allowance {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
@@ -163,14 +261,27 @@ pub enum GeneratorError {
     /// the configured model as a whole (access denied, unknown or disabled model).
     #[error("generator unavailable: {reason}")]
     Unavailable { reason: String, usage: Usage },
+    /// The request's [`Allowance`] refused a request: nothing more is sent for this message.
+    #[error("generator call not made: {stop}")]
+    Stopped { stop: Stop, usage: Usage },
 }
 
 impl GeneratorError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            GeneratorError::Transient { .. } | GeneratorError::Unavailable { .. }
+            GeneratorError::Transient { .. }
+                | GeneratorError::Unavailable { .. }
+                | GeneratorError::Stopped { .. }
         )
+    }
+
+    /// Why the allowance stopped the call, if it did.
+    pub fn stop(&self) -> Option<Stop> {
+        match self {
+            GeneratorError::Stopped { stop, .. } => Some(*stop),
+            _ => None,
+        }
     }
 
     /// The model service, not the message, is at fault.
@@ -183,7 +294,8 @@ impl GeneratorError {
         match self {
             GeneratorError::Transient { usage, .. }
             | GeneratorError::Permanent { usage, .. }
-            | GeneratorError::Unavailable { usage, .. } => *usage,
+            | GeneratorError::Unavailable { usage, .. }
+            | GeneratorError::Stopped { usage, .. } => *usage,
         }
     }
 }
@@ -193,6 +305,8 @@ impl GeneratorError {
 pub struct DiscoveryRequest {
     /// Resolved model id ([`resolve_model`]).
     pub model: String,
+    /// The message's requests left; taken before every request.
+    pub allowance: Allowance,
     /// The profiled entity.
     pub entity: CollectionEntity,
     /// Collection entities with qualifying books, authors then publishers then binders (may include
@@ -205,6 +319,7 @@ pub struct DiscoveryRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BiographyRequest {
     pub model: String,
+    pub allowance: Allowance,
     pub entity: Entity,
     /// The entity's qualifying books in prompt order (`year_start` NULLS LAST); all titles go in.
     pub books: Vec<Book>,
@@ -217,6 +332,7 @@ pub struct BiographyRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairRequest {
     pub model: String,
+    pub allowance: Allowance,
     /// The profiled entity with the years its graph node carries.
     pub source: Entity,
     /// The other endpoint with the years its graph node carries (publishers/binders: none).
@@ -326,8 +442,9 @@ pub fn resolve_model(
     }
 }
 
-/// Estimated cost in USD of `usage` on `model` from `generator.prices` (USD per million tokens);
-/// `None` when the model has no price.
+/// Estimated cost in USD of `usage` on `model` from `generator.prices` (USD per million tokens;
+/// cache reads and writes at their own prices, the input price when none is set); `None` when the
+/// model has no price.
 pub fn estimate_cost_usd(
     prices: &BTreeMap<String, Price>,
     model: &str,
@@ -335,7 +452,10 @@ pub fn estimate_cost_usd(
 ) -> Option<f64> {
     let price = prices.get(model)?;
     Some(
-        (usage.input_tokens as f64 * price.input + usage.output_tokens as f64 * price.output)
+        (usage.input_tokens as f64 * price.input
+            + usage.output_tokens as f64 * price.output
+            + usage.cache_read_tokens as f64 * price.cache_read.unwrap_or(price.input)
+            + usage.cache_write_tokens as f64 * price.cache_write.unwrap_or(price.input))
             / 1_000_000.0,
     )
 }
@@ -405,6 +525,8 @@ mod tests {
             calls: 1,
             input_tokens: 10,
             output_tokens: 5,
+            cache_read_tokens: 3,
+            cache_write_tokens: 2,
             latency: Duration::from_millis(100),
             throttled: 1,
         };
@@ -415,6 +537,8 @@ mod tests {
                 calls: 2,
                 input_tokens: 20,
                 output_tokens: 10,
+                cache_read_tokens: 6,
+                cache_write_tokens: 4,
                 latency: Duration::from_millis(200),
                 throttled: 2,
             }
@@ -432,7 +556,7 @@ mod tests {
             input_tokens: 1_000_000,
             output_tokens: 500_000,
             latency: Duration::ZERO,
-            throttled: 0,
+            ..Usage::default()
         };
         let cost =
             estimate_cost_usd(&prices, "anthropic.claude-3-5-haiku-20241022-v1:0", &usage).unwrap();

@@ -12,9 +12,9 @@ use crate::metrics::Metrics;
 use crate::model::{CollectionEntity, Entity};
 
 use super::{
-    Biography, BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator, GeneratorError,
-    NarrativeStyle, PairRequest, RelationshipStory, RelationshipStoryRequest, Reply, Significance,
-    Story, Tone, Usage,
+    Allowance, Biography, BiographyRequest, CallKind, Discovery, DiscoveryRequest, Generator,
+    GeneratorError, NarrativeStyle, PairRequest, RelationshipStory, RelationshipStoryRequest,
+    Reply, Significance, Story, Tone, Usage,
 };
 
 /// The `model_version` stored for offline profiles.
@@ -41,9 +41,19 @@ impl OfflineGenerator {
         Self::new(Duration::from_millis(config.offline_latency_ms), metrics)
     }
 
-    /// Waits the simulated latency, counts the call and wraps the value; the reported latency is
-    /// the simulated one so replies stay deterministic.
-    async fn reply<T>(&self, kind: CallKind, value: T) -> Reply<T> {
+    /// Takes a call from the allowance (as a model request would), waits the simulated latency,
+    /// counts the call and wraps the value; the reported latency is the simulated one so replies
+    /// stay deterministic.
+    async fn reply<T>(
+        &self,
+        allowance: &Allowance,
+        kind: CallKind,
+        value: T,
+    ) -> Result<Reply<T>, GeneratorError> {
+        allowance.take().map_err(|stop| GeneratorError::Stopped {
+            stop,
+            usage: Usage::default(),
+        })?;
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -57,7 +67,7 @@ impl OfflineGenerator {
             .generator_request_seconds
             .with_label_values(&[call])
             .observe(latency.as_secs_f64());
-        Reply {
+        Ok(Reply {
             value,
             usage: Usage {
                 calls: 1,
@@ -65,7 +75,7 @@ impl OfflineGenerator {
                 ..Usage::default()
             },
             model: OFFLINE_MODEL.to_string(),
-        }
+        })
     }
 }
 
@@ -238,34 +248,48 @@ impl Generator for OfflineGenerator {
                 model: OFFLINE_MODEL.to_string(),
             });
         }
-        Ok(self.reply(CallKind::Discovery, Discovery::default()).await)
+        self.reply(
+            &request.allowance,
+            CallKind::Discovery,
+            Discovery::default(),
+        )
+        .await
     }
 
     async fn biography(
         &self,
         request: &BiographyRequest,
     ) -> Result<Reply<Biography>, GeneratorError> {
-        Ok(self
-            .reply(CallKind::Biography, compose_biography(request))
-            .await)
+        self.reply(
+            &request.allowance,
+            CallKind::Biography,
+            compose_biography(request),
+        )
+        .await
     }
 
     async fn connection_narrative(
         &self,
         request: &PairRequest,
     ) -> Result<Reply<String>, GeneratorError> {
-        Ok(self
-            .reply(CallKind::Narrative, compose_narrative(request))
-            .await)
+        self.reply(
+            &request.allowance,
+            CallKind::Narrative,
+            compose_narrative(request),
+        )
+        .await
     }
 
     async fn relationship_story(
         &self,
         request: &RelationshipStoryRequest,
     ) -> Result<Reply<Option<RelationshipStory>>, GeneratorError> {
-        Ok(self
-            .reply(CallKind::RelationshipStory, Some(compose_story(request)))
-            .await)
+        self.reply(
+            &request.pair.allowance,
+            CallKind::RelationshipStory,
+            Some(compose_story(request)),
+        )
+        .await
     }
 }
 
@@ -300,6 +324,7 @@ mod tests {
     fn bio_request() -> BiographyRequest {
         BiographyRequest {
             model: "ignored".into(),
+            allowance: Allowance::unlimited(),
             entity: dickens(),
             books: vec![
                 Book {
@@ -360,6 +385,7 @@ mod tests {
         let g: Arc<dyn Generator> = Arc::new(generator());
         let pair = PairRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             source: dickens(),
             target: Entity {
                 entity: "publisher:2".parse().unwrap(),
@@ -394,6 +420,7 @@ mod tests {
         assert_eq!(story.details.len(), 1);
         let empty = DiscoveryRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             entity: ce("author:5", "Charles Dickens"),
             universe: vec![],
         };

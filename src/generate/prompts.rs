@@ -89,18 +89,35 @@ fn shared_works(titles: &[String]) -> String {
     }
 }
 
-/// The discovery user prompt over at most [`MAX_DISCOVERY_ENTITIES`] entities.
-pub fn discovery_user(request: &DiscoveryRequest) -> String {
-    let e = &request.entity;
-    let mut out = format!(
-        "Profiled entity: {} ({}, id {}).\n\nThe rare-book collection holds these entities:\n",
-        e.name, e.entity.entity_type, e.entity.id
-    );
+/// The part of the discovery user prompt shared by every entity of the collection — the list of
+/// at most [`MAX_DISCOVERY_ENTITIES`] entities — so it can sit before a cache point
+/// (docs/decisions.md, "Prompt caching").
+pub fn discovery_shared(request: &DiscoveryRequest) -> String {
+    let mut out = String::from("The rare-book collection holds these entities:\n");
     for c in request.universe.iter().take(MAX_DISCOVERY_ENTITIES) {
         entity_line(&mut out, c);
     }
-    out.push_str(
-        "\nList the documented PERSONAL connections between the profiled entity and the entities \
+    out
+}
+
+/// The part of the discovery user prompt about the profiled entity, after the shared part.
+pub fn discovery_entity(request: &DiscoveryRequest) -> String {
+    let e = &request.entity;
+    let mut out = format!(
+        "\nProfiled entity: {} ({}, id {}).\n",
+        e.name, e.entity.entity_type, e.entity.id
+    );
+    out.push_str(DISCOVERY_INSTRUCTIONS);
+    out
+}
+
+/// The discovery user prompt: [`discovery_shared`] then [`discovery_entity`].
+pub fn discovery_user(request: &DiscoveryRequest) -> String {
+    discovery_shared(request) + &discovery_entity(request)
+}
+
+/// What discovery asks for, after the entity list and the profiled entity.
+const DISCOVERY_INSTRUCTIONS: &str = "\nList the documented PERSONAL connections between the profiled entity and the entities \
 above. Include a connection only when you are confident it is historically attested; leave out \
 mere business dealings such as a publisher issuing an author's books.\n\n\
 Allowed values of relationship:\n\
@@ -116,10 +133,7 @@ For each connection give:\n\
 - confidence: 0 to 1 (1 = certain, 0.5 = likely, below 0.3 = rumoured)\n\
 - evidence: one sentence on what the record shows\n\n\
 Reply with JSON only, in the form {\"connections\": [...]}; reply {\"connections\": []} when there \
-are none.",
-    );
-    out
-}
+are none.";
 
 /// The biography user prompt (docs/compatibility.md, "Biography").
 pub fn biography_user(request: &BiographyRequest) -> String {
@@ -210,7 +224,7 @@ Reply with JSON only: {\"summary\": \"...\", \"details\": [...], \"narrative_sty
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::NarrativeTrigger;
+    use crate::generate::{Allowance, NarrativeTrigger};
     use crate::model::{Book, EntityRef};
 
     fn entity(r: &str, name: &str) -> Entity {
@@ -238,6 +252,7 @@ mod tests {
     ) -> BiographyRequest {
         BiographyRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             entity: e,
             books: titles
                 .iter()
@@ -255,6 +270,7 @@ mod tests {
     fn pair(connections: Vec<CollectionEntity>, shared: &[&str]) -> PairRequest {
         PairRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             source: Entity {
                 birth_year: Some(1812),
                 death_year: Some(1870),
@@ -370,6 +386,7 @@ mod tests {
             .collect();
         let p = discovery_user(&DiscoveryRequest {
             model: "m".into(),
+            allowance: Allowance::unlimited(),
             entity: ce("author:1", "N1"),
             universe,
         });
@@ -393,5 +410,71 @@ mod tests {
         ] {
             assert!(p.contains(f), "{f}");
         }
+    }
+    /// The discovery prompt as it was before the shared part moved first.
+    fn discovery_user_before_reorder(request: &DiscoveryRequest) -> String {
+        let e = &request.entity;
+        let mut out = format!(
+            "Profiled entity: {} ({}, id {}).\n\nThe rare-book collection holds these entities:\n",
+            e.name, e.entity.entity_type, e.entity.id
+        );
+        for c in request.universe.iter().take(MAX_DISCOVERY_ENTITIES) {
+            entity_line(&mut out, c);
+        }
+        out.push_str(
+            "\nList the documented PERSONAL connections between the profiled entity and the entities \
+    above. Include a connection only when you are confident it is historically attested; leave out \
+    mere business dealings such as a publisher issuing an author's books.\n\n\
+    Allowed values of relationship:\n\
+    - family: related by blood or marriage\n\
+    - friendship: a close personal friendship\n\
+    - influence: one shaped the other's work or career (mentor, model, patron)\n\
+    - collaboration: worked together on a work or an enterprise\n\
+    - scandal: a public feud, rivalry, affair or controversy\n\n\
+    For each connection give:\n\
+    - target_type and target_id: exactly as in the list above\n\
+    - relationship: one of the five values above\n\
+    - sub_type: a short upper-case label such as MARRIAGE, MENTOR, RIVALS or CO-AUTHORS\n\
+    - confidence: 0 to 1 (1 = certain, 0.5 = likely, below 0.3 = rumoured)\n\
+    - evidence: one sentence on what the record shows\n\n\
+    Reply with JSON only, in the form {\"connections\": [...]}; reply {\"connections\": []} when there \
+    are none.",
+        );
+        out
+    }
+
+    #[test]
+    fn discovery_reordered_for_caching_asks_the_same() {
+        let request = DiscoveryRequest {
+            model: "m".into(),
+            allowance: Allowance::unlimited(),
+            entity: ce("author:7", "Seven"),
+            universe: (1..=30)
+                .map(|i| ce(&format!("publisher:{i}"), &format!("P{i}")))
+                .collect(),
+        };
+        let lines = |text: &str| {
+            let mut lines: Vec<String> = text
+                .lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let new = discovery_user(&request);
+        assert_eq!(
+            lines(&new),
+            lines(&discovery_user_before_reorder(&request)),
+            "same lines, only reordered"
+        );
+        assert!(new.starts_with(&discovery_shared(&request)));
+        let other = DiscoveryRequest {
+            entity: ce("binder:3", "Three"),
+            ..request.clone()
+        };
+        assert_eq!(discovery_shared(&other), discovery_shared(&request));
+        assert!(!discovery_shared(&request).contains("Seven"));
     }
 }

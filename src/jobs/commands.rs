@@ -232,7 +232,8 @@ pub async fn status(store: &dyn Store, args: &StatusOptions) -> Result<Outcome, 
         return Ok(Outcome::NotFound);
     };
     if !args.watch {
-        let report = JobReport::new(job.clone(), store.job_usage(&job.id).await?, Utc::now());
+        let report = JobReport::new(job.clone(), store.job_usage(&job.id).await?, Utc::now())
+            .with_spend_today(store.spend_today().await?.cost_usd);
         if args.json {
             print_json(&report.to_json())?;
         } else {
@@ -387,14 +388,23 @@ pub async fn cancel(store: &dyn Store, job_id: &str) -> Result<Outcome, JobsErro
 /// `jobs [--limit N] [--json]`.
 pub async fn list(store: &dyn Store, limit: i64, json: bool) -> Result<Outcome, JobsError> {
     let jobs = store.recent_jobs(limit).await?;
+    let mut rows = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let usage = store.job_usage(&job.id).await?;
+        rows.push((job, usage));
+    }
     if json {
         print_json(&serde_json::Value::Array(
-            jobs.iter().map(job_json).collect(),
+            rows.iter().map(|(j, u)| job_json(j, u)).collect(),
         ))?;
-    } else if jobs.is_empty() {
+    } else if rows.is_empty() {
         print_text("no jobs\n")?;
     } else {
-        let lines: String = jobs.iter().map(|j| list_line(j) + "\n").collect();
+        let mut lines: String = rows.iter().map(|(j, u)| list_line(j, u) + "\n").collect();
+        lines += &format!(
+            "today (UTC): est. ${:.4} spent by all jobs and replicas\n",
+            store.spend_today().await?.cost_usd
+        );
         print_text(&lines)?;
     }
     Ok(Outcome::Success)

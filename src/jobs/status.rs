@@ -53,6 +53,8 @@ pub struct JobReport {
     pub job: Job,
     pub usage: UsageTotals,
     pub progress: Progress,
+    /// Estimated Bedrock cost recorded today (UTC) by every job and replica, when read.
+    pub spend_today_usd: Option<f64>,
 }
 
 impl JobReport {
@@ -62,7 +64,14 @@ impl JobReport {
             job,
             usage,
             progress,
+            spend_today_usd: None,
         }
+    }
+
+    /// Adds today's spend across all jobs and replicas (the daily cost cap's measure).
+    pub fn with_spend_today(mut self, usd: f64) -> Self {
+        self.spend_today_usd = Some(usd);
+        self
     }
 
     /// Machine output: the job row (with `error_log`), derived progress and Bedrock usage.
@@ -90,9 +99,14 @@ impl JobReport {
                 "calls": self.usage.calls,
                 "input_tokens": self.usage.input_tokens,
                 "output_tokens": self.usage.output_tokens,
+                "cache_read_tokens": self.usage.cache_read_tokens,
+                "cache_write_tokens": self.usage.cache_write_tokens,
                 "estimated_cost_usd": self.usage.cost_usd,
+                "discarded_calls": self.usage.discarded_calls,
+                "discarded_cost_usd": self.usage.discarded_cost_usd,
             },
             "error_log": j.error_log,
+            "spend_today_usd": self.spend_today_usd,
         })
     }
 
@@ -121,13 +135,30 @@ impl JobReport {
         }
         out += "\n";
         out += &format!(
-            "  usage     {} profile(s), {} model call(s), {} input + {} output tokens, est. ${:.4}\n",
+            "  usage     {} profile(s), {} model call(s), {} input + {} output tokens, est. ${:.4}",
             self.usage.profiles,
             self.usage.calls,
             self.usage.input_tokens,
             self.usage.output_tokens,
             self.usage.cost_usd
         );
+        if self.usage.cache_read_tokens + self.usage.cache_write_tokens > 0 {
+            out += &format!(
+                ", cache {} read + {} written",
+                self.usage.cache_read_tokens, self.usage.cache_write_tokens
+            );
+        }
+        if self.usage.discarded_calls > 0 {
+            out += &format!(
+                " (incl. ${:.4} on {} call(s) that wrote no profile)",
+                self.usage.discarded_cost_usd, self.usage.discarded_calls
+            );
+        }
+        out += "\n";
+        if let Some(today) = self.spend_today_usd {
+            out +=
+                &format!("  today     est. ${today:.4} spent (UTC day, all jobs and replicas)\n");
+        }
         if let Some(log) = j.error_log.as_deref().filter(|l| !l.is_empty()) {
             let lines: Vec<&str> = log.lines().collect();
             out += &format!(
@@ -157,15 +188,16 @@ pub fn watch_line(job: &Job, now: DateTime<Utc>) -> String {
     )
 }
 
-/// One line of `jobs`: id, status, counters, creation and end.
-pub fn list_line(job: &Job) -> String {
+/// One line of `jobs`: id, status, counters, cost (every call billed), creation and end.
+pub fn list_line(job: &Job, usage: &UsageTotals) -> String {
     format!(
-        "{}  {:<11}  {:>6}/{:<6}  failed {:<5}  created {}  ended {}",
+        "{}  {:<11}  {:>6}/{:<6}  failed {:<5}  cost ${:<9.4}  created {}  ended {}",
         job.id,
         job.status,
         i64::from(job.succeeded) + i64::from(job.failed),
         job.total_entities,
         job.failed,
+        usage.cost_usd,
         job.created_at.format("%Y-%m-%d %H:%M:%S"),
         job.completed_at
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -173,8 +205,8 @@ pub fn list_line(job: &Job) -> String {
     )
 }
 
-/// A job row as JSON for `jobs --json`.
-pub fn job_json(job: &Job) -> serde_json::Value {
+/// A job row as JSON for `jobs --json`, with its estimated cost (every call billed).
+pub fn job_json(job: &Job, usage: &UsageTotals) -> serde_json::Value {
     json!({
         "job_id": job.id,
         "status": job.status,
@@ -185,6 +217,7 @@ pub fn job_json(job: &Job) -> serde_json::Value {
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "completed_at": job.completed_at,
+        "estimated_cost_usd": usage.cost_usd,
     })
 }
 
@@ -296,18 +329,27 @@ mod tests {
             calls: 27,
             input_tokens: 12_000,
             output_tokens: 3_000,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
             cost_usd: 0.0216,
+            discarded_calls: 2,
+            discarded_cost_usd: 0.0016,
         };
-        let report = JobReport::new(j, usage, at(300));
+        let report = JobReport::new(j, usage, at(300)).with_spend_today(1.5);
         let text = report.to_text();
         assert!(text.contains("10/40 (25%)"), "{text}");
         assert!(text.contains("rate      2.0/min  eta 15m00s"), "{text}");
-        assert!(text.contains("27 model call(s), 12000 input + 3000 output tokens, est. $0.0216"));
+        assert!(text.contains(
+            "27 model call(s), 12000 input + 3000 output tokens, est. $0.0216 \
+             (incl. $0.0016 on 2 call(s) that wrote no profile)"
+        ));
         assert!(text.contains("2 line(s); last: author:4: bang"));
+        assert!(text.contains("today     est. $1.5000 spent"), "{text}");
         let v = report.to_json();
         assert_eq!(v["status"], "in_progress");
         assert_eq!(v["eta_seconds"], 900);
         assert_eq!(v["usage"]["input_tokens"], 12_000);
         assert_eq!(v["usage"]["estimated_cost_usd"], 0.0216);
+        assert_eq!(v["usage"]["discarded_cost_usd"], 0.0016);
     }
 }

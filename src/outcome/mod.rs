@@ -51,6 +51,9 @@ pub enum Dependency {
     Database,
     Bedrock,
     Queue,
+    /// Today's Bedrock spend reached `budget.daily_cost_usd` (docs/decisions.md, "Daily cost
+    /// cap"): generation waits for the next UTC day or a higher cap.
+    DailyCostCap,
 }
 
 impl Dependency {
@@ -59,6 +62,7 @@ impl Dependency {
             Dependency::Database => "database",
             Dependency::Bedrock => "bedrock",
             Dependency::Queue => "queue",
+            Dependency::DailyCostCap => "daily_cost_cap",
         }
     }
 }

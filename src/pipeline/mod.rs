@@ -14,21 +14,27 @@ pub mod staleness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::GraphCache;
 use crate::config::{Config, Price};
 use crate::consumer::{Delivery, Handler, Outcome};
-use crate::generate::{Generator, GeneratorError, resolve_model};
+use crate::generate::{Allowance, Generator, GeneratorError, resolve_model};
 use crate::graph::{self, Graph, GraphParams};
 use crate::metrics::Metrics;
 use crate::model::{EntityRef, JobStatus};
 use crate::outcome::job::{Ledger, Subject};
 use crate::outcome::{Blame, Dependency};
 use crate::store::{ProfileUnit, Store, StoreError};
+use generation::Tally;
 use message::Message;
+
+/// How often a job message's generation checks whether its job was cancelled meanwhile.
+const JOB_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings the pipeline reads from the configuration.
 #[derive(Debug, Clone)]
@@ -42,6 +48,10 @@ pub struct Settings {
     pub model_change: bool,
     /// `generator.backend = "offline"`: profiles are written with model `offline`.
     pub offline: bool,
+    /// `generator.max_calls_per_message`.
+    pub max_calls_per_message: u32,
+    /// `budget.daily_cost_usd` (0 = no cap); `app_config` wins.
+    pub daily_cost_usd: f64,
 }
 
 impl Settings {
@@ -53,6 +63,8 @@ impl Settings {
             prices: config.generator.prices.clone(),
             model_change: config.staleness.model_change,
             offline: config.generator.backend == crate::config::GeneratorBackend::Offline,
+            max_calls_per_message: config.generator.max_calls_per_message,
+            daily_cost_usd: config.budget.daily_cost_usd,
         }
     }
 }
@@ -73,6 +85,9 @@ pub enum PipelineError {
     /// The model answered, but with no usable biography: the message comes back.
     #[error("biography generation returned no usable biography")]
     EmptyBiography,
+    /// Today's spend reached the daily cost cap: the message is held, not failed.
+    #[error("daily cost cap reached: ${spent:.4} spent today of ${cap:.4}")]
+    DailyCap { spent: f64, cap: f64 },
 }
 
 impl PipelineError {
@@ -83,6 +98,7 @@ impl PipelineError {
             PipelineError::Graph(e) => e.is_transient(),
             PipelineError::EntityNotFound(_) => false,
             PipelineError::EmptyBiography => true,
+            PipelineError::DailyCap { .. } => true,
         }
     }
 }
@@ -98,6 +114,8 @@ pub enum Processed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
     JobCancelled,
+    /// The (job, entity) already succeeded: a redelivery, even of a `force` message.
+    AlreadyDone,
     NoQualifyingBooks,
     ProfileCurrent,
 }
@@ -106,6 +124,7 @@ impl SkipReason {
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::JobCancelled => "job cancelled",
+            SkipReason::AlreadyDone => "already done for this job",
             SkipReason::NoQualifyingBooks => "no qualifying books",
             SkipReason::ProfileCurrent => "profile is current",
         }
@@ -118,6 +137,7 @@ pub struct Pipeline {
     cache: GraphCache,
     generator: Arc<dyn Generator>,
     ledger: Ledger,
+    metrics: Arc<Metrics>,
     settings: Settings,
 }
 
@@ -130,7 +150,8 @@ impl Pipeline {
         settings: Settings,
     ) -> Self {
         Self {
-            ledger: Ledger::new(store.clone(), metrics),
+            ledger: Ledger::new(store.clone(), metrics.clone()),
+            metrics,
             store,
             cache,
             generator,
@@ -147,6 +168,11 @@ impl Pipeline {
             && job.status == JobStatus::Cancelled
         {
             return self.skip(msg, attempt, SkipReason::JobCancelled).await;
+        }
+        if let Some(job_id) = &msg.job_id
+            && self.store.job_item_succeeded(job_id, entity).await?
+        {
+            return self.skip(msg, attempt, SkipReason::AlreadyDone).await;
         }
 
         let books = self.store.qualifying_books(entity).await?;
@@ -169,6 +195,7 @@ impl Pipeline {
         };
         tracing::debug!(?reason, "profile is stale");
 
+        self.check_daily_cap().await?;
         let graph = self.graph().await?;
         let entity_row = self
             .store
@@ -176,11 +203,43 @@ impl Pipeline {
             .await?
             .ok_or(PipelineError::EntityNotFound(entity))?;
         let universe = self.store.collection_entities().await?;
-        let generated = self
-            .generate(&graph, &entity_row, books, universe, model)
-            .await?;
 
-        let recorded = self
+        let cancel = CancellationToken::new();
+        let allowance = Allowance::new(self.settings.max_calls_per_message, cancel.clone());
+        let tally = Tally::default();
+        let work = self.generate(
+            &graph,
+            &entity_row,
+            books,
+            universe,
+            model.clone(),
+            &allowance,
+            &tally,
+        );
+        let generated = match &msg.job_id {
+            Some(job_id) => {
+                tokio::pin!(work);
+                tokio::select! {
+                    generated = &mut work => generated,
+                    () = self.watch_cancellation(job_id, &cancel) => work.await,
+                }
+            }
+            None => work.await,
+        };
+        let generated = match generated {
+            Ok(generated) => generated,
+            Err(err) => {
+                self.discard(msg, &model, &tally).await;
+                if allowance.is_cancelled() {
+                    tracing::info!(error = %err, "job cancelled during generation; no more calls");
+                    return self.skip(msg, attempt, SkipReason::JobCancelled).await;
+                }
+                return Err(err);
+            }
+        };
+
+        let usage = generated.usage.clone();
+        let committed = self
             .store
             .commit_profile(ProfileUnit {
                 entity,
@@ -190,10 +249,82 @@ impl Pipeline {
                 job_id: msg.job_id.clone(),
                 attempt,
             })
-            .await?;
+            .await;
+        let recorded = match committed {
+            Ok(recorded) => recorded,
+            Err(err) => {
+                if let Err(e) = self
+                    .store
+                    .record_discarded_usage(entity, msg.job_id.as_deref(), &usage)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot record the usage of an uncommitted profile");
+                }
+                return Err(err.into());
+            }
+        };
         self.ledger.committed(recorded.completed);
-        tracing::info!(entity = %entity, "Generated profile for {entity}");
+        tracing::info!(entity = %entity, calls = allowance.used(), "Generated profile for {entity}");
         Ok(Processed::Generated)
+    }
+
+    /// Holds the message when today's spend across all replicas has reached the daily cost cap
+    /// (docs/decisions.md, "Daily cost cap"). The cap is re-read every time, `app_config` first,
+    /// so raising it takes effect at the held messages' next probe.
+    async fn check_daily_cap(&self) -> Result<(), PipelineError> {
+        let cap = match self.store.daily_cap_setting().await {
+            Ok(Some(value)) => match value.trim().parse::<f64>() {
+                Ok(cap) if cap >= 0.0 && cap.is_finite() => cap,
+                _ => {
+                    tracing::warn!(%value, "app_config budget.daily_cost_usd is not a number >= 0; using configuration");
+                    self.settings.daily_cost_usd
+                }
+            },
+            Ok(None) => self.settings.daily_cost_usd,
+            Err(err) => return Err(err.into()),
+        };
+        self.metrics.daily_cap_usd.set(cap);
+        if cap <= 0.0 {
+            return Ok(());
+        }
+        let spent = self.store.spend_today().await?.cost_usd;
+        self.metrics.spend_today_usd.set(spent);
+        if spent >= cap {
+            return Err(PipelineError::DailyCap { spent, cap });
+        }
+        Ok(())
+    }
+
+    /// Records what a generation that wrote nothing spent (docs/decisions.md, "Honest cost: every
+    /// attempt is recorded"); a failure to record is logged, never the message's failure.
+    async fn discard(&self, msg: &Message, model: &str, tally: &Tally) {
+        let usage = tally.total();
+        if usage.calls == 0 {
+            return;
+        }
+        let row = self.usage_row(model, &usage);
+        if let Err(e) = self
+            .store
+            .record_discarded_usage(msg.entity, msg.job_id.as_deref(), &row)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the usage of a failed generation");
+        }
+    }
+
+    /// Cancels `cancel` once the job is seen cancelled (checked every [`JOB_WATCH_INTERVAL`]),
+    /// so no further model call is made for it; never returns otherwise. Read errors are
+    /// ignored: the next check tries again.
+    async fn watch_cancellation(&self, job_id: &str, cancel: &CancellationToken) {
+        loop {
+            tokio::time::sleep(JOB_WATCH_INTERVAL).await;
+            if let Ok(Some(job)) = self.store.job(job_id).await
+                && job.status == JobStatus::Cancelled
+            {
+                cancel.cancel();
+                return;
+            }
+        }
     }
 
     async fn skip(
@@ -227,6 +358,7 @@ impl Pipeline {
             PipelineError::Generator(e) if e.is_unavailable() => {
                 Blame::Dependency(Dependency::Bedrock)
             }
+            PipelineError::DailyCap { .. } => Blame::Dependency(Dependency::DailyCostCap),
             other => Blame::Message {
                 transient: other.is_transient(),
             },

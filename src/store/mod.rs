@@ -134,6 +134,9 @@ pub struct GenerationUsage {
     pub output_tokens: i64,
     pub latency_ms: i64,
     pub cost_usd: f64,
+    /// Prompt-cache reads and writes, apart from `input_tokens` (billed at their own prices).
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
 }
 
 /// Everything one generated profile writes, committed as a single transaction.
@@ -160,10 +163,12 @@ pub enum CancelOutcome {
     AlreadyTerminal(JobStatus),
 }
 
-/// Bedrock usage summed over `profile_generations` rows: of one job, or of one UTC day. PostgreSQL
-/// keeps these sums in its `job_usage` and `daily_usage` rollups.
+/// Bedrock usage summed over `profile_generations` rows (of one job, or of a UTC day): every call
+/// billed, discarded ones included (docs/decisions.md, "Honest cost: every attempt is recorded").
+/// PostgreSQL keeps these sums in its `job_usage` and `daily_usage` rollups.
 #[derive(Debug, Clone, PartialEq, Default, diesel::QueryableByName)]
 pub struct UsageTotals {
+    /// Profiles written (discarded rows are not profiles).
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub profiles: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -172,8 +177,18 @@ pub struct UsageTotals {
     pub input_tokens: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub output_tokens: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub cache_read_tokens: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub cache_write_tokens: i64,
     #[diesel(sql_type = diesel::sql_types::Double)]
     pub cost_usd: f64,
+    /// The part of `calls` spent on generations that wrote no profile.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub discarded_calls: i64,
+    /// The part of `cost_usd` spent on generations that wrote no profile.
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub discarded_cost_usd: f64,
 }
 
 /// Connection pool occupancy, for the `db_pool_connections{state}` and `db_pool_max_connections` gauges.
@@ -224,6 +239,10 @@ pub trait ProfileStore: Send + Sync {
     /// `SELECT value FROM app_config WHERE key = 'model.entity_profiles'`.
     async fn model_setting(&self) -> Result<Option<String>, StoreError>;
 
+    /// `SELECT value FROM app_config WHERE key = 'budget.daily_cost_usd'`: the daily cost cap
+    /// set at run time (docs/decisions.md, "Daily cost cap").
+    async fn daily_cap_setting(&self) -> Result<Option<String>, StoreError>;
+
     /// The unit of work of one generated profile, one transaction (docs/decisions.md, "One transaction per generated profile"):
     /// 1. AI connections: canonical order (`"type:id"` string compare, smaller is the source),
     ///    confidence clamped to [0, 1], duplicates in the batch collapsed keeping the highest
@@ -239,6 +258,17 @@ pub trait ProfileStore: Send + Sync {
     ///
     /// Any error rolls all four back.
     async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError>;
+
+    /// The usage of calls whose generation wrote no profile (it failed, was cut short, or its
+    /// commit failed): one `profile_generations` row with `discarded = true`, so job and daily
+    /// sums are what the account is billed (docs/decisions.md, "Honest cost: every attempt is
+    /// recorded"). Counts nothing on the job.
+    async fn record_discarded_usage(
+        &self,
+        entity: EntityRef,
+        job_id: Option<&str>,
+        usage: &GenerationUsage,
+    ) -> Result<(), StoreError>;
 }
 
 /// The job side of the port: generation jobs, their per-entity items and usage totals.
@@ -310,8 +340,19 @@ pub trait JobStore: Send + Sync {
     /// id records nothing.
     async fn record_outcome(&self, record: OutcomeRecord) -> Result<Recorded, StoreError>;
 
+    /// Whether (job, entity) is recorded `succeeded`: `SELECT … FROM
+    /// profile_generation_job_items WHERE job_id = $1 AND entity_type = $2 AND entity_id = $3 AND
+    /// outcome = 'succeeded'`. A redelivered message of such an entity — `force` included — is
+    /// not generated again (docs/decisions.md, "Per-message call cap and cancellation").
+    async fn job_item_succeeded(&self, job_id: &str, entity: EntityRef)
+    -> Result<bool, StoreError>;
+
     /// Usage summed over the `profile_generations` rows with this `job_id` (zero when none).
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError>;
+
+    /// Usage summed over the `profile_generations` rows written since midnight UTC, every job,
+    /// ad-hoc message and replica, discarded rows included: what the daily cost cap compares.
+    async fn spend_today(&self) -> Result<UsageTotals, StoreError>;
 }
 
 /// The daemon's whole view of the database: both sides plus the connection itself. Object safe:

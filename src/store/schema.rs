@@ -131,6 +131,9 @@ diesel::table! {
         latency_ms -> Int8,
         cost_usd -> Float8,
         created_at -> Timestamptz,
+        discarded -> Bool,
+        cache_read_tokens -> Int8,
+        cache_write_tokens -> Int8,
     }
 }
 
@@ -144,6 +147,7 @@ const FLOAT8: &[&str] = &["double precision"];
 const JSON: &[&str] = &["json"];
 const TIMESTAMPTZ: &[&str] = &["timestamp with time zone"];
 const DATE: &[&str] = &["date"];
+const BOOL: &[&str] = &["boolean"];
 
 /// The daemon's own tables, kept in its own schema (`database.schema`); every other table in
 /// [`REQUIRED_COLUMNS`] belongs to the API.
@@ -238,16 +242,27 @@ pub const REQUIRED_COLUMNS: &[(&str, &str, &[&str])] = &[
     ("profile_generations", "latency_ms", INT8),
     ("profile_generations", "cost_usd", FLOAT8),
     ("profile_generations", "created_at", TIMESTAMPTZ),
+    ("profile_generations", "discarded", BOOL),
+    ("profile_generations", "cache_read_tokens", INT8),
+    ("profile_generations", "cache_write_tokens", INT8),
     ("job_usage", "job_id", TEXT),
     ("job_usage", "profiles", INT8),
     ("job_usage", "calls", INT8),
     ("job_usage", "input_tokens", INT8),
     ("job_usage", "output_tokens", INT8),
+    ("job_usage", "cache_read_tokens", INT8),
+    ("job_usage", "cache_write_tokens", INT8),
     ("job_usage", "cost_usd", FLOAT8),
+    ("job_usage", "discarded_calls", INT8),
+    ("job_usage", "discarded_cost_usd", FLOAT8),
     ("daily_usage", "day", DATE),
     ("daily_usage", "profiles", INT8),
     ("daily_usage", "calls", INT8),
     ("daily_usage", "input_tokens", INT8),
     ("daily_usage", "output_tokens", INT8),
+    ("daily_usage", "cache_read_tokens", INT8),
+    ("daily_usage", "cache_write_tokens", INT8),
     ("daily_usage", "cost_usd", FLOAT8),
+    ("daily_usage", "discarded_calls", INT8),
+    ("daily_usage", "discarded_cost_usd", FLOAT8),
 ];

@@ -170,6 +170,10 @@ struct State {
     outage: Option<FakeReply>,
     /// Models answered with AccessDeniedException (not enabled for the account).
     denied: Vec<String>,
+    /// Replies for calls of a kind whose user prompt contains a text, before any queue.
+    by_prompt: Vec<(CallKind, String, FakeReply)>,
+    /// Input tokens counted from the prompt, with Bedrock's prompt caching, when set.
+    billing: Option<Billing>,
     quota: Option<QuotaState>,
 }
 
@@ -238,6 +242,38 @@ impl QuotaState {
     }
 }
 
+/// Tokens counted from the prompt (4 bytes a token, rounded up) and prompt caching by Bedrock's
+/// rules: the prefix up to the last cache point, byte for byte, at least the model's minimum
+/// tokens, seen within the last five minutes is read from the cache, else written to it; the
+/// fake's own bill at the given prices.
+#[derive(Debug, Default)]
+struct Billing {
+    /// Smallest cacheable prefix by model id; models not listed cache nothing.
+    min_tokens: HashMap<String, u64>,
+    /// USD per million tokens by model id: input, output, cache read, cache write.
+    prices: HashMap<String, [f64; 4]>,
+    /// When each (model, prefix) was last written or read.
+    cached: HashMap<(String, String), std::time::Instant>,
+    billed: Billed,
+}
+
+/// What the fake billed since billing was turned on.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Billed {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// How long Bedrock keeps a cached prefix after its last use.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+
+fn tokens_of(text: &str) -> u64 {
+    text.len().div_ceil(4) as u64
+}
+
 /// The running fake; stops (and releases hanging requests) when dropped.
 pub struct FakeBedrock {
     addr: SocketAddr,
@@ -281,6 +317,42 @@ impl FakeBedrock {
             .unwrap()
             .defaults
             .insert(Some(kind), reply);
+    }
+
+    /// Answers every call of `kind` whose user prompt contains `needle` with `reply`, ahead of
+    /// queued and default replies (to script one connection among calls running at once).
+    pub fn reply_when_prompt_contains(&self, kind: CallKind, needle: &str, reply: FakeReply) {
+        self.state
+            .lock()
+            .unwrap()
+            .by_prompt
+            .push((kind, needle.to_string(), reply));
+    }
+
+    /// Counts input tokens from each prompt with Bedrock's prompt caching (instead of the
+    /// replies' fixed usage) and keeps the fake's own bill: `min_tokens` by model id (models not
+    /// listed cache nothing) and prices by model id (input, output, cache read, cache write; USD
+    /// per million tokens).
+    pub fn bill_by_prompt(&self, min_tokens: &[(&str, u64)], prices: &[(&str, [f64; 4])]) {
+        self.state.lock().unwrap().billing = Some(Billing {
+            min_tokens: min_tokens
+                .iter()
+                .map(|(m, n)| (m.to_string(), *n))
+                .collect(),
+            prices: prices.iter().map(|(m, p)| (m.to_string(), *p)).collect(),
+            ..Billing::default()
+        });
+    }
+
+    /// What the fake billed since [`FakeBedrock::bill_by_prompt`].
+    pub fn billed(&self) -> Billed {
+        self.state
+            .lock()
+            .unwrap()
+            .billing
+            .as_ref()
+            .map(|b| b.billed)
+            .unwrap_or_default()
     }
 
     /// Delay before every reply.
@@ -399,12 +471,95 @@ fn text_of(value: &Value) -> String {
         .to_string()
 }
 
+/// Every text block joined.
+fn all_text(blocks: &Value) -> String {
+    blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect()
+}
+
+/// The request's text as (prefix up to the last cache point, the rest); the prefix is empty
+/// without a cache point. System blocks come first, then the messages' content blocks.
+fn split_at_cache_point(request: &Value) -> (String, String) {
+    let blocks = request["system"].as_array().into_iter().flatten().chain(
+        request["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m["content"].as_array().into_iter().flatten()),
+    );
+    let (mut prefix, mut rest) = (String::new(), String::new());
+    for block in blocks {
+        if block.get("cachePoint").is_some() {
+            prefix.push_str(&rest);
+            rest.clear();
+        } else if let Some(text) = block.get("text").and_then(Value::as_str) {
+            rest.push_str(text);
+        }
+    }
+    (prefix, rest)
+}
+
 fn kind_of(system: &str, max_tokens: Option<i64>) -> Option<CallKind> {
     CallKind::from_system_prompt(system).or(match max_tokens {
         Some(2048) => Some(CallKind::Discovery),
         Some(200) => Some(CallKind::Narrative),
         _ => None,
     })
+}
+
+/// Token usage of one billed reply.
+struct Counted {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+}
+
+impl Billing {
+    /// Applies the caching rules to one request and adds it to the bill.
+    fn bill(&mut self, model: &str, (prefix, rest): &(String, String), output: u64) -> Counted {
+        let now = std::time::Instant::now();
+        let prefix_tokens = tokens_of(prefix);
+        let cacheable = !prefix.is_empty()
+            && self
+                .min_tokens
+                .get(model)
+                .is_some_and(|min| prefix_tokens >= *min);
+        let mut counted = Counted {
+            input: tokens_of(rest),
+            output,
+            cache_read: 0,
+            cache_write: 0,
+        };
+        if cacheable {
+            let key = (model.to_string(), prefix.clone());
+            match self.cached.get(&key) {
+                Some(at) if now.duration_since(*at) <= CACHE_TTL => {
+                    counted.cache_read = prefix_tokens
+                }
+                _ => counted.cache_write = prefix_tokens,
+            }
+            self.cached.insert(key, now);
+        } else {
+            counted.input += prefix_tokens;
+        }
+        let [p_in, p_out, p_read, p_write] = self.prices.get(model).copied().unwrap_or_default();
+        let b = &mut self.billed;
+        b.input_tokens += counted.input;
+        b.output_tokens += counted.output;
+        b.cache_read_tokens += counted.cache_read;
+        b.cache_write_tokens += counted.cache_write;
+        b.cost_usd += (counted.input as f64 * p_in
+            + counted.output as f64 * p_out
+            + counted.cache_read as f64 * p_read
+            + counted.cache_write as f64 * p_write)
+            / 1_000_000.0;
+        counted
+    }
 }
 
 fn json_response(status: u16, headers: &[(&str, &str)], body: Value) -> Response<Full<Bytes>> {
@@ -458,13 +613,20 @@ async fn handle(
             .to_string(),
         user: messages
             .first()
-            .map(|m| text_of(&m["content"]))
+            .map(|m| all_text(&m["content"]))
             .unwrap_or_default(),
     };
+    let prompt = split_at_cache_point(&parsed);
 
-    let (reply, latency) = {
+    let (reply, latency, counted) = {
         let mut s = state.lock().unwrap();
         let denied = s.denied.contains(&recorded.model_id);
+        let model_id = recorded.model_id.clone();
+        let scripted = s
+            .by_prompt
+            .iter()
+            .find(|(k, needle, _)| Some(*k) == kind && recorded.user.contains(needle.as_str()))
+            .map(|(_, _, reply)| reply.clone());
         s.requests.push(recorded);
         let reply = if denied {
             Some(FakeReply::access_denied())
@@ -472,12 +634,13 @@ async fn handle(
             s.outage.clone()
         };
         let reply = reply
+            .or(scripted)
             .or_else(|| s.queued.get_mut(&kind).and_then(VecDeque::pop_front))
             .or_else(|| s.defaults.get(&kind).cloned())
             .unwrap_or_else(|| default_reply(kind));
-        let counted = matches!(reply, FakeReply::Text { .. } | FakeReply::NoText);
+        let quota_counted = matches!(reply, FakeReply::Text { .. } | FakeReply::NoText);
         let admitted = match s.quota.as_mut() {
-            Some(quota) if counted => quota.admit(Instant::now(), reply.tokens()),
+            Some(quota) if quota_counted => quota.admit(Instant::now(), reply.tokens()),
             _ => true,
         };
         let reply = if admitted {
@@ -489,13 +652,36 @@ async fn handle(
                 message: "Too many requests, please wait before trying again.".into(),
             }
         };
-        (reply, s.latency)
+        let counted = match (&reply, s.billing.as_mut()) {
+            (FakeReply::Text { output_tokens, .. }, Some(billing)) => {
+                Some(billing.bill(&model_id, &prompt, *output_tokens as u64))
+            }
+            _ => None,
+        };
+        (reply, s.latency, counted)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let latency_ms = latency.as_millis() as u64;
     Ok(match reply {
+        FakeReply::Text { text, .. } if counted.is_some() => {
+            let usage = counted.expect("checked");
+            json_response(
+                200,
+                &[],
+                json!({
+                    "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+                    "stopReason": "end_turn",
+                    "usage": {"inputTokens": usage.input, "outputTokens": usage.output,
+                              "cacheReadInputTokens": usage.cache_read,
+                              "cacheWriteInputTokens": usage.cache_write,
+                              "totalTokens": usage.input + usage.output + usage.cache_read
+                                  + usage.cache_write},
+                    "metrics": {"latencyMs": latency_ms}
+                }),
+            )
+        }
         FakeReply::Text {
             text,
             input_tokens,

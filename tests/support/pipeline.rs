@@ -101,6 +101,24 @@ impl Harness {
     pub async fn with(configure: impl FnOnce(&mut Settings, &mut GeneratorConfig)) -> Harness {
         let db = TestDb::migrated().await;
         db.exec(COLLECTION).await;
+        Self::build(db, configure).await
+    }
+
+    /// As [`Harness::with`], on the reference fixture collection (264 entities with qualifying
+    /// books) instead of [`COLLECTION`].
+    pub async fn on_fixture(
+        configure: impl FnOnce(&mut Settings, &mut GeneratorConfig),
+    ) -> Harness {
+        let db = TestDb::with_fixture().await;
+        db.exec("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'admin-sub', 'admin') ON CONFLICT DO NOTHING")
+            .await;
+        Self::build(db, configure).await
+    }
+
+    async fn build(
+        db: TestDb,
+        configure: impl FnOnce(&mut Settings, &mut GeneratorConfig),
+    ) -> Harness {
         let fake = FakeBedrock::start().await;
         let config = profile_worker::config::defaults();
         let mut settings = Settings::from_config(&config);

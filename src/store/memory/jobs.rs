@@ -42,13 +42,16 @@ impl State {
             return Recorded::default();
         }
         let key = (job_id.to_owned(), entity);
-        if matches!(self.items.get(&key), Some(item) if item.outcome == ItemOutcome::Terminal) {
+        if matches!(self.items.get(&key), Some(item) if item.outcome != ItemOutcome::Retry) {
             return Recorded::default();
         }
         self.items.insert(
             key,
             Item {
-                outcome: ItemOutcome::Terminal,
+                outcome: match outcome {
+                    Outcome::Succeeded => ItemOutcome::Succeeded,
+                    Outcome::Failed { .. } => ItemOutcome::Failed,
+                },
                 updated_at: now,
             },
         );
@@ -227,6 +230,17 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    async fn job_item_succeeded(
+        &self,
+        job_id: &str,
+        entity: EntityRef,
+    ) -> Result<bool, StoreError> {
+        Ok(matches!(
+            self.lock().items.get(&(job_id.to_owned(), entity)),
+            Some(item) if item.outcome == ItemOutcome::Succeeded
+        ))
+    }
+
     async fn record_outcome(&self, record: OutcomeRecord) -> Result<Recorded, StoreError> {
         Ok(self
             .lock()
@@ -236,15 +250,43 @@ impl JobStore for MemoryStore {
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError> {
         let s = self.lock();
         let mut totals = UsageTotals::default();
-        for (_, u) in s
+        for (_, u, discarded) in s
             .generations
             .iter()
-            .filter(|(j, _)| j.as_deref() == Some(job_id))
+            .filter(|(j, _, _)| j.as_deref() == Some(job_id))
         {
-            totals.profiles += 1;
+            if *discarded {
+                totals.discarded_calls += i64::from(u.calls);
+                totals.discarded_cost_usd += u.cost_usd;
+            } else {
+                totals.profiles += 1;
+            }
             totals.calls += i64::from(u.calls);
             totals.input_tokens += u.input_tokens;
             totals.output_tokens += u.output_tokens;
+            totals.cache_read_tokens += u.cache_read_tokens;
+            totals.cache_write_tokens += u.cache_write_tokens;
+            totals.cost_usd += u.cost_usd;
+        }
+        Ok(totals)
+    }
+
+    /// Every row counts as today's: the embedded store keeps no timestamps (the demo runs within a day).
+    async fn spend_today(&self) -> Result<UsageTotals, StoreError> {
+        let s = self.lock();
+        let mut totals = UsageTotals::default();
+        for (_, u, discarded) in s.generations.iter() {
+            if *discarded {
+                totals.discarded_calls += i64::from(u.calls);
+                totals.discarded_cost_usd += u.cost_usd;
+            } else {
+                totals.profiles += 1;
+            }
+            totals.calls += i64::from(u.calls);
+            totals.input_tokens += u.input_tokens;
+            totals.output_tokens += u.output_tokens;
+            totals.cache_read_tokens += u.cache_read_tokens;
+            totals.cache_write_tokens += u.cache_write_tokens;
             totals.cost_usd += u.cost_usd;
         }
         Ok(totals)

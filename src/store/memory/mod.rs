@@ -50,7 +50,8 @@ impl BookRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ItemOutcome {
     Retry,
-    Terminal,
+    Succeeded,
+    Failed,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +75,8 @@ struct State {
     app_config: BTreeMap<String, String>,
     jobs: BTreeMap<String, Job>,
     items: BTreeMap<(String, EntityRef), Item>,
-    generations: Vec<(Option<String>, GenerationUsage)>,
+    /// Usage rows: job id, usage, discarded.
+    generations: Vec<(Option<String>, GenerationUsage, bool)>,
 }
 
 /// The embedded store: a collection loaded with the `add_*` methods, then used through [`Store`].

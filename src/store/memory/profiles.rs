@@ -11,7 +11,8 @@ use crate::model::{
     StoredProfile,
 };
 use crate::store::{
-    Outcome, ProfileStore, ProfileUnit, Recorded, StoreError, canonical_ai_connections,
+    GenerationUsage, Outcome, ProfileStore, ProfileUnit, Recorded, StoreError,
+    canonical_ai_connections,
 };
 
 impl State {
@@ -189,6 +190,10 @@ impl ProfileStore for MemoryStore {
         Ok(self.lock().app_config.get("model.entity_profiles").cloned())
     }
 
+    async fn daily_cap_setting(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().app_config.get("budget.daily_cost_usd").cloned())
+    }
+
     async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError> {
         let mut s = self.lock();
         let now = Utc::now();
@@ -221,10 +226,22 @@ impl ProfileStore for MemoryStore {
                 model_version: Some(p.model_version),
             },
         );
-        s.generations.push((unit.job_id.clone(), unit.usage));
+        s.generations.push((unit.job_id.clone(), unit.usage, false));
         Ok(match &unit.job_id {
             Some(job_id) => s.record_terminal(job_id, unit.entity, &Outcome::Succeeded, now),
             None => Recorded::default(),
         })
+    }
+
+    async fn record_discarded_usage(
+        &self,
+        _entity: EntityRef,
+        job_id: Option<&str>,
+        usage: &GenerationUsage,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .generations
+            .push((job_id.map(str::to_string), usage.clone(), true));
+        Ok(())
     }
 }

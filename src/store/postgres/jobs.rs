@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::PgStore;
+use super::{PgStore, USAGE_COLUMNS};
 use crate::model::{EntityRef, Job, JobStatus};
 use crate::store::connection::classify;
 use crate::store::schema::profile_generation_jobs;
@@ -349,6 +349,25 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn job_item_succeeded(
+        &self,
+        job_id: &str,
+        entity: EntityRef,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let found: Vec<IdRow> = diesel::sql_query(
+            "SELECT job_id::text AS id FROM profile_generation_job_items \
+             WHERE job_id = $1 AND entity_type = $2 AND entity_id = $3 AND outcome = 'succeeded'",
+        )
+        .bind::<Text, _>(job_id)
+        .bind::<Text, _>(entity.entity_type.as_str())
+        .bind::<Integer, _>(entity.id)
+        .load(&mut conn)
+        .await
+        .map_err(classify)?;
+        Ok(!found.is_empty())
+    }
+
     async fn record_outcome(&self, record: OutcomeRecord) -> Result<Recorded, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async move |conn| {
@@ -367,11 +386,22 @@ impl JobStore for PgStore {
 
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError> {
         let mut conn = self.conn().await?;
-        let usage: Option<UsageTotals> = diesel::sql_query(
-            "SELECT profiles, calls, input_tokens, output_tokens, cost_usd \
-             FROM job_usage WHERE job_id = $1",
-        )
+        let usage: Option<UsageTotals> = diesel::sql_query(format!(
+            "SELECT {USAGE_COLUMNS} FROM job_usage WHERE job_id = $1"
+        ))
         .bind::<Text, _>(job_id)
+        .get_result(&mut conn)
+        .await
+        .optional()
+        .map_err(classify)?;
+        Ok(usage.unwrap_or_default())
+    }
+
+    async fn spend_today(&self) -> Result<UsageTotals, StoreError> {
+        let mut conn = self.conn().await?;
+        let usage: Option<UsageTotals> = diesel::sql_query(format!(
+            "SELECT {USAGE_COLUMNS} FROM daily_usage WHERE day = (now() AT TIME ZONE 'UTC')::date"
+        ))
         .get_result(&mut conn)
         .await
         .optional()

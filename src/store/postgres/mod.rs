@@ -79,3 +79,8 @@ impl Store for PgStore {
         })
     }
 }
+
+/// The columns of the usage rollups (`job_usage`, `daily_usage`), named as the fields of
+/// [`crate::store::UsageTotals`] (docs/decisions.md, "Usage rollups").
+pub const USAGE_COLUMNS: &str = "profiles, calls, input_tokens, output_tokens, cache_read_tokens, \
+    cache_write_tokens, cost_usd, discarded_calls, discarded_cost_usd";

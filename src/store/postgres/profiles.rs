@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Double, Integer, Json, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Json, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::PgStore;
@@ -18,7 +18,8 @@ use crate::model::{
 use crate::store::connection::classify;
 use crate::store::schema::{app_config, authors, binders, books, entity_profiles, publishers};
 use crate::store::{
-    Outcome, ProfileStore, ProfileUnit, Recorded, StoreError, canonical_ai_connections,
+    GenerationUsage, Outcome, ProfileStore, ProfileUnit, Recorded, StoreError,
+    canonical_ai_connections,
 };
 
 type ProfileTuple = (
@@ -79,6 +80,37 @@ async fn upsert_ai_connections(
     Ok(())
 }
 
+/// One `profile_generations` row.
+async fn insert_usage(
+    conn: &mut AsyncPgConnection,
+    entity: EntityRef,
+    job_id: Option<&str>,
+    u: &GenerationUsage,
+    discarded: bool,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO profile_generations (entity_type, entity_id, job_id, model_id, calls, \
+             input_tokens, output_tokens, latency_ms, cost_usd, discarded, cache_read_tokens, \
+             cache_write_tokens, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())",
+    )
+    .bind::<Text, _>(entity.entity_type.as_str())
+    .bind::<Integer, _>(entity.id)
+    .bind::<Nullable<Text>, _>(job_id)
+    .bind::<Text, _>(&u.model_id)
+    .bind::<Integer, _>(u.calls)
+    .bind::<BigInt, _>(u.input_tokens)
+    .bind::<BigInt, _>(u.output_tokens)
+    .bind::<BigInt, _>(u.latency_ms)
+    .bind::<Double, _>(u.cost_usd)
+    .bind::<Bool, _>(discarded)
+    .bind::<BigInt, _>(u.cache_read_tokens)
+    .bind::<BigInt, _>(u.cache_write_tokens)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Steps 1-4 of [`ProfileStore::commit_profile`], inside the caller's transaction.
 async fn write_profile_unit(
     conn: &mut AsyncPgConnection,
@@ -122,22 +154,13 @@ async fn write_profile_unit(
     .execute(conn)
     .await?;
 
-    let u = &unit.usage;
-    diesel::sql_query(
-        "INSERT INTO profile_generations (entity_type, entity_id, job_id, model_id, calls, \
-             input_tokens, output_tokens, latency_ms, cost_usd, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+    insert_usage(
+        conn,
+        unit.entity,
+        unit.job_id.as_deref(),
+        &unit.usage,
+        false,
     )
-    .bind::<Text, _>(unit.entity.entity_type.as_str())
-    .bind::<Integer, _>(unit.entity.id)
-    .bind::<Nullable<Text>, _>(unit.job_id.as_deref())
-    .bind::<Text, _>(&u.model_id)
-    .bind::<Integer, _>(u.calls)
-    .bind::<BigInt, _>(u.input_tokens)
-    .bind::<BigInt, _>(u.output_tokens)
-    .bind::<BigInt, _>(u.latency_ms)
-    .bind::<Double, _>(u.cost_usd)
-    .execute(conn)
     .await?;
 
     match &unit.job_id {
@@ -340,9 +363,32 @@ impl ProfileStore for PgStore {
             .map_err(classify)
     }
 
+    async fn daily_cap_setting(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        app_config::table
+            .find("budget.daily_cost_usd")
+            .select(app_config::value)
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(classify)
+    }
+
     async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async move |conn| write_profile_unit(conn, &unit).await)
+            .await
+            .map_err(classify)
+    }
+
+    async fn record_discarded_usage(
+        &self,
+        entity: EntityRef,
+        job_id: Option<&str>,
+        usage: &GenerationUsage,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        insert_usage(&mut conn, entity, job_id, usage, true)
             .await
             .map_err(classify)
     }
