@@ -258,6 +258,38 @@ async fn a_panicking_handler_is_retried_like_a_transient_failure() {
     assert_eq!((summary.retried, summary.done, summary.received), (1, 1, 2));
 }
 
+/// A run that never answers (a call hung on a half-open connection) is abandoned at the message
+/// deadline and retried; the slot is free again and `/health` stays true.
+#[tokio::test]
+async fn a_handler_past_the_message_deadline_is_abandoned_and_retried() {
+    let queue = Arc::new(MemoryQueue::new());
+    queue.send(&OutgoingMessage::new("{}")).await.unwrap();
+    let h = handler(|d: Delivery| async move {
+        if d.attempt == 1 {
+            std::future::pending::<()>().await;
+        }
+        Outcome::Done
+    });
+    let mut s = settings(1);
+    s.deadline = Duration::from_secs(2);
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::new();
+    let consumer = Consumer::new(queue.clone(), h, s, metrics.clone(), health.clone());
+    let summary = run_until(consumer, || {
+        let metrics = metrics.clone();
+        async move {
+            metrics
+                .messages_processed
+                .with_label_values(&["done"])
+                .get()
+                == 1
+        }
+    })
+    .await;
+    assert_eq!((summary.retried, summary.done, summary.received), (1, 1, 2));
+    assert_eq!(health.liveness(), Ok(()));
+}
+
 #[tokio::test]
 async fn lost_visibility_cancels_the_handler_and_records_nothing() {
     let inner = Arc::new(MemoryQueue::new());
