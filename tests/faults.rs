@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use profile_worker::config::{DatabaseConfig, SecretUrl};
 use profile_worker::generate::CallKind;
 use profile_worker::model::{EntityType, JobStatus};
@@ -203,14 +203,16 @@ async fn postgres_stopped_for_90_s_loses_nothing_and_fails_nothing() {
 }
 
 /// A database that stops answering without closing its connections (SIGSTOP: half-open after a
-/// failover) must not pin the slots: the message deadline abandons the runs stuck on it, the
-/// next runs find no usable connection within the pool wait and are held, `/health` stays true,
-/// and once the server answers again the job completes with nothing lost.
+/// failover) must not pin the slots. Statements already sent wait for an answer that never
+/// comes: a lock the test holds makes sure some are in flight when the server freezes, and the
+/// message deadline abandons those runs. Later runs get no pooled connection within the pool
+/// wait and are held. `/health` stays true, and once the server answers again the job completes
+/// with nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_postgres_pins_no_slot_and_loses_nothing() {
     let pg = OwnPostgres::start().await;
     let url = pg.create_database("frozen").await;
-    let s = Scenario::new(url).await;
+    let s = Scenario::new(url.clone()).await;
     s.fake.set_latency(Duration::from_millis(300));
     let daemon = s.start_with(&[("PROFILE_WORKER_CONSUMER__MESSAGE_DEADLINE_SECONDS", "15")]);
     eventually(
@@ -219,20 +221,63 @@ async fn a_frozen_postgres_pins_no_slot_and_loses_nothing() {
         || async { s.counted().await >= 3 },
     )
     .await;
+    let mut locker = AsyncPgConnection::establish(&url).await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE entity_profiles IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let mut observer = AsyncPgConnection::establish(&url).await.unwrap();
+    // A hang guard, not a timing assertion.
+    let guard = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .get_result::<Count>(&mut observer)
+        .await
+        .expect("pg_stat_activity")
+        .n;
+        if waiting >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < guard,
+            "no statement waits on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     pg.freeze();
+    eventually(
+        "the run stuck on the frozen server is abandoned",
+        Duration::from_secs(120),
+        || async { daemon.logs().contains("at the message deadline") },
+    )
+    .await;
     eventually("the daemon pauses", Duration::from_secs(120), || async {
         let (status, body) = ready(&daemon).await;
         status == 503 && body.contains("database down")
     })
     .await;
-    // Past every deadline with the database still frozen: the slots were not pinned.
-    tokio::time::sleep(Duration::from_secs(30)).await;
     let (status, _, body) = http("GET", &daemon.url("/health")).await;
     assert_eq!(status, 200, "slots stuck: {body}");
     pg.thaw();
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
     s.assert_nothing_lost(&daemon, Duration::from_secs(300))
         .await;
-    assert!(daemon.logs().contains("resumed: dependency answers again"));
+    let logs = daemon.logs();
+    assert!(logs.contains("resumed: dependency answers again"));
+    eprintln!(
+        "frozen postgres: {} runs abandoned at the deadline, {} hold probes",
+        logs.matches("at the message deadline").count(),
+        logs.matches("message held until the dependency answers")
+            .count()
+    );
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
 }
 
 /// `kill -9` at `kills` random points of a job of `entities`: after a restart the job completes
