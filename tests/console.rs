@@ -275,6 +275,8 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
             }
         }
         if s == "completed" {
+            // Read again: a refresh may have landed between the two reads above.
+            let p = browser.text(&pct).await;
             assert_eq!(p, format!("{total}/{total} (100%)"));
             break;
         }

@@ -20,11 +20,13 @@ use support::sqs::{TestQueue, eventually, handler, moto_url, settings};
 use tokio_util::sync::CancellationToken;
 
 /// Delegates to the real queue, recording every single visibility change; with `lose_receipts`
-/// set, visibility changes answer as SQS does once another consumer owns the message.
+/// set, visibility changes answer as SQS does once another consumer owns the message; with
+/// `unreachable` set, they fail as a network partition does.
 struct Recording {
     inner: Arc<dyn Queue>,
     visibility: Mutex<Vec<Duration>>,
     lose_receipts: bool,
+    unreachable: bool,
 }
 
 impl Recording {
@@ -33,6 +35,16 @@ impl Recording {
             inner,
             visibility: Mutex::default(),
             lose_receipts,
+            unreachable: false,
+        })
+    }
+
+    fn unreachable(inner: Arc<dyn Queue>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            visibility: Mutex::default(),
+            lose_receipts: false,
+            unreachable: true,
         })
     }
 }
@@ -56,6 +68,9 @@ impl Queue for Recording {
             return Err(QueueError::ReceiptInvalid(
                 "received by another consumer".into(),
             ));
+        }
+        if self.unreachable {
+            return Err(QueueError::Transient("connection refused".into()));
         }
         self.inner.change_visibility(r, t).await
     }
@@ -258,6 +273,38 @@ async fn a_panicking_handler_is_retried_like_a_transient_failure() {
     assert_eq!((summary.retried, summary.done, summary.received), (1, 1, 2));
 }
 
+/// A run that never answers (a call hung on a half-open connection) is abandoned at the message
+/// deadline and retried; the slot is free again and `/health` stays true.
+#[tokio::test]
+async fn a_handler_past_the_message_deadline_is_abandoned_and_retried() {
+    let queue = Arc::new(MemoryQueue::new());
+    queue.send(&OutgoingMessage::new("{}")).await.unwrap();
+    let h = handler(|d: Delivery| async move {
+        if d.attempt == 1 {
+            std::future::pending::<()>().await;
+        }
+        Outcome::Done
+    });
+    let mut s = settings(1);
+    s.deadline = Duration::from_secs(2);
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::new();
+    let consumer = Consumer::new(queue.clone(), h, s, metrics.clone(), health.clone());
+    let summary = run_until(consumer, || {
+        let metrics = metrics.clone();
+        async move {
+            metrics
+                .messages_processed
+                .with_label_values(&["done"])
+                .get()
+                == 1
+        }
+    })
+    .await;
+    assert_eq!((summary.retried, summary.done, summary.received), (1, 1, 2));
+    assert_eq!(health.liveness(), Ok(()));
+}
+
 #[tokio::test]
 async fn lost_visibility_cancels_the_handler_and_records_nothing() {
     let inner = Arc::new(MemoryQueue::new());
@@ -296,4 +343,46 @@ async fn lost_visibility_cancels_the_handler_and_records_nothing() {
     // Not acknowledged: the message is still in the queue.
     let depth = inner.approximate_depth().await.unwrap();
     assert_eq!(depth.visible + depth.in_flight, 1);
+}
+
+/// Renewals that keep failing: the handler is abandoned before the visibility granted at the
+/// receive runs out (another consumer may take the message then), after a few backed-off tries
+/// rather than a loop.
+#[tokio::test]
+async fn renewals_failing_until_the_visibility_runs_out_abandon_the_handler() {
+    let inner = Arc::new(MemoryQueue::new());
+    inner.send(&OutgoingMessage::new("{}")).await.unwrap();
+    let queue = Recording::unreachable(inner.clone());
+    let finished = Arc::new(AtomicU32::new(0));
+    let h = {
+        let finished = finished.clone();
+        handler(move |_d| {
+            let finished = finished.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Outcome::Done
+            }
+        })
+    };
+    let mut s = settings(1);
+    s.visibility = Duration::from_secs(9);
+    let metrics = Arc::new(Metrics::new());
+    let consumer = Consumer::new(queue.clone(), h, s, metrics.clone(), Health::new());
+    let summary = run_until(consumer, || {
+        let metrics = metrics.clone();
+        async move {
+            metrics
+                .visibility_extensions
+                .with_label_values(&["lost"])
+                .get()
+                == 1
+        }
+    })
+    .await;
+    assert_eq!((summary.lost, summary.done), (1, 0), "{summary:?}");
+    assert_eq!(finished.load(Ordering::SeqCst), 0, "handler future dropped");
+    // Renewal period 3 s, visibility 9 s: tries at 3, 4, 6 and 7.5 s, when the lease ends.
+    let tries = queue.visibility.lock().unwrap().len();
+    assert!((2..=4).contains(&tries), "{tries} renewal tries");
 }

@@ -26,7 +26,7 @@ const CORPUS: &[(&str, bool)] = &[
     ),
     (r#"{"entity_type": "binder", "entity_id": 7}"#, true),
     (
-        r#"{"job_id": "prod-test-001", "entity_type": "author", "entity_id": 1, "owner_id": 3}"#,
+        r#"{"job_id": "6f1c2d3e-0000-4000-8000-000000000001", "entity_type": "author", "entity_id": 1, "owner_id": 3}"#,
         true,
     ),
     (
@@ -50,11 +50,7 @@ const CORPUS: &[(&str, bool)] = &[
         true,
     ),
     (
-        r#"{"job_id": "", "entity_type": "publisher", "entity_id": 10}"#,
-        true,
-    ),
-    (
-        r#"{"entity_id": 3, "entity_type": "binder", "job_id": "x"}"#,
+        r#"{"entity_id": 3, "entity_type": "binder", "job_id": "0b6f2d3e-aaaa-4bbb-8ccc-dddddddddddd"}"#,
         true,
     ),
     (r#"  {"entity_type":"author","entity_id":42}  "#, true),
@@ -101,6 +97,31 @@ const CORPUS: &[(&str, bool)] = &[
         r#"{"entity_type": "author", "entity_id": 5, "force": "true"}"#,
         false,
     ),
+    // Invalid: a job id that is not the API's lowercase hyphenated UUID.
+    (
+        r#"{"job_id": "", "entity_type": "publisher", "entity_id": 10}"#,
+        false,
+    ),
+    (
+        r#"{"entity_id": 3, "entity_type": "binder", "job_id": "x"}"#,
+        false,
+    ),
+    (
+        r#"{"job_id": "prod-test-001", "entity_type": "author", "entity_id": 1}"#,
+        false,
+    ),
+    (
+        r#"{"job_id": "6F1C2D3E-0000-4000-8000-000000000001", "entity_type": "author", "entity_id": 1}"#,
+        false,
+    ),
+    (
+        r#"{"job_id": "6f1c2d3e000040008000000000000001", "entity_type": "author", "entity_id": 1}"#,
+        false,
+    ),
+    (
+        r#"{"job_id": "6f1c2d3e-0000-4000-8000-00000000000\u0000", "entity_type": "author", "entity_id": 1}"#,
+        false,
+    ),
     (
         r#"{"entity_type": "author", "entity_id": 5, "force": 1}"#,
         false,
@@ -137,6 +158,17 @@ fn non_json_bodies_are_poison() {
         let err = parse(body, LIMIT).unwrap_err();
         assert!(err.reason.starts_with("body is not JSON"), "{}", err.reason);
     }
+}
+
+#[test]
+fn duplicate_keys_are_rejected_by_the_parser() {
+    // JSON Schema sees the parsed object, in which the last value won; the daemon refuses the
+    // ambiguity, as the schema's description tells producers.
+    let body = r#"{"entity_type": "author", "entity_id": 5, "entity_id": 6}"#;
+    let instance: Value = serde_json::from_str(body).unwrap();
+    assert!(validator().is_valid(&instance));
+    let err = parse(body, LIMIT).unwrap_err();
+    assert!(err.reason.contains("more than once"), "{}", err.reason);
 }
 
 #[test]

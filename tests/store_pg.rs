@@ -184,6 +184,60 @@ async fn profile_json_columns_stay_json() {
     );
 }
 
+/// Regression: a relationship story with a NUL (`\u0000`) was stored (a `json` column keeps it)
+/// and every later regeneration of the entity failed at the `::jsonb` merge. Replies now pass
+/// `generate::hygiene`, which removes it, so the second commit goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_model_reply_never_blocks_a_later_regeneration() {
+    use profile_worker::generate::hygiene::parse_relationship_story;
+
+    let reply = r#"{"summary": "Met in Rome.\u0000", "details": [{"text": "Wrote\u0000 letters\u0007.",
+        "significance": "notable", "tone": "dramatic"}]}"#;
+    let story = parse_relationship_story(reply, &Default::default()).expect("a usable story");
+    let with_story = |job_id: &str, story: serde_json::Value| {
+        let mut u = unit(job_id, "m".into());
+        u.profile
+            .relationship_stories
+            .insert("author:1:author:2".into(), story);
+        u
+    };
+
+    // What an unsanitised reply did: stored once, then every regeneration refused.
+    let (db, store, job_id) = seeded().await;
+    db.exec("DELETE FROM entity_profiles").await;
+    let raw: serde_json::Value = serde_json::from_str(reply).unwrap();
+    store
+        .commit_profile(with_story(&job_id, raw.clone()))
+        .await
+        .expect("a json column stores \\u0000");
+    let err = store
+        .commit_profile(with_story(&job_id, raw))
+        .await
+        .expect_err("the jsonb merge refuses \\u0000");
+    assert!(!err.is_transient(), "{err}");
+
+    // Through hygiene: both commits succeed and nothing stored holds a NUL.
+    let (db, store, job_id) = seeded().await;
+    let clean = serde_json::to_value(&story).unwrap();
+    for _ in 0..2 {
+        store
+            .commit_profile(with_story(&job_id, clean.clone()))
+            .await
+            .expect("a regeneration after a NUL reply commits");
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM entity_profiles \
+             WHERE relationship_stories::text LIKE '%Met in Rome.%' \
+             AND relationship_stories::text NOT LIKE '%\\u0000%' \
+             AND (relationship_stories::jsonb) IS NOT NULL"
+        )
+        .await,
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_timeout_is_applied_and_transient() {
     let (db, _, job_id) = seeded().await;

@@ -91,6 +91,7 @@ pub struct ConsumerConfig {
     pub retry_cap_seconds: u32,
     pub unready_after: u32,
     pub max_body_bytes: usize,
+    pub message_deadline_seconds: u32,
 }
 
 /// How often the heartbeat renews a running message's visibility: every third of the timeout,

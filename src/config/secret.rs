@@ -151,4 +151,48 @@ mod tests {
         assert_eq!(shown("database.url", "\"not a url\""), "\"***\"");
         assert_eq!(shown("x.api_token", "\"t\""), "\"***\"");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// No password ever appears in Debug, Display or serialised form, raw or
+            /// percent-encoded (each starts with `~`, which nothing else in the URL contains).
+            #[test]
+            fn a_url_password_never_leaks(
+                user in "[a-z]{1,8}",
+                rest in "[!-~]{0,24}",
+                host in "[a-z]{1,10}",
+                path in "[a-z0-9_]{0,10}",
+            ) {
+                let password = format!("~{rest}");
+                let encoded = percent_encoding::utf8_percent_encode(
+                    &password,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string();
+                let url = SecretUrl::new(format!("postgres://{user}:{encoded}@{host}/{path}"));
+                let shown = [
+                    format!("{url:?}"),
+                    url.to_string(),
+                    serde_json::to_string(&url).unwrap(),
+                    url.redacted(),
+                ];
+                for text in shown {
+                    prop_assert!(!text.contains(&encoded), "{} in {}", encoded, text);
+                    prop_assert!(!text.contains(&password), "{} in {}", password, text);
+                }
+                let secret = Secret::new(password.clone());
+                prop_assert_eq!(format!("{secret:?}"), "\"***\"");
+                prop_assert_eq!(serde_json::to_string(&secret).unwrap(), "\"***\"");
+            }
+
+            /// Whatever the value, a string that is not a URL is hidden whole.
+            #[test]
+            fn garbage_is_hidden_whole(raw in "[^:]{1,40}") {
+                prop_assert_eq!(SecretUrl::new(raw).to_string(), "***");
+            }
+        }
+    }
 }

@@ -113,6 +113,12 @@ impl Checks<'_> {
             64,
             1_048_576,
         );
+        self.range(
+            "consumer.message_deadline_seconds",
+            k.message_deadline_seconds.into(),
+            1,
+            SQS_MAX_SECONDS,
+        );
         let d = &c.database;
         self.range("database.pool_size", d.pool_size.into(), 1, 200);
         let schema = &d.schema;

@@ -259,7 +259,7 @@ mod tests {
         let reg = InFlight::new("r1");
         let a = reg.start(&delivery(
             "m1",
-            r#"{"entity_type":"author","entity_id":7,"job_id":"j1"}"#,
+            r#"{"entity_type":"author","entity_id":7,"job_id":"6f1c2d3e-0000-4000-8000-000000000001"}"#,
         ));
         let _b = reg.start(&delivery("m2", "not json"));
         let set = reg.snapshot();
@@ -271,7 +271,7 @@ mod tests {
                 first.job_id.as_deref(),
                 first.attempt
             ),
-            ("author:7", Some("j1"), 2)
+            ("author:7", Some("6f1c2d3e-0000-4000-8000-000000000001"), 2)
         );
         assert!(set.items.iter().any(|i| i.entity == "(unparsable)"));
         drop(a);

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::health::Health;
+use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 pub use crate::outcome::Outcome;
 use crate::outcome::message::{Deleter, QueueSide, Settled};
@@ -29,6 +29,10 @@ use crate::queue::Queue;
 use crate::retry::Backoff;
 pub use pause::Pauses;
 use poll::Reachability;
+
+/// Time past the message deadline before a slot counts as stuck: abandoning a run and settling
+/// its message take a few queue calls, each bounded by the SDK's timeouts.
+const SLOT_MARGIN: Duration = Duration::from_secs(60);
 
 /// Processes one message. The pipeline implements it; tests use instrumented ones.
 #[async_trait]
@@ -70,6 +74,8 @@ pub struct ConsumerSettings {
     pub grace: Duration,
     /// How often the queue depth gauges are refreshed.
     pub depth_interval: Duration,
+    /// Longest one handler run may take before it is abandoned and the message retried.
+    pub deadline: Duration,
 }
 
 impl ConsumerSettings {
@@ -86,6 +92,7 @@ impl ConsumerSettings {
             unready_after: c.unready_after,
             grace: Duration::from_secs(config.shutdown.grace_seconds),
             depth_interval: Duration::from_secs(15),
+            deadline: Duration::from_secs(c.message_deadline_seconds.into()),
         }
     }
 
@@ -176,6 +183,9 @@ struct Ctx {
     stop: CancellationToken,
     /// Which dependencies are down; receiving waits while a handler dependency is.
     pauses: Pauses,
+    /// Beats whenever a slot is free or a handler run ends; stale (and `/health` false) only
+    /// when every slot has been busy with one run for longer than the message deadline.
+    slots: Heartbeat,
 }
 
 /// The queue consumer. Build with [`Consumer::new`], run with [`Consumer::run`].
@@ -244,6 +254,9 @@ impl Consumer {
         let beat = self
             .health
             .heartbeat("poll_loop", self.settings.wait + Duration::from_secs(30));
+        let slots = self
+            .health
+            .heartbeat("message_slots", self.settings.deadline + SLOT_MARGIN);
         let deleter = Deleter::spawn(self.queue.clone());
         let side = QueueSide {
             queue: self.queue.clone(),
@@ -262,6 +275,7 @@ impl Consumer {
             hard_stop: CancellationToken::new(),
             stop: shutdown.clone(),
             pauses: self.pauses.clone(),
+            slots,
         });
         if ctx.side.dead_letter.is_none() {
             tracing::warn!(

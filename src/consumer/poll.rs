@@ -61,6 +61,9 @@ pub(super) async fn poll_loop(
     let mut errors = POLL_BACKOFF.steps();
     loop {
         beat.beat();
+        if permits.available_permits() > 0 {
+            ctx.slots.beat();
+        }
         if ctx.pauses.blocks_receiving() {
             // A dependency is down: receive nothing until a held message finds it back.
             tokio::select! {

@@ -140,10 +140,30 @@ async fn supervise(
     let mut task = tokio::spawn(
         async move { handler.handle(&delivery).await }.instrument(tracing::Span::current()),
     );
-    match lease.guard(ctx, message, &mut task, false).await {
-        Ok(Ok(outcome)) => Ending::Finished(outcome),
-        Ok(Err(err)) if err.is_panic() => Ending::Panicked(panic_text(err.into_panic())),
-        Ok(Err(_)) => Ending::Released,
+    let deadline = ctx.settings.deadline;
+    let run = async {
+        tokio::select! {
+            out = &mut task => Some(out),
+            _ = tokio::time::sleep(deadline) => None,
+        }
+    };
+    let ending = match lease.guard(ctx, message, run, false).await {
+        Ok(Some(Ok(outcome))) => Ending::Finished(outcome),
+        Ok(Some(Err(err))) if err.is_panic() => Ending::Panicked(panic_text(err.into_panic())),
+        Ok(Some(Err(_))) => Ending::Released,
+        Ok(None) => {
+            task.abort();
+            tracing::warn!(
+                deadline_s = deadline.as_secs(),
+                "handler still running at the message deadline; abandoned, message retried later"
+            );
+            Ending::Finished(Outcome::Retry {
+                reason: format!(
+                    "no outcome within consumer.message_deadline_seconds ({} s)",
+                    deadline.as_secs()
+                ),
+            })
+        }
         Err(interrupted) => {
             task.abort();
             match interrupted {
@@ -151,7 +171,10 @@ async fn supervise(
                 Interrupted::Stopped => Ending::Released,
             }
         }
-    }
+    };
+    // A handler run ended, so this slot is not stuck (see `Ctx::slots`).
+    ctx.slots.beat();
+    ending
 }
 
 /// Why a guarded wait ended early.
@@ -164,19 +187,28 @@ enum Interrupted {
 
 /// Keeps one message invisible: renews its visibility every third of the timeout, each call
 /// bounded by a timeout shorter than that period, across handler runs and hold waits.
+///
+/// Ownership ends when SQS says the receipt is stale, or when renewals kept failing until the
+/// last visibility granted is about to run out (another consumer may receive the message then):
+/// the handler is abandoned and its outcome not recorded.
 struct Lease {
     period: Duration,
     next: Instant,
+    /// When the last visibility granted runs out (at the latest: measured from before the call).
+    expires: Instant,
     /// Failed renewals in a row: the next try backs off instead of hammering the queue.
     failures: Steps,
 }
 
 impl Lease {
+    /// A lease starting now; the receive that granted the first visibility happened just before.
     fn new(ctx: &Ctx) -> Self {
         let period = crate::config::renewal_period(ctx.settings.visibility);
+        let now = Instant::now();
         Self {
             period,
-            next: Instant::now() + period,
+            next: now + period,
+            expires: now + ctx.settings.visibility,
             failures: Backoff::exponential(Duration::from_secs(1), period).steps(),
         }
     }
@@ -208,6 +240,7 @@ impl Lease {
     /// One renewal; false when the message is no longer ours.
     async fn renew(&mut self, ctx: &Ctx, message: &ReceivedMessage) -> bool {
         let extensions = &ctx.metrics.visibility_extensions;
+        let asked = Instant::now();
         let call = ctx
             .queue
             .change_visibility(&message.receipt_handle, ctx.settings.visibility);
@@ -222,10 +255,12 @@ impl Lease {
             Ok(()) => {
                 extensions.with_label_values(&["ok"]).inc();
                 self.failures.reset();
+                self.expires = asked + ctx.settings.visibility;
                 self.next = Instant::now() + self.period;
                 true
             }
-            Err(QueueError::ReceiptInvalid(detail)) => {
+            // A deleted queue owns nothing either.
+            Err(QueueError::ReceiptInvalid(detail) | QueueError::NotFound(detail)) => {
                 extensions.with_label_values(&["lost"]).inc();
                 tracing::warn!(%detail, "visibility lost; handler cancelled, outcome not recorded");
                 false
@@ -233,9 +268,22 @@ impl Lease {
             Err(err) => {
                 extensions.with_label_values(&["error"]).inc();
                 let delay = self.failures.next_delay();
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "visibility extension failed; trying again");
-                self.next = Instant::now() + delay;
-                true
+                // The next try must still come before the visibility runs out (with room for
+                // the call's own timeout); otherwise the message is no longer safely ours.
+                let last_chance = self.expires.checked_sub(self.period / 2);
+                let next = Instant::now() + delay;
+                match last_chance {
+                    Some(limit) if Instant::now() < limit => {
+                        tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "visibility extension failed; trying again");
+                        self.next = next.min(limit);
+                        true
+                    }
+                    _ => {
+                        extensions.with_label_values(&["lost"]).inc();
+                        tracing::warn!(error = %err, "visibility could not be renewed before it ran out; handler cancelled, outcome not recorded");
+                        false
+                    }
+                }
             }
         }
     }

@@ -3,6 +3,12 @@
 //! Mirrors the original (docs/compatibility.md, "Output hygiene": fence stripping, lenient JSON, both marker passes) and
 //! adds what docs/decisions.md, "A failed biography is never a fresh profile" asks: stories are normalised to the API's schema and invalid items dropped and
 //! counted, AI connections are validated as docs/compatibility.md, "Discovery" (plus `sub_type` truncation).
+//!
+//! Every string a reply contributes to a stored profile passes [`safe_text`] here: no control
+//! characters but `\n` and `\t`, at most [`MAX_STORED_CHARS`] characters. A NUL is the reason:
+//! PostgreSQL `text` refuses it, and a `json` column stores `\u0000` but the next regeneration's
+//! `::jsonb` merge of `relationship_stories` refuses it, so one bad reply broke every later run
+//! (docs/reliability.md).
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -17,6 +23,25 @@ use super::{MAX_AI_CONNECTIONS, MAX_DISCOVERY_ENTITIES};
 
 /// Longest `sub_type` the `ai_connections.sub_type varchar(50)` column takes.
 pub const MAX_SUB_TYPE_CHARS: usize = 50;
+
+/// Longest stored string (biography, story text, summary, narrative, evidence, `display_in`
+/// entry), in characters. The largest call budget is 2048 output tokens, roughly 8 000
+/// characters of prose, so only a runaway or hostile reply is cut.
+pub const MAX_STORED_CHARS: usize = 16_384;
+
+/// A model string made safe to store: control characters other than `\n` and `\t` removed
+/// (NUL above all), then cut to [`MAX_STORED_CHARS`] characters.
+pub fn safe_text(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .take(MAX_STORED_CHARS)
+        .collect()
+}
+
+/// The stored form of a prose field: [`safe_text`], markers sanitised, trimmed. Idempotent.
+pub fn clean_text(text: &str, valid: &HashSet<String>) -> String {
+    sanitize_markers(&safe_text(text), valid).trim().to_string()
+}
 
 /// How much a story matters (API enum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,15 +229,26 @@ pub fn valid_marker_ids(connections: &[CollectionEntity]) -> HashSet<String> {
 
 /// Keeps `{{entity:TYPE:ID|Name}}` markers whose `TYPE:ID` is valid, replaces the others by their
 /// display name, then replaces unwrapped `entity:TYPE:Name` references by the name.
+///
+/// Both passes repeat until nothing changes: a replacement can complete a new marker (a name
+/// that is itself the start of a marker, nested `entity:` prefixes), and no invalid marker may
+/// reach the frontend. Every change shortens the text, so this ends.
 pub fn sanitize_markers(text: &str, valid: &HashSet<String>) -> String {
-    let pass1 = MARKER.replace_all(text, |c: &regex::Captures<'_>| {
-        if valid.contains(&format!("{}:{}", &c[1], &c[2])) {
-            c[0].to_string()
-        } else {
-            c[3].to_string()
+    let mut current = text.to_string();
+    loop {
+        let pass1 = MARKER.replace_all(&current, |c: &regex::Captures<'_>| {
+            if valid.contains(&format!("{}:{}", &c[1], &c[2])) {
+                c[0].to_string()
+            } else {
+                c[3].to_string()
+            }
+        });
+        let next = UNWRAPPED.replace_all(&pass1, "$1").into_owned();
+        if next == current {
+            return next;
         }
-    });
-    UNWRAPPED.replace_all(&pass1, "$1").into_owned()
+        current = next;
+    }
 }
 
 fn enum_value<T: for<'de> Deserialize<'de>>(value: Option<&Value>) -> Option<T> {
@@ -236,19 +272,18 @@ fn story_year(value: Option<&Value>) -> Option<i32> {
 /// text or an unknown significance or tone. Markers in the text are sanitised.
 pub fn normalise_story(value: &Value, valid: &HashSet<String>) -> Option<Story> {
     let item = value.as_object()?;
-    let text = item.get("text")?.as_str()?.trim();
+    let text = clean_text(item.get("text")?.as_str()?, valid);
     if text.is_empty() {
         return None;
     }
     let significance = enum_value(item.get("significance"))?;
     let tone = enum_value(item.get("tone"))?;
-    let display_in = item.get("display_in").and_then(Value::as_array).map(|a| {
-        a.iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect()
-    });
+    let display_in = item
+        .get("display_in")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(safe_text)).collect());
     Some(Story {
-        text: sanitize_markers(text, valid),
+        text,
         year: story_year(item.get("year")),
         significance,
         tone,
@@ -285,9 +320,8 @@ pub fn parse_biography(text: &str, valid: &HashSet<String>) -> Biography {
     let biography = obj
         .get("biography")
         .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| sanitize_markers(s, valid));
+        .map(|s| clean_text(s, valid))
+        .filter(|s| !s.is_empty());
     let (personal_stories, dropped_stories) = normalise_stories(obj.get("personal_stories"), valid);
     Biography {
         biography,
@@ -300,22 +334,22 @@ pub fn parse_biography(text: &str, valid: &HashSet<String>) -> Biography {
 /// `summary`. A missing or unknown `narrative_style` becomes `prose-paragraph`.
 pub fn parse_relationship_story(text: &str, valid: &HashSet<String>) -> Option<RelationshipStory> {
     let obj = as_object(text)?;
-    let summary = obj.get("summary")?.as_str()?.trim();
+    let summary = clean_text(obj.get("summary")?.as_str()?, valid);
     if summary.is_empty() {
         return None;
     }
     let (details, dropped_details) = normalise_stories(obj.get("details"), valid);
     Some(RelationshipStory {
-        summary: sanitize_markers(summary, valid),
+        summary,
         details,
         narrative_style: enum_value(obj.get("narrative_style")).unwrap_or_default(),
         dropped_details,
     })
 }
 
-/// Cleans the one-sentence narrative: trimmed, markers sanitised.
+/// Cleans the one-sentence narrative ([`clean_text`]).
 pub fn clean_narrative(text: &str, valid: &HashSet<String>) -> String {
-    sanitize_markers(text.trim(), valid)
+    clean_text(text, valid)
 }
 
 /// Parses the discovery reply; not an object or no `connections` list ⇒ nothing.
@@ -357,7 +391,7 @@ fn coerce_confidence(value: Option<&Value>) -> f64 {
 }
 
 fn clean_sub_type(value: Option<&Value>) -> Option<String> {
-    let s = value?.as_str()?.trim().to_uppercase();
+    let s = safe_text(value?.as_str()?).trim().to_uppercase();
     if s.is_empty() {
         return None;
     }
@@ -423,9 +457,8 @@ fn validate_one(
         evidence: obj
             .get("evidence")
             .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+            .map(|s| safe_text(s).trim().to_string())
+            .filter(|s| !s.is_empty()),
     })
 }
 
@@ -921,5 +954,139 @@ mod tests {
             json!({"source_type": "author", "source_id": 1, "target_type": "publisher", "target_id": 3,
                    "relationship": "collaboration", "sub_type": null, "confidence": 0.5, "evidence": null})
         );
+    }
+
+    // --- stored text is safe text (docs/reliability.md) ---
+
+    #[test]
+    fn control_characters_are_removed_but_newlines_and_tabs_kept() {
+        assert_eq!(
+            safe_text("a\u{0}b\u{7}c\r\nd\te\u{1b}[0m\u{9f}"),
+            "abc\nd\te[0m"
+        );
+        let story = parse_relationship_story(
+            "{\"summary\": \"Met\\u0000 in Rome.\", \"details\": [{\"text\": \"\\u0000\", \
+             \"significance\": \"notable\", \"tone\": \"tragic\"}]}",
+            &valid(&[]),
+        )
+        .unwrap();
+        assert_eq!(story.summary, "Met in Rome.");
+        assert_eq!(
+            story.details,
+            vec![],
+            "a story of nothing but NUL is dropped"
+        );
+        assert_eq!(story.dropped_details, 1);
+        let bio = parse_biography("{\"biography\": \"\\u0000\\u0001 \"}", &valid(&[]));
+        assert_eq!(bio.biography, None, "nothing left is no biography");
+    }
+
+    #[test]
+    fn every_stored_string_is_capped() {
+        let long = "x".repeat(MAX_STORED_CHARS * 2);
+        let reply = json!({"biography": long, "personal_stories": [
+            {"text": long, "significance": "notable", "tone": "tragic", "display_in": [long]}]});
+        let b = parse_biography(&reply.to_string(), &valid(&[]));
+        assert_eq!(b.biography.unwrap().chars().count(), MAX_STORED_CHARS);
+        let story = &b.personal_stories[0];
+        assert_eq!(story.text.chars().count(), MAX_STORED_CHARS);
+        assert_eq!(
+            story.display_in.as_ref().unwrap()[0].chars().count(),
+            MAX_STORED_CHARS
+        );
+        assert_eq!(
+            clean_narrative(&long, &valid(&[])).chars().count(),
+            MAX_STORED_CHARS
+        );
+        let d = validate(json!([{"target_type": "author", "target_id": 2,
+            "relationship": "family", "evidence": long}]));
+        assert_eq!(
+            d.connections[0].evidence.as_ref().unwrap().chars().count(),
+            MAX_STORED_CHARS
+        );
+    }
+
+    #[test]
+    fn a_replacement_that_completes_a_marker_is_sanitised_again() {
+        let v = valid(&["author:1"]);
+        assert_eq!(
+            sanitize_markers("{{entity:author:9|{{entity:author:8|X}}}}", &v),
+            "X"
+        );
+        assert_eq!(sanitize_markers("entity:a:entity:b:Foo", &v), "Foo");
+        assert_eq!(
+            sanitize_markers("{{entity:author:9|{{entity:author:1|Y}}}}", &v),
+            "{{entity:author:1|Y}}"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text built from the pieces that matter: markers (valid and not), `entity:` prefixes,
+        /// braces, control characters, whitespace and arbitrary characters.
+        fn text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("{{entity:author:1|Ann}}".to_string()),
+                Just("{{entity:author:2|".to_string()),
+                Just("{{entity:".to_string()),
+                Just("entity:author:".to_string()),
+                Just("}}".to_string()),
+                Just("|".to_string()),
+                Just(" and ".to_string()),
+                "[A-Z][a-z]{0,4}",
+                "[0-9]{1,2}",
+                "[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}]",
+                "[ \\n\\t]",
+                any::<char>().prop_map(String::from),
+            ];
+            proptest::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+        }
+
+        fn valid_ids() -> HashSet<String> {
+            valid(&["author:1"])
+        }
+
+        proptest! {
+            #[test]
+            fn clean_text_is_idempotent(s in text()) {
+                let once = clean_text(&s, &valid_ids());
+                prop_assert_eq!(clean_text(&once, &valid_ids()), once.clone());
+            }
+
+            #[test]
+            fn clean_text_has_no_control_characters_and_no_invalid_marker(s in text()) {
+                let out = clean_text(&s, &valid_ids());
+                prop_assert!(
+                    out.chars().all(|c| !c.is_control() || c == '\n' || c == '\t'),
+                    "{:?}", out
+                );
+                for c in MARKER.captures_iter(&out) {
+                    prop_assert!(valid_ids().contains(&format!("{}:{}", &c[1], &c[2])), "{:?}", out);
+                }
+                prop_assert!(!UNWRAPPED.is_match(&out), "{:?}", out);
+                prop_assert!(out.chars().count() <= MAX_STORED_CHARS);
+            }
+
+            #[test]
+            fn replies_store_no_nul_anywhere(s in text()) {
+                let reply = json!({"biography": s, "summary": s, "personal_stories": [
+                    {"text": s, "significance": "notable", "tone": "tragic", "display_in": [s]}],
+                    "details": [{"text": s, "significance": "notable", "tone": "tragic"}],
+                    "connections": [{"target_type": "author", "target_id": 2,
+                        "relationship": "family", "sub_type": s, "evidence": s}]}).to_string();
+                let v = valid_ids();
+                let stored = serde_json::json!([
+                    serde_json::to_value(parse_biography(&reply, &v).personal_stories).unwrap(),
+                    parse_biography(&reply, &v).biography,
+                    serde_json::to_value(parse_relationship_story(&reply, &v)).unwrap(),
+                    serde_json::to_value(parse_discovery(&reply, source(), &universe()).connections).unwrap(),
+                    clean_narrative(&s, &v),
+                ]).to_string();
+                prop_assert!(!stored.contains("\\u0000"), "{}", stored);
+                prop_assert!(!stored.contains('\0'));
+            }
+        }
     }
 }

@@ -240,4 +240,40 @@ mod tests {
             assert!(from_json(&text).is_err(), "{text}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_graph_round_trips_through_python_json(
+                name in any::<String>(),
+                tier in proptest::option::of(any::<String>()),
+                evidence in proptest::option::of(any::<String>()),
+                micros in 0u32..1_000_000,
+                strength in 2u8..=10,
+                edge_type in proptest::sample::select(ConnectionType::ALL.to_vec()),
+                era in proptest::option::of(proptest::sample::select(vec![
+                    crate::graph::Era::PreRomantic, crate::graph::Era::Victorian,
+                    crate::graph::Era::Post1910, crate::graph::Era::Unknown,
+                ])),
+                years in proptest::option::of(any::<i32>()),
+                books in proptest::collection::vec(any::<i32>(), 0..5),
+            ) {
+                let mut g = graph(&name, micros);
+                g.nodes[0].tier = tier;
+                g.nodes[0].era = era;
+                g.nodes[0].birth_year = years;
+                g.nodes[0].book_ids = books.clone();
+                g.edges[0].evidence = evidence;
+                g.edges[0].strength = strength;
+                g.edges[0].edge_type = edge_type;
+                g.edges[0].shared_book_ids = Some(books);
+                let json = to_python_json(&g);
+                prop_assert!(json.is_ascii());
+                prop_assert_eq!(from_json(&json).unwrap(), g);
+            }
+        }
+    }
 }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::queue::{OutgoingMessage, Queue, QueueError, ReceivedMessage};
+use crate::queue::{
+    MAX_MESSAGE_BYTES, OutgoingMessage, Queue, QueueError, ReceivedMessage, attribute_size,
+};
 use crate::retry::Backoff;
 
 use super::Outcome;
@@ -125,9 +127,11 @@ impl QueueSide {
     }
 
     /// Copies the message unchanged to the dead-letter queue. Returns whether the message may
-    /// now be deleted: true when copied, or when there is no dead-letter queue (a poison body is
-    /// then logged whole) or the copy is refused for good (body logged whole); false on a
-    /// transient error.
+    /// now be deleted: true only when copied, or when there is no dead-letter queue at all (a
+    /// poison body is then logged whole). A copy that fails — transiently or for good — never
+    /// leads to a delete: the message takes the retry path, and one the dead-letter queue keeps
+    /// refusing reaches it through the queue's own redrive policy after `maxReceiveCount`
+    /// deliveries (docs/reliability.md).
     async fn dead_letter(&self, message: &ReceivedMessage, outcome: &str, reason: &str) -> bool {
         let Some(dlq) = &self.dead_letter else {
             if outcome == "poison" {
@@ -135,12 +139,15 @@ impl QueueSide {
             }
             return true;
         };
-        let reason: String = reason.chars().take(MAX_REASON).collect();
-        let copy = OutgoingMessage::new(message.body.clone())
-            .attribute("outcome", outcome)
-            .attribute("reason", reason)
-            .attribute("original_message_id", message.message_id.clone())
-            .attribute("receive_count", message.receive_count.to_string());
+        let copy = dead_letter_copy(message, outcome, reason);
+        if copy.attributes.len() < 4 {
+            tracing::warn!(
+                %reason,
+                kept = ?copy.attributes.keys().collect::<Vec<_>>(),
+                body_bytes = message.body.len(),
+                "dead-letter attributes trimmed to fit the body within SQS's 256 KiB; reason logged here"
+            );
+        }
         match dlq.send(&copy).await {
             Ok(id) => {
                 tracing::info!(dead_letter_id = %id, outcome, "copied to the dead-letter queue");
@@ -151,8 +158,126 @@ impl QueueSide {
                 false
             }
             Err(err) => {
-                tracing::error!(error = %err, body = %message.body, "dead-letter queue refused the message; body logged whole");
-                true
+                tracing::error!(
+                    error = %err,
+                    body = %message.body,
+                    "dead-letter queue refused the copy; body logged whole, message kept for the queue's redrive policy"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The dead-letter copy: the body unchanged, plus `outcome`, `reason`, `original_message_id` and
+/// `receive_count` attributes. The body is never cut; when body and attributes together would
+/// exceed [`MAX_MESSAGE_BYTES`], the ids go first, then the reason is shortened, then `outcome`
+/// goes (the log line names what was dropped). Attribute values keep only characters SQS accepts.
+pub(crate) fn dead_letter_copy(
+    message: &ReceivedMessage,
+    outcome: &str,
+    reason: &str,
+) -> OutgoingMessage {
+    let reason: String = sqs_text(reason).chars().take(MAX_REASON).collect();
+    let mut copy = OutgoingMessage::new(message.body.clone())
+        .attribute("outcome", outcome)
+        .attribute("reason", reason.clone())
+        .attribute("original_message_id", sqs_text(&message.message_id))
+        .attribute("receive_count", message.receive_count.to_string());
+    for optional in ["receive_count", "original_message_id"] {
+        if copy.size() > MAX_MESSAGE_BYTES {
+            copy.attributes.remove(optional);
+        }
+    }
+    if copy.size() > MAX_MESSAGE_BYTES {
+        copy.attributes.remove("reason");
+        let room = MAX_MESSAGE_BYTES.saturating_sub(copy.size() + attribute_size("reason", ""));
+        let mut cut = room.min(reason.len());
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if room > 0 && cut > 0 {
+            copy.attributes
+                .insert("reason".into(), reason[..cut].to_string());
+        }
+    }
+    if copy.size() > MAX_MESSAGE_BYTES {
+        copy.attributes.clear();
+    }
+    copy
+}
+
+/// `text` with every character SQS refuses in a message (outside `#x9 | #xA | #xD | #x20-#xD7FF
+/// | #xE000-#xFFFD | #x10000-#x10FFFF`) replaced by U+FFFD.
+fn sqs_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\t'
+            | '\n'
+            | '\r'
+            | '\u{20}'..='\u{D7FF}'
+            | '\u{E000}'..='\u{FFFD}'
+            | '\u{10000}'.. => c,
+            _ => '\u{FFFD}',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(body: String) -> ReceivedMessage {
+        ReceivedMessage {
+            message_id: "m-1".into(),
+            receipt_handle: "r".into(),
+            body,
+            receive_count: 2,
+            attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_small_body_keeps_every_attribute() {
+        let copy = dead_letter_copy(&received("{}".into()), "poison", "bad\u{0}");
+        assert_eq!(copy.body, "{}");
+        assert_eq!(copy.attributes["outcome"], "poison");
+        assert_eq!(copy.attributes["reason"], "bad\u{FFFD}");
+        assert_eq!(copy.attributes["original_message_id"], "m-1");
+        assert_eq!(copy.attributes["receive_count"], "2");
+    }
+
+    #[test]
+    fn a_large_body_is_kept_whole_and_the_attributes_shrink_to_fit() {
+        let reason = "r".repeat(500);
+        for body_bytes in [
+            MAX_MESSAGE_BYTES - 2048,
+            MAX_MESSAGE_BYTES - 100,
+            MAX_MESSAGE_BYTES - 40,
+            MAX_MESSAGE_BYTES - 19,
+            MAX_MESSAGE_BYTES - 5,
+            MAX_MESSAGE_BYTES,
+        ] {
+            let body = "x".repeat(body_bytes);
+            let copy = dead_letter_copy(&received(body.clone()), "poison", &reason);
+            assert_eq!(copy.body, body, "the body is never cut");
+            assert!(
+                copy.size() <= MAX_MESSAGE_BYTES,
+                "{body_bytes}: {}",
+                copy.size()
+            );
+            let room = MAX_MESSAGE_BYTES - body_bytes;
+            if room >= 2048 {
+                assert_eq!(copy.attributes.len(), 4);
+            } else if room >= 40 {
+                assert_eq!(copy.attributes["outcome"], "poison");
+                assert!(reason.starts_with(&copy.attributes["reason"]));
+                assert!(!copy.attributes["reason"].is_empty());
+            } else if room >= 19 {
+                assert_eq!(
+                    copy.attributes.get("outcome").map(String::as_str),
+                    Some("poison")
+                );
             }
         }
     }

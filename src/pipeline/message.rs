@@ -3,6 +3,10 @@
 //! Producers in any language can validate against `schemas/message.schema.json`, which accepts
 //! exactly what [`parse`] accepts (checked by `tests/message_schema.rs`).
 
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::model::{EntityRef, EntityType};
@@ -92,7 +96,9 @@ fn kind(value: &Value) -> &'static str {
 /// Parses one message body; anything outside the contract is [`Poison`] with a readable reason.
 ///
 /// Unknown keys are ignored (older producers send `owner_id`). `entity_id` must be a JSON integer
-/// literal in `1..=2147483647` (the column is a PostgreSQL `integer`); `1.0` is rejected.
+/// literal in `1..=2147483647` (the column is a PostgreSQL `integer`); `1.0` is rejected. A key
+/// given twice is ambiguous (parsers disagree on which value wins), so it is poison too, and a
+/// `job_id` must be a job's id as the API writes it: a lowercase hyphenated UUID.
 pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
     if body.len() > max_bytes {
         return Err(poison(format!(
@@ -108,10 +114,18 @@ pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
             kind(&value)
         )));
     };
+    serde_json::from_str::<UniqueKeys>(body)
+        .map_err(|e| poison(format!("body is ambiguous: {e}")))?;
 
     let job_id = match fields.get("job_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) if is_job_id(s) => Some(s.clone()),
+        Some(Value::String(s)) => {
+            return Err(poison(format!(
+                "job_id {:?} is not a job id (a lowercase hyphenated UUID)",
+                s.chars().take(64).collect::<String>()
+            )));
+        }
         Some(other) => {
             return Err(poison(format!(
                 "job_id must be a string or null, got {}",
@@ -124,7 +138,8 @@ pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
         None => return Err(poison("entity_type is missing")),
         Some(Value::String(s)) => s.parse::<EntityType>().map_err(|_| {
             poison(format!(
-                "entity_type {s:?} is not author, publisher or binder"
+                "entity_type {:?} is not author, publisher or binder",
+                s.chars().take(64).collect::<String>()
             ))
         })?,
         Some(other) => {
@@ -175,9 +190,48 @@ pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
     })
 }
 
+/// Whether `s` is a job id as the API and `create_job` write it: `Uuid::to_string`'s lowercase
+/// hyphenated form, 36 characters. Anything else can match no job and is a mistake or an attack.
+fn is_job_id(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+/// Deserialises a JSON object only to fail on its first repeated key (values are skipped).
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut seen = HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "key {:?} appears more than once",
+                            key.chars().take(64).collect::<String>()
+                        )));
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Ok(UniqueKeys)
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const JOB: &str = "6f1c2d3e-0000-4000-8000-000000000001";
 
     fn reason(body: &str) -> String {
         parse(body, 1024).unwrap_err().reason
@@ -186,13 +240,13 @@ mod tests {
     #[test]
     fn bodies_use_the_original_json_style_and_parse_back() {
         let batch = Message {
-            job_id: Some("j-1".into()),
+            job_id: Some(JOB.into()),
             entity: EntityRef::new(EntityType::Author, 5),
             force: false,
         };
         assert_eq!(
             batch.body(),
-            r#"{"job_id": "j-1", "entity_type": "author", "entity_id": 5}"#
+            format!(r#"{{"job_id": "{JOB}", "entity_type": "author", "entity_id": 5}}"#)
         );
         let ad_hoc = Message {
             job_id: None,
@@ -203,25 +257,21 @@ mod tests {
             ad_hoc.body(),
             r#"{"job_id": null, "entity_type": "binder", "entity_id": 12, "force": true}"#
         );
-        let quoted = Message {
-            job_id: Some("j\"2".into()),
-            ..ad_hoc
-        };
-        assert_eq!(parse(&quoted.body(), 65536).unwrap(), quoted);
+        assert_eq!(parse(&ad_hoc.body(), 65536).unwrap(), ad_hoc);
         assert_eq!(parse(&batch.body(), 65536).unwrap(), batch);
     }
 
     #[test]
     fn python_producer_body_parses() {
         let m = parse(
-            r#"{"job_id": "0b6f", "entity_type": "author", "entity_id": 5}"#,
+            r#"{"job_id": "0b6f2d3e-0000-4000-8000-000000000002", "entity_type": "author", "entity_id": 5}"#,
             1024,
         )
         .unwrap();
         assert_eq!(
             m,
             Message {
-                job_id: Some("0b6f".into()),
+                job_id: Some("0b6f2d3e-0000-4000-8000-000000000002".into()),
                 entity: EntityRef::new(EntityType::Author, 5),
                 force: false
             }
@@ -253,11 +303,15 @@ mod tests {
             "absent job_id is the same as null"
         );
         assert_eq!(
-            demand(r#"{"job_id": "j", "entity_type": "author", "entity_id": 1}"#),
+            demand(&format!(
+                r#"{{"job_id": "{JOB}", "entity_type": "author", "entity_id": 1}}"#
+            )),
             Demand::IfStale
         );
         assert_eq!(
-            demand(r#"{"job_id": "j", "entity_type": "author", "entity_id": 1, "force": true}"#),
+            demand(&format!(
+                r#"{{"job_id": "{JOB}", "entity_type": "author", "entity_id": 1, "force": true}}"#
+            )),
             Demand::Forced
         );
     }
@@ -294,6 +348,34 @@ mod tests {
     }
 
     #[test]
+    fn ambiguous_and_implausible_bodies_are_poison() {
+        assert!(
+            reason(r#"{"entity_type": "author", "entity_id": 1, "entity_id": 2}"#)
+                .contains("key \"entity_id\" appears more than once")
+        );
+        assert!(
+            reason(r#"{"entity_type": "author", "entity_id": 1, "x": 1, "x": 1}"#)
+                .starts_with("body is ambiguous")
+        );
+        for job in [
+            "",
+            "j-1",
+            "6F1C2D3E-0000-4000-8000-000000000001",
+            "{6f1c2d3e-0000-4000-8000-000000000001}",
+            "6f1c2d3e000040008000000000000001",
+            "6f1c2d3e-0000-4000-8000-00000000000\\u0000",
+        ] {
+            let body = format!(r#"{{"job_id": "{job}", "entity_type": "author", "entity_id": 1}}"#);
+            assert!(reason(&body).contains("is not a job id"), "{job}");
+        }
+        let long = format!(
+            r#"{{"job_id": "{}", "entity_type": "author", "entity_id": 1}}"#,
+            "a".repeat(600)
+        );
+        assert!(parse(&long, 4096).unwrap_err().reason.len() < 200);
+    }
+
+    #[test]
     fn oversized_body_is_poison_before_parsing() {
         let body = format!(
             r#"{{"entity_type": "author", "entity_id": 1, "pad": "{}"}}"#,
@@ -306,5 +388,49 @@ mod tests {
             err.reason
         );
         assert!(parse(&body, 1024).is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn message() -> impl Strategy<Value = Message> {
+            (
+                proptest::option::of(any::<u128>()),
+                prop_oneof![
+                    Just(EntityType::Author),
+                    Just(EntityType::Publisher),
+                    Just(EntityType::Binder)
+                ],
+                1..=i32::MAX,
+                any::<bool>(),
+            )
+                .prop_map(|(job, entity_type, id, force)| Message {
+                    job_id: job.map(|j| uuid::Uuid::from_u128(j).to_string()),
+                    entity: EntityRef::new(entity_type, id),
+                    force,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn bodies_round_trip(m in message()) {
+                prop_assert_eq!(parse(&m.body(), 65536), Ok(m));
+            }
+
+            #[test]
+            fn any_text_parses_or_is_poison_without_panicking(body in any::<String>()) {
+                let _ = parse(&body, 65536);
+            }
+
+            #[test]
+            fn json_shaped_text_parses_or_is_poison_without_panicking(
+                body in r#"\{("[a-z_]{0,12}": ?(-?[0-9]{1,12}(\.[0-9])?|"[a-z0-9-]{0,40}"|null|true|\[\]|\{\}), ?){0,6}\}"#
+            ) {
+                if let Ok(m) = parse(&body, 65536) {
+                    prop_assert!(m.entity.id >= 1);
+                }
+            }
+        }
     }
 }

@@ -22,6 +22,9 @@ pub use sqs::SqsQueue;
 /// Most entries SQS accepts in one batch call (and most messages in one receive).
 pub const MAX_BATCH: usize = 10;
 
+/// Largest message SQS accepts, body and attributes together (256 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 262_144;
+
 /// One delivery of a message, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
@@ -58,6 +61,22 @@ impl OutgoingMessage {
         self.attributes.insert(name.into(), value.into());
         self
     }
+
+    /// The size SQS counts against [`MAX_MESSAGE_BYTES`]: the body, and each attribute's name,
+    /// data type (`String`) and value, in UTF-8 bytes.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| attribute_size(k, v))
+                .sum::<usize>()
+    }
+}
+
+/// What one string attribute adds to a message's size (see [`OutgoingMessage::size`]).
+pub fn attribute_size(name: &str, value: &str) -> usize {
+    name.len() + "String".len() + value.len()
 }
 
 /// One entry of a batch call that the queue refused; the others succeeded.

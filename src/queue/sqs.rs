@@ -55,8 +55,18 @@ impl SqsQueue {
         let client = build_client(sdk, queue, wait);
         let url = queue_url(&client, queue).await?;
         let redrive = read_redrive(&client, &url).await?;
+        // A dead-letter queue that is missing stops start-up with the setting to fix: poison
+        // and failed messages would otherwise find nowhere to go. GetQueueUrl proves it exists
+        // with the permission the task role already has on it (deploy/ecs/task-role-policy.json).
         let dead_letter_url = if !queue.dead_letter_url.is_empty() {
-            Some(queue.dead_letter_url.clone())
+            let dl = &queue.dead_letter_url;
+            let (account, name) = split_queue_url(dl).ok_or_else(|| {
+                QueueError::Rejected(format!("queue.dead_letter_url {dl:?} is not a queue URL"))
+            })?;
+            resolve_url(&client, name, Some(account))
+                .await
+                .map_err(|e| missing_dead_letter(e, &format!("queue.dead_letter_url {dl}")))?;
+            Some(dl.clone())
         } else if let Some(r) = &redrive {
             let (account, name) = split_arn(&r.dead_letter_arn).ok_or_else(|| {
                 QueueError::Rejected(format!(
@@ -64,7 +74,19 @@ impl SqsQueue {
                     r.dead_letter_arn
                 ))
             })?;
-            Some(resolve_url(&client, name, Some(account)).await?)
+            Some(
+                resolve_url(&client, name, Some(account))
+                    .await
+                    .map_err(|e| {
+                        missing_dead_letter(
+                            e,
+                            &format!(
+                                "{} (the RedrivePolicy of {url}; queue.dead_letter_url overrides it)",
+                                r.dead_letter_arn
+                            ),
+                        )
+                    })?,
+            )
         } else {
             None
         };
@@ -214,6 +236,35 @@ fn parse_redrive(raw: &str) -> Option<Redrive> {
     })
 }
 
+/// Names the dead-letter queue in a start-up error; an unreachable one stays transient (the
+/// daemon waits for it like for the queue).
+fn missing_dead_letter(err: QueueError, which: &str) -> QueueError {
+    match err {
+        QueueError::Transient(e) => QueueError::Transient(e),
+        QueueError::NotFound(e) | QueueError::ReceiptInvalid(e) => {
+            QueueError::NotFound(format!("dead-letter queue {which} does not exist: {e}"))
+        }
+        QueueError::Rejected(e) => {
+            QueueError::Rejected(format!("dead-letter queue {which} refused: {e}"))
+        }
+    }
+}
+
+/// `https://sqs.region.amazonaws.com/account/name` (or a local server's
+/// `http://host:port/account/name`) → (account, name).
+fn split_queue_url(url: &str) -> Option<(&str, &str)> {
+    let path = url.split_once("://")?.1.split_once('/')?.1;
+    match path
+        .trim_end_matches('/')
+        .split('/')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [account, name] if !account.is_empty() && !name.is_empty() => Some((account, name)),
+        _ => None,
+    }
+}
+
 /// `arn:aws:sqs:region:account:name` → (account, name).
 fn split_arn(arn: &str) -> Option<(&str, &str)> {
     let parts: Vec<&str> = arn.split(':').collect();
@@ -249,8 +300,18 @@ where
     }
 }
 
+/// Whether SQS says this receipt no longer owns its message. Besides the two modelled codes,
+/// SQS answers `InvalidParameterValue` about the `ReceiptHandle` parameter for a handle whose
+/// visibility ran out ("The receipt handle has expired") or whose message was received again
+/// or deleted ("Message does not exist or is not available for visibility timeout change").
+fn receipt_no_longer_owned(code: &str, text: &str) -> bool {
+    code.contains("ReceiptHandleIsInvalid")
+        || code.contains("MessageNotInflight")
+        || (code.contains("InvalidParameterValue") && text.contains("ReceiptHandle"))
+}
+
 fn classify_code(code: &str, status: Option<u16>, text: String) -> QueueError {
-    if code.contains("ReceiptHandleIsInvalid") || code.contains("MessageNotInflight") {
+    if receipt_no_longer_owned(code, &text) {
         QueueError::ReceiptInvalid(text)
     } else if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
         QueueError::NotFound(text)
@@ -530,6 +591,20 @@ mod tests {
     }
 
     #[test]
+    fn queue_urls_split_into_account_and_name() {
+        assert_eq!(
+            split_queue_url("https://sqs.eu-west-1.amazonaws.com/123456789012/jobs-dlq"),
+            Some(("123456789012", "jobs-dlq"))
+        );
+        assert_eq!(
+            split_queue_url("http://127.0.0.1:5000/000000000000/q/"),
+            Some(("000000000000", "q"))
+        );
+        assert_eq!(split_queue_url("jobs-dlq"), None);
+        assert_eq!(split_queue_url("http://host/q"), None);
+    }
+
+    #[test]
     fn arn_splits_into_account_and_name() {
         assert_eq!(
             split_arn("arn:aws:sqs:eu-west-1:123456789012:jobs-dlq"),
@@ -554,6 +629,37 @@ mod tests {
         assert!(classify_code("", Some(503), t()).is_transient());
         assert!(matches!(
             classify_code("InvalidParameterValue", Some(400), t()),
+            QueueError::Rejected(_)
+        ));
+        for (code, message) in [
+            ("ReceiptHandleIsInvalid", "The receipt handle has expired"),
+            ("AWS.SimpleQueueService.ReceiptHandleIsInvalid", "x"),
+            ("AWS.SimpleQueueService.MessageNotInflight", "x"),
+            (
+                "InvalidParameterValue",
+                "Value AQEB for parameter ReceiptHandle is invalid. Reason: The receipt handle has expired.",
+            ),
+            (
+                "InvalidParameterValue",
+                "Value AQEB for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for visibility timeout change.",
+            ),
+        ] {
+            let text = format!("ChangeMessageVisibility: {code}: {message}");
+            assert!(
+                matches!(
+                    classify_code(code, Some(400), text),
+                    QueueError::ReceiptInvalid(_)
+                ),
+                "{code}: {message}"
+            );
+        }
+        assert!(matches!(
+            classify_code(
+                "InvalidParameterValue",
+                Some(400),
+                "SendMessage: InvalidParameterValue: Message must be shorter than 262144 bytes."
+                    .into()
+            ),
             QueueError::Rejected(_)
         ));
     }

@@ -126,6 +126,40 @@ impl OwnPostgres {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
     }
 
+    /// SIGSTOPs the server and its backends: connections stay open but nothing answers, as
+    /// with a half-open connection after a failover. [`OwnPostgres::thaw`] resumes them.
+    pub fn freeze(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// SIGCONTs what [`OwnPostgres::freeze`] stopped.
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
+    /// Sends `sig` to the postmaster (first line of `postmaster.pid`) and its children, by pid.
+    fn signal_all(&self, sig: &str) {
+        let pidfile = self.dir.path().join("data").join("postmaster.pid");
+        let text = std::fs::read_to_string(&pidfile).expect("postmaster.pid");
+        let postmaster = text.lines().next().expect("pid line").trim().to_string();
+        let children = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &postmaster])
+            .output()
+            .expect("ps");
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .args(&pids)
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} {pids:?}");
+    }
+
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

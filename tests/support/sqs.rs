@@ -68,9 +68,25 @@ impl TestQueue {
 
     /// Creates (or re-creates after a server restart) the queue `name` and `name-dlq`.
     pub async fn create_named(endpoint: &str, name: &str, max_receive_count: u32) -> Self {
+        Self::create_with_dlq_limit(endpoint, name, max_receive_count, None).await
+    }
+
+    /// Like [`TestQueue::create_named`], the dead-letter queue refusing messages over
+    /// `dlq_max_bytes` when set (its `MaximumMessageSize`).
+    pub async fn create_with_dlq_limit(
+        endpoint: &str,
+        name: &str,
+        max_receive_count: u32,
+        dlq_max_bytes: Option<u32>,
+    ) -> Self {
         let client = client(endpoint).await;
         let name = name.to_string();
-        let dlq_url = create_queue(&client, &format!("{name}-dlq"), None).await;
+        let dlq_url = create_queue(
+            &client,
+            &format!("{name}-dlq"),
+            dlq_max_bytes.map(|n| (QueueAttributeName::MaximumMessageSize, n.to_string())),
+        )
+        .await;
         let dlq_arn = client
             .get_queue_attributes()
             .queue_url(&dlq_url)
@@ -86,7 +102,12 @@ impl TestQueue {
             "maxReceiveCount": max_receive_count,
         })
         .to_string();
-        let url = create_queue(&client, &name, Some(policy)).await;
+        let url = create_queue(
+            &client,
+            &name,
+            Some((QueueAttributeName::RedrivePolicy, policy)),
+        )
+        .await;
         Self {
             client,
             endpoint: endpoint.to_string(),
@@ -148,13 +169,17 @@ pub fn aws() -> AwsConfig {
     }
 }
 
-async fn create_queue(client: &Client, name: &str, redrive: Option<String>) -> String {
+async fn create_queue(
+    client: &Client,
+    name: &str,
+    attribute: Option<(QueueAttributeName, String)>,
+) -> String {
     let mut req = client
         .create_queue()
         .queue_name(name)
         .attributes(QueueAttributeName::VisibilityTimeout, "30");
-    if let Some(policy) = redrive {
-        req = req.attributes(QueueAttributeName::RedrivePolicy, policy);
+    if let Some((key, value)) = attribute {
+        req = req.attributes(key, value);
     }
     req.send()
         .await
@@ -218,6 +243,7 @@ pub fn settings(concurrency: usize) -> ConsumerSettings {
         unready_after: 2,
         grace: Duration::from_secs(5),
         depth_interval: Duration::from_secs(1),
+        deadline: Duration::from_secs(600),
     }
 }
 
