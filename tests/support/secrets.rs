@@ -1,17 +1,12 @@
 //! Secrets Manager on the local moto server: database credentials shaped as RDS keeps them.
 
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 
-use super::sqs::moto_url;
+use super::sqs::{local_aws, moto_url};
 
 /// A Secrets Manager client for moto, independent of the code under test.
 pub async fn client() -> Client {
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .load()
-        .await;
+    let shared = local_aws().await;
     Client::from_conf(
         aws_sdk_secretsmanager::config::Builder::from(&shared)
             .endpoint_url(moto_url())

@@ -37,13 +37,19 @@ fn required_env(name: &str) -> String {
     std::env::var(name).expect("checked above")
 }
 
-/// An SDK client for a local SQS server, independent of the code under test.
-pub async fn client(endpoint: &str) -> Client {
-    let shared = aws_config::defaults(BehaviorVersion::latest())
+/// The AWS configuration of every test's own SDK clients: a fixed region and dummy credentials,
+/// independent of the code under test.
+pub async fn local_aws() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
         .load()
-        .await;
+        .await
+}
+
+/// An SDK client for a local SQS server, independent of the code under test.
+pub async fn client(endpoint: &str) -> Client {
+    let shared = local_aws().await;
     Client::from_conf(
         aws_sdk_sqs::config::Builder::from(&shared)
             .endpoint_url(endpoint)
