@@ -145,11 +145,16 @@ impl Scratch {
         let mut conn = AsyncPgConnection::establish(admin)
             .await
             .expect("admin connection");
-        conn.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))
-        .await
-        .expect("create the scratch database");
+        // Two statements: a multi-statement string runs in one transaction, which DROP DATABASE
+        // refuses.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            conn.batch_execute(&sql)
+                .await
+                .expect("create the scratch database");
+        }
         let mut url = url::Url::parse(admin).expect("admin URL");
         url.set_path(&name);
         let url = url.to_string();
@@ -171,11 +176,11 @@ impl Scratch {
              INSERT INTO profile_generations (entity_type, entity_id, job_id, model_id, calls,
                  input_tokens, output_tokens, latency_ms, cost_usd)
              SELECT 'author', g, j.id, 'm', 4, 20000, 5000, 1000, 0.1
-             FROM generate_series(1, 60) g, profile_generation_jobs j;
-             VACUUM ANALYZE;",
+             FROM generate_series(1, 60) g, profile_generation_jobs j;",
         )
         .await
         .expect("seed");
+        db.batch_execute("VACUUM ANALYZE").await.expect("vacuum");
         Scratch {
             admin: admin.to_owned(),
             name,
