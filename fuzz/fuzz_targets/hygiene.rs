@@ -23,9 +23,12 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[at + 2..];
         if let Some(end) = rest.find("}}") {
             let marker = &rest[..end];
+            // A marker is `{{entity:TYPE:ID|Name}}` with a non-empty name, as the sanitiser and
+            // the API's front end read it; `{{entity:a:1|}}` is plain text to both.
             if let Some((id, _)) = marker
                 .strip_prefix("entity:")
                 .and_then(|m| m.split_once('|'))
+                .filter(|(_, name)| !name.is_empty())
                 && id.split_once(':').is_some_and(|(t, n)| {
                     t.chars().all(|c| c.is_alphanumeric() || c == '_')
                         && !n.is_empty()
