@@ -11,8 +11,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use super::{Item, ItemOutcome, MemoryStore, State};
 use crate::model::{EntityRef, Job, JobStatus};
 use crate::store::{
-    CancelOutcome, JobStore, Outcome, OutcomeRecord, Recorded, StoreError, UsageTotals, append_log,
-    failure_line,
+    CancelOutcome, GenerationUsage, JobStore, Outcome, OutcomeRecord, Recorded, StoreError,
+    UsageTotals, append_log, failure_line,
 };
 
 impl State {
@@ -249,46 +249,38 @@ impl JobStore for MemoryStore {
 
     async fn job_usage(&self, job_id: &str) -> Result<UsageTotals, StoreError> {
         let s = self.lock();
-        let mut totals = UsageTotals::default();
-        for (_, u, discarded) in s
-            .generations
-            .iter()
-            .filter(|(j, _, _)| j.as_deref() == Some(job_id))
-        {
-            if *discarded {
-                totals.discarded_calls += i64::from(u.calls);
-                totals.discarded_cost_usd += u.cost_usd;
-            } else {
-                totals.profiles += 1;
-            }
-            totals.calls += i64::from(u.calls);
-            totals.input_tokens += u.input_tokens;
-            totals.output_tokens += u.output_tokens;
-            totals.cache_read_tokens += u.cache_read_tokens;
-            totals.cache_write_tokens += u.cache_write_tokens;
-            totals.cost_usd += u.cost_usd;
-        }
-        Ok(totals)
+        Ok(sum_usage(
+            s.generations
+                .iter()
+                .filter(|(j, _, _)| j.as_deref() == Some(job_id)),
+        ))
     }
 
     /// Every row counts as today's: the embedded store keeps no timestamps (the demo runs within a day).
     async fn spend_today(&self) -> Result<UsageTotals, StoreError> {
         let s = self.lock();
-        let mut totals = UsageTotals::default();
-        for (_, u, discarded) in s.generations.iter() {
-            if *discarded {
-                totals.discarded_calls += i64::from(u.calls);
-                totals.discarded_cost_usd += u.cost_usd;
-            } else {
-                totals.profiles += 1;
-            }
-            totals.calls += i64::from(u.calls);
-            totals.input_tokens += u.input_tokens;
-            totals.output_tokens += u.output_tokens;
-            totals.cache_read_tokens += u.cache_read_tokens;
-            totals.cache_write_tokens += u.cache_write_tokens;
-            totals.cost_usd += u.cost_usd;
-        }
-        Ok(totals)
+        Ok(sum_usage(s.generations.iter()))
     }
+}
+
+/// Sums generation rows as PostgreSQL's rollups do: discarded rows cost but are no profile.
+fn sum_usage<'a>(
+    rows: impl Iterator<Item = &'a (Option<String>, GenerationUsage, bool)>,
+) -> UsageTotals {
+    let mut totals = UsageTotals::default();
+    for (_, u, discarded) in rows {
+        if *discarded {
+            totals.discarded_calls += i64::from(u.calls);
+            totals.discarded_cost_usd += u.cost_usd;
+        } else {
+            totals.profiles += 1;
+        }
+        totals.calls += i64::from(u.calls);
+        totals.input_tokens += u.input_tokens;
+        totals.output_tokens += u.output_tokens;
+        totals.cache_read_tokens += u.cache_read_tokens;
+        totals.cache_write_tokens += u.cache_write_tokens;
+        totals.cost_usd += u.cost_usd;
+    }
+    totals
 }
