@@ -1,14 +1,16 @@
 //! Liveness and readiness state, written by the components and read by the side server.
 //!
 //! Components push their state here; the probes only read it, so `/health` and `/ready` never
-//! call a dependency and answer in microseconds even when a dependency hangs.
+//! call a dependency and answer in microseconds even when a dependency hangs. Ages are read on
+//! tokio's clock (the system clock in the daemon), so tests with paused time can age a heartbeat.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
+use tokio::time::Instant;
 
 /// Shared liveness and readiness registry.
 #[derive(Clone)]
