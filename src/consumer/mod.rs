@@ -325,3 +325,6 @@ impl Consumer {
         summary
     }
 }
+
+#[cfg(test)]
+mod tests;
