@@ -45,52 +45,35 @@ fn version_prints_version_and_commit() {
 
 #[test]
 fn out_of_range_env_value_exits_64_naming_key_and_variable() {
-    let (code, _, err) = run(
+    rejects(
         &["config"],
         &[("PROFILE_WORKER_CONSUMER__CONCURRENCY", "0")],
-    );
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains(
-            "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100"
-        ),
-        "{err}"
+        "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100",
     );
 }
 
 #[test]
 fn out_of_range_file_value_exits_64_naming_key_and_file() {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "[consumer]\nwait_seconds = 25").unwrap();
-    let path = file.path().to_str().unwrap();
-    let (code, _, err) = run(&["--config", path, "config"], &[]);
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains(&format!(
-            "consumer.wait_seconds = 25 (from {path}): must be 1..=20"
-        )),
-        "{err}"
+    let (_file, path) = config_file("[consumer]\nwait_seconds = 25\n");
+    rejects(
+        &["--config", &path, "config"],
+        &[],
+        &format!("consumer.wait_seconds = 25 (from {path}): must be 1..=20"),
     );
 }
 
 #[test]
 fn unknown_keys_are_rejected_in_files_and_environment() {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "[consumer]\nconcurency = 3").unwrap();
-    let path = file.path().to_str().unwrap();
-    let (code, _, err) = run(&["--config", path, "config"], &[]);
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains("consumer.concurency") && err.contains(path) && err.contains("unknown key"),
-        "{err}"
-    );
+    let (_file, path) = config_file("[consumer]\nconcurency = 3\n");
+    let err = rejects(&["--config", &path, "config"], &[], "consumer.concurency");
+    assert!(err.contains(&path) && err.contains("unknown key"), "{err}");
 
-    let (code, _, err) = run(&["config"], &[("PROFILE_WORKER_QUEUE__NAMEE", "x")]);
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains("queue.namee") && err.contains("PROFILE_WORKER_QUEUE__NAMEE"),
-        "{err}"
+    let err = rejects(
+        &["config"],
+        &[("PROFILE_WORKER_QUEUE__NAMEE", "x")],
+        "queue.namee",
     );
+    assert!(err.contains("PROFILE_WORKER_QUEUE__NAMEE"), "{err}");
 }
 
 /// Runs the binary with `args` and `envs`, asserting exit 64 and that stderr says `want`;

@@ -15,7 +15,6 @@ use profile_worker::queue::MAX_MESSAGE_BYTES;
 use profile_worker::store::ProfileStore;
 use support::bedrock::FakeBedrock;
 use support::daemon::{Daemon, Stack};
-use support::db::load_fixture;
 use support::sqs::eventually;
 
 const HANG_GUARD: Duration = Duration::from_secs(240);
@@ -274,8 +273,7 @@ fn rss_kib(daemon: &Daemon) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_are_dead_lettered_before_any_model_call_and_the_worker_keeps_serving() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let store = stack.db.store();
     let fake = FakeBedrock::start().await;
     let target = support::db::collection_authors(&store, 1).await[0];

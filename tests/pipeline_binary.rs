@@ -16,7 +16,6 @@ use profile_worker::store::{JobStore, ProfileStore};
 use serde_json::json;
 use support::bedrock::{FakeBedrock, FakeReply};
 use support::daemon::{Stack, http};
-use support::db::load_fixture;
 use support::pipeline::{HAIKU, HAIKU_PRICE, rows, with_owner_id};
 use support::sqs::eventually;
 
@@ -49,8 +48,7 @@ fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_entities_through_moto_and_the_real_binary_complete_the_job() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let store = stack.db.store();
     let fake = FakeBedrock::start().await;
 
@@ -120,8 +118,7 @@ async fn thirty_entities_through_moto_and_the_real_binary_complete_the_job() {
     let poison = r#"{"job_id": null, "entity_type": "author", "entity_id": "seven"}"#;
     stack.queue.send(poison).await;
 
-    let daemon =
-        stack.start_bedrock(&fake, &[("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1")]);
+    let daemon = stack.start_bedrock(&fake, &[("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1")]);
 
     eventually("the job completes", HANG_GUARD, || {
         let store = &store;

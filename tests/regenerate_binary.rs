@@ -15,7 +15,7 @@ use profile_worker::model::{EntityRef, JobStatus};
 use profile_worker::store::{JobStore, ProfileStore};
 use support::bedrock::FakeBedrock;
 use support::daemon::Stack;
-use support::db::{collection_authors, load_fixture};
+use support::db::collection_authors;
 use support::pipeline::{message, rows};
 use support::sqs::eventually;
 
@@ -49,8 +49,7 @@ async fn db_now(stack: &Stack) -> DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apis_send_then_delete_sequence_leaves_every_entity_with_a_new_profile() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let authors = authors_with_fresh_profiles(&stack, 20).await;
     let fake = FakeBedrock::start().await;
     // Real Bedrock answers in seconds; a little latency keeps the fake from finishing a profile
@@ -109,8 +108,7 @@ async fn the_apis_send_then_delete_sequence_leaves_every_entity_with_a_new_profi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_message_for_a_fresh_profile_is_still_skipped() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let authors = authors_with_fresh_profiles(&stack, 1).await;
     stack
         .db

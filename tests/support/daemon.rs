@@ -214,6 +214,13 @@ impl Stack {
         stack
     }
 
+    /// A stack whose database holds the reference collection ([`super::db::load_fixture`]).
+    pub async fn with_fixture() -> Stack {
+        let stack = Stack::new().await;
+        super::db::load_fixture(&stack.db).await;
+        stack
+    }
+
     /// Runs a CLI command against this stack: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         run_to_end(command().args(args).envs(self.env()))
