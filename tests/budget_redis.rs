@@ -13,8 +13,8 @@ use profile_worker::generate::bedrock::BedrockGenerator;
 use profile_worker::generate::{Allowance, Generator, PairRequest};
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use profile_worker::model::Entity;
 use support::bedrock::{FakeBedrock, Quota, sdk_config};
+use support::entities::entity;
 use support::redis::{RedisServer, cache_config, guard, raw, shared_url};
 
 /// A budget configuration under a prefix no other test uses.
@@ -55,14 +55,6 @@ impl Replica {
 }
 
 fn pair(model: &str) -> PairRequest {
-    let entity = |r: &str, name: &str| Entity {
-        entity: r.parse().unwrap(),
-        name: name.to_string(),
-        birth_year: None,
-        death_year: None,
-        founded_year: None,
-        closed_year: None,
-    };
     PairRequest {
         model: model.to_string(),
         source: entity("author:1", "Charles Dickens"),
@@ -110,20 +102,32 @@ async fn three_replicas_call(fake: &FakeBedrock, budget: Option<&BudgetConfig>, 
     .await;
 }
 
+/// Three replicas make 30 calls to a fake accepting `requests` calls and `tokens` tokens a
+/// second (0: unlimited), each replica under `budget`: none is throttled. Returns the fake and
+/// its quota.
+async fn three_replicas_stay_inside(
+    requests: u64,
+    tokens: u64,
+    budget: &BudgetConfig,
+) -> (FakeBedrock, Quota) {
+    let quota = Quota {
+        requests,
+        tokens,
+        window: Duration::from_secs(1),
+    };
+    let fake = FakeBedrock::start().await;
+    fake.set_quota(Some(quota));
+    three_replicas_call(&fake, Some(budget), 30).await;
+    let log = fake.quota_log();
+    assert_eq!((log.accepted, log.throttled), (30, 0), "{log:?}");
+    (fake, quota)
+}
+
 #[tokio::test]
 async fn a_shared_request_budget_keeps_three_replicas_inside_the_quota() {
     // Quota: 6 calls per second; budget: 300/min (5 per second) across the three replicas.
-    let fake = FakeBedrock::start().await;
-    let quota = Quota {
-        requests: 6,
-        tokens: 0,
-        window: Duration::from_secs(1),
-    };
-    fake.set_quota(Some(quota));
     let budget = budget_config(|b| b.requests_per_minute = 300);
-    three_replicas_call(&fake, Some(&budget), 30).await;
-    let log = fake.quota_log();
-    assert_eq!((log.accepted, log.throttled), (30, 0), "{log:?}");
+    let (fake, quota) = three_replicas_stay_inside(6, 0, &budget).await;
 
     // The same load without the budget is throttled, so the quota does bite.
     fake.set_quota(Some(quota));
@@ -134,19 +138,20 @@ async fn a_shared_request_budget_keeps_three_replicas_inside_the_quota() {
 #[tokio::test]
 async fn a_shared_token_budget_keeps_three_replicas_inside_the_token_quota() {
     // Every default reply uses 120 tokens; quota 720 tokens (6 calls) per second, budget 600/s.
-    let fake = FakeBedrock::start().await;
-    let quota = Quota {
-        requests: 0,
-        tokens: 720,
-        window: Duration::from_secs(1),
-    };
-    fake.set_quota(Some(quota));
     // The first calls reserve the first estimate (output cap + 1000): reconciling them to 120
     // tokens is what lets the rest through at the quota's pace.
     let budget = budget_config(|b| b.tokens_per_minute = 36_000);
-    three_replicas_call(&fake, Some(&budget), 30).await;
-    let log = fake.quota_log();
-    assert_eq!((log.accepted, log.throttled), (30, 0), "{log:?}");
+    three_replicas_stay_inside(0, 720, &budget).await;
+}
+
+/// What a settled call spent: `requests` Bedrock requests, `tokens` tokens, `throttled` of them
+/// throttled.
+fn spent(requests: u32, tokens: u64, throttled: u32) -> Spent {
+    Spent {
+        requests,
+        tokens,
+        throttled,
+    }
 }
 
 /// Milliseconds until the token budget's theoretical arrival time, on Redis's clock.
@@ -178,11 +183,7 @@ async fn settling_replaces_the_reserved_estimate_with_the_tokens_spent() {
         reserved > 5_000.0,
         "1,000 tokens reserve 10 s: {reserved} ms"
     );
-    let spent = Spent {
-        requests: 1,
-        tokens: 100,
-        throttled: 0,
-    };
+    let spent = spent(1, 100, 0);
     replica.budget.settle(grant, spent).await;
     let settled = tokens_ahead_ms(&url, &config).await;
     assert!(
@@ -196,8 +197,9 @@ async fn settling_replaces_the_reserved_estimate_with_the_tokens_spent() {
     assert_eq!(grant.source, Source::Redis);
 }
 
-#[tokio::test]
-async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
+/// One call at a time under 3 s leases on the shared Redis: (its URL, cache settings, budget
+/// settings, the leases key).
+fn single_lease() -> (String, CacheConfig, BudgetConfig, String) {
     let url = shared_url();
     let cache = cache_config(&url);
     let config = budget_config(|b| {
@@ -205,6 +207,12 @@ async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
         b.lease_ttl_seconds = 3;
     });
     let leases_key = format!("{}leases", config.key_prefix);
+    (url, cache, config, leases_key)
+}
+
+#[tokio::test]
+async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
+    let (url, cache, config, leases_key) = single_lease();
     let holder = Replica::new("replica-a", &config, &cache);
     let grant = guard(holder.budget.acquire(10)).await;
     assert_eq!(holder.metrics.budget_leases.get(), 1);
@@ -233,13 +241,7 @@ async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
 
 #[tokio::test]
 async fn a_renewed_lease_outlives_its_ttl() {
-    let url = shared_url();
-    let cache = cache_config(&url);
-    let config = budget_config(|b| {
-        b.max_concurrent_calls = 1;
-        b.lease_ttl_seconds = 3;
-    });
-    let leases_key = format!("{}leases", config.key_prefix);
+    let (url, cache, config, leases_key) = single_lease();
     let holder = Replica::new("replica-a", &config, &cache);
     let grant = guard(holder.budget.acquire(10)).await;
     let mut conn = raw(&url).await;
@@ -332,11 +334,7 @@ async fn throttling_cuts_the_adaptive_rate_for_every_replica() {
         start > 5_800.0 && start <= 6_000.0,
         "the configured rate less 2 %: {start}"
     );
-    let throttled = Spent {
-        requests: 2,
-        tokens: 120,
-        throttled: 1,
-    };
+    let throttled = spent(2, 120, 1);
     a.budget.settle(grant, throttled).await;
     let cut = a.metrics.budget_rate.get();
     assert!(cut < start * 0.75, "one throttle cuts the rate: {cut}");

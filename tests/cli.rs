@@ -4,20 +4,10 @@ mod support;
 
 use std::io::Write;
 
-use support::daemon::{self, command};
+use support::daemon::{self, command, run_to_end};
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = command();
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run profile-worker");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_to_end(command().args(args).envs(envs.iter().copied()))
 }
 
 #[test]
@@ -55,58 +45,43 @@ fn version_prints_version_and_commit() {
 
 #[test]
 fn out_of_range_env_value_exits_64_naming_key_and_variable() {
-    let (code, _, err) = run(
+    rejects(
         &["config"],
         &[("PROFILE_WORKER_CONSUMER__CONCURRENCY", "0")],
-    );
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains(
-            "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100"
-        ),
-        "{err}"
+        "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100",
     );
 }
 
 #[test]
 fn out_of_range_file_value_exits_64_naming_key_and_file() {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "[consumer]\nwait_seconds = 25").unwrap();
-    let path = file.path().to_str().unwrap();
-    let (code, _, err) = run(&["--config", path, "config"], &[]);
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains(&format!(
-            "consumer.wait_seconds = 25 (from {path}): must be 1..=20"
-        )),
-        "{err}"
+    let (_file, path) = config_file("[consumer]\nwait_seconds = 25\n");
+    rejects(
+        &["--config", &path, "config"],
+        &[],
+        &format!("consumer.wait_seconds = 25 (from {path}): must be 1..=20"),
     );
 }
 
 #[test]
 fn unknown_keys_are_rejected_in_files_and_environment() {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "[consumer]\nconcurency = 3").unwrap();
-    let path = file.path().to_str().unwrap();
-    let (code, _, err) = run(&["--config", path, "config"], &[]);
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains("consumer.concurency") && err.contains(path) && err.contains("unknown key"),
-        "{err}"
-    );
+    let (_file, path) = config_file("[consumer]\nconcurency = 3\n");
+    let err = rejects(&["--config", &path, "config"], &[], "consumer.concurency");
+    assert!(err.contains(&path) && err.contains("unknown key"), "{err}");
 
-    let (code, _, err) = run(&["config"], &[("PROFILE_WORKER_QUEUE__NAMEE", "x")]);
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains("queue.namee") && err.contains("PROFILE_WORKER_QUEUE__NAMEE"),
-        "{err}"
+    let err = rejects(
+        &["config"],
+        &[("PROFILE_WORKER_QUEUE__NAMEE", "x")],
+        "queue.namee",
     );
+    assert!(err.contains("PROFILE_WORKER_QUEUE__NAMEE"), "{err}");
 }
 
-/// Runs `config` with `envs` and returns stderr, asserting exit 64.
-fn rejected(args: &[&str], envs: &[(&str, &str)]) -> String {
+/// Runs the binary with `args` and `envs`, asserting exit 64 and that stderr says `want`;
+/// returns stderr.
+fn rejects(args: &[&str], envs: &[(&str, &str)], want: &str) -> String {
     let (code, out, err) = run(args, envs);
     assert_eq!(code, 64, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains(want), "{err}");
     err
 }
 
@@ -120,88 +95,67 @@ fn config_file(body: &str) -> (tempfile::NamedTempFile, String) {
 
 #[test]
 fn unknown_env_keys_are_named_as_the_variable_was_written() {
-    let err = rejected(&["config"], &[("PROFILE_WORKER_CONSUMER__BOGUS", "1")]);
-    assert!(
-        err.contains(
-            "consumer.bogus = 1 (from PROFILE_WORKER_CONSUMER__BOGUS): unknown key; \
-             expected one of: concurrency, wait_seconds,"
-        ),
-        "{err}"
+    let err = rejects(
+        &["config"],
+        &[("PROFILE_WORKER_CONSUMER__BOGUS", "1")],
+        "consumer.bogus = 1 (from PROFILE_WORKER_CONSUMER__BOGUS): unknown key; \
+             expected one of: concurrency, wait_seconds,",
     );
     assert!(!err.contains("bogus.bogus"), "{err}");
 
-    let err = rejected(
+    let err = rejects(
         &["config"],
         &[("PROFILE_WORKER_QUOTA__REQUESTS_PER_MINUTE", "60")],
-    );
-    assert!(
-        err.contains(
-            "quota.requests_per_minute = 60 (from PROFILE_WORKER_QUOTA__REQUESTS_PER_MINUTE): \
-             unknown key; \"quota\" is not one of: log, server,"
-        ),
-        "{err}"
+        "quota.requests_per_minute = 60 (from PROFILE_WORKER_QUOTA__REQUESTS_PER_MINUTE): \
+             unknown key; \"quota\" is not one of: log, server,",
     );
     assert!(!err.contains("quota.quota"), "{err}");
 
     // Spelled in lower case, the variable is still named exactly as set.
-    let err = rejected(&["config"], &[("PROFILE_WORKER_consumer__Bogus", "1")]);
-    assert!(
-        err.contains("consumer.bogus = 1 (from PROFILE_WORKER_consumer__Bogus): unknown key"),
-        "{err}"
+    rejects(
+        &["config"],
+        &[("PROFILE_WORKER_consumer__Bogus", "1")],
+        "consumer.bogus = 1 (from PROFILE_WORKER_consumer__Bogus): unknown key",
     );
 }
 
 #[test]
 fn unknown_file_keys_are_named_with_the_file() {
     let (_file, path) = config_file("[consumer]\nbogus = 1\n");
-    let err = rejected(&["--config", &path, "config"], &[]);
-    assert!(
-        err.contains(&format!(
-            "consumer.bogus = 1 (from {path}): unknown key; expected one of: concurrency,"
-        )),
-        "{err}"
+    rejects(
+        &["--config", &path, "config"],
+        &[],
+        &format!("consumer.bogus = 1 (from {path}): unknown key; expected one of: concurrency,"),
     );
 
     let (_file, path) = config_file("[quota]\nrequests_per_minute = 60\n");
-    let err = rejected(&["--config", &path, "config"], &[]);
-    assert!(
-        err.contains(&format!(
+    rejects(
+        &["--config", &path, "config"],
+        &[],
+        &format!(
             "quota.requests_per_minute = 60 (from {path}): unknown key; \"quota\" is not one of:"
-        )),
-        "{err}"
+        ),
     );
 }
 
 #[test]
 fn invalid_values_are_named_with_value_and_source() {
-    let err = rejected(
+    rejects(
         &["config"],
         &[("PROFILE_WORKER_CONSUMER__CONCURRENCY", "five")],
-    );
-    assert!(
-        err.contains(
-            "consumer.concurrency = \"five\" (from PROFILE_WORKER_CONSUMER__CONCURRENCY): invalid type"
-        ),
-        "{err}"
+        "consumer.concurrency = \"five\" (from PROFILE_WORKER_CONSUMER__CONCURRENCY): invalid type",
     );
     let (_file, path) = config_file("[consumer]\nconcurrency = \"five\"\n");
-    let err = rejected(&["--config", &path, "config"], &[]);
-    assert!(
-        err.contains(&format!(
-            "consumer.concurrency = \"five\" (from {path}): invalid type"
-        )),
-        "{err}"
+    rejects(
+        &["--config", &path, "config"],
+        &[],
+        &format!("consumer.concurrency = \"five\" (from {path}): invalid type"),
     );
     // The environment wins over the file, and the message names the layer that won.
-    let err = rejected(
+    rejects(
         &["--config", &path, "config"],
         &[("PROFILE_WORKER_CONSUMER__CONCURRENCY", "0")],
-    );
-    assert!(
-        err.contains(
-            "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100"
-        ),
-        "{err}"
+        "consumer.concurrency = 0 (from PROFILE_WORKER_CONSUMER__CONCURRENCY): must be 1..=100",
     );
 }
 
@@ -245,16 +199,13 @@ fn the_originals_variables_keep_their_precedence() {
     assert_eq!(c["database"]["url"].as_str(), Some("postgres://plain/db"));
 
     // A bad value is reported under the variable that supplied it.
-    let err = rejected(
+    let err = rejects(
         &["config"],
         &[
             ("DATABASE_URL", "postgres://plain/db"),
             ("BMX_DATABASE_URL", "mysql://u:hunter2@bmx/db"),
         ],
-    );
-    assert!(
-        err.contains("database.url = \"mysql://u:***@bmx/db\" (from BMX_DATABASE_URL): scheme"),
-        "{err}"
+        "database.url = \"mysql://u:***@bmx/db\" (from BMX_DATABASE_URL): scheme",
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
@@ -277,38 +228,26 @@ fn environment_values_are_taken_as_text_where_text_is_expected() {
 
 #[test]
 fn configuration_traps_are_rejected_naming_the_key() {
-    let err = rejected(
+    rejects(
         &["config"],
         &[("PROFILE_WORKER_CONSUMER__WAIT_SECONDS", "0")],
-    );
-    assert!(
-        err.contains(
-            "consumer.wait_seconds = 0 (from PROFILE_WORKER_CONSUMER__WAIT_SECONDS): must be 1..=20"
-        ),
-        "{err}"
+        "consumer.wait_seconds = 0 (from PROFILE_WORKER_CONSUMER__WAIT_SECONDS): must be 1..=20",
     );
 
-    let err = rejected(
+    rejects(
         &["config"],
         &[
             ("PROFILE_WORKER_CONSUMER__CONCURRENCY", "8"),
             ("PROFILE_WORKER_DATABASE__POOL_SIZE", "9"),
         ],
-    );
-    assert!(
-        err.contains(
-            "database.pool_size = 9 (from PROFILE_WORKER_DATABASE__POOL_SIZE): must be at least 10"
-        ),
-        "{err}"
+        "database.pool_size = 9 (from PROFILE_WORKER_DATABASE__POOL_SIZE): must be at least 10",
     );
 
     let (_file, path) = config_file("[consumer]\nvisibility_timeout = 30\n");
-    let err = rejected(&["--config", &path, "config"], &[]);
-    assert!(
-        err.contains(&format!(
-            "consumer.visibility_timeout = 30 (from {path}): too short for the heartbeat"
-        )),
-        "{err}"
+    rejects(
+        &["--config", &path, "config"],
+        &[],
+        &format!("consumer.visibility_timeout = 30 (from {path}): too short for the heartbeat"),
     );
 }
 
@@ -384,8 +323,7 @@ async fn healthcheck_passes_against_a_running_daemon() {
     assert_eq!(code, 0, "{err}");
     let (code, _, _) = run(&["healthcheck", "--url", &d.url("/nope")], &[]);
     assert_eq!(code, 1);
-    d.signal("TERM");
-    assert!(d.wait(std::time::Duration::from_secs(30)).success());
+    d.terminate(std::time::Duration::from_secs(30));
 }
 
 #[test]

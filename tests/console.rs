@@ -14,48 +14,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use profile_worker::demo::sample::Sample;
 use support::bedrock::FakeBedrock;
-use support::daemon::{Daemon, Stack, command, http};
+use support::daemon::{Daemon, Stack, http};
 
 const TOKEN: &str = "console-test-token-0123456789";
 
-fn cli(stack: &Stack, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = command();
-    cmd.args(args);
-    for (k, v) in stack.env() {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(stack: &Stack, args: &[&str]) -> serde_json::Value {
-    let (code, out, err) = cli(stack, args);
-    assert_eq!(code, 0, "{args:?}: {out}{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
-}
-
-async fn stack_with_sample() -> Stack {
-    let stack = Stack::new().await;
-    stack.db.exec(&Sample::bundled().sql()).await;
-    stack
-}
-
+/// The daemon with the fake Bedrock and the shared Redis (the console's budget and cache).
 fn start(stack: &Stack, bedrock: &FakeBedrock, extra: &[(&str, &str)]) -> Daemon {
-    let url = bedrock.url();
     let redis = support::redis::shared_url();
-    let mut env = vec![
-        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
-        ("PROFILE_WORKER_GENERATOR__ENDPOINT_URL", url.as_str()),
-        ("REDIS_URL", redis.as_str()),
-    ];
+    let mut env = vec![("REDIS_URL", redis.as_str())];
     env.extend_from_slice(extra);
-    stack.start(&env)
+    stack.start_bedrock(bedrock, &env)
 }
 
 /// A raw HTTP/1.1 request with optional headers; returns status and body.
@@ -233,10 +202,10 @@ fn received_total(metrics: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
-    let stack = stack_with_sample().await;
+    let stack = Stack::with_sample().await;
     let bedrock = FakeBedrock::start().await;
     bedrock.set_latency(Duration::from_millis(40));
-    let started = json(&stack, &["enqueue", "--all", "--json"]);
+    let started = stack.json(&["enqueue", "--all", "--json"]);
     let job = started["job_id"].as_str().unwrap().to_string();
     let total = started["total_entities"].as_i64().unwrap();
 
@@ -294,7 +263,7 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
 
     // Cancel: a second job, refused without the token, done with it.
     bedrock.set_latency(Duration::from_millis(300));
-    let second = json(&stack, &["enqueue", "--all", "--force", "--json"]);
+    let second = stack.json(&["enqueue", "--all", "--force", "--json"]);
     let second = second["job_id"].as_str().unwrap().to_string();
     let cancel_url = daemon.url(&format!("/api/jobs/{second}/cancel"));
     assert_eq!(request("POST", &cancel_url, &[]).await.0, 401);
@@ -350,7 +319,7 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
         )
         .await;
     assert_eq!(
-        json(&stack, &["status", &second, "--json"])["status"],
+        stack.json(&["status", &second, "--json"])["status"],
         "cancelled"
     );
     assert!(daemon.logs().contains("console action refused"));
@@ -406,13 +375,12 @@ async fn browser_follows_a_job_cancels_one_and_redrives_a_poison_message() {
     );
 
     let _ = browser.client.clone().close().await;
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(60)).success());
+    daemon.terminate(Duration::from_secs(60));
 }
 
 #[tokio::test]
 async fn api_is_read_only_without_a_token_and_honours_the_path_prefix() {
-    let stack = stack_with_sample().await;
+    let stack = Stack::with_sample().await;
     let bedrock = FakeBedrock::start().await;
     let mut daemon = start(
         &stack,
@@ -457,8 +425,7 @@ async fn api_is_read_only_without_a_token_and_honours_the_path_prefix() {
     assert_eq!(status, 403);
     assert_eq!(request("POST", &daemon.url("/"), &[]).await.0, 405);
 
-    daemon.signal("TERM");
-    assert!(daemon.wait(Duration::from_secs(60)).success());
+    daemon.terminate(Duration::from_secs(60));
 }
 
 #[tokio::test]
@@ -483,17 +450,17 @@ async fn dlq_cli_lists_without_consuming_and_redrives() {
         .unwrap();
 
     for _ in 0..2 {
-        let listed = json(&stack, &["dlq", "list", "--json"]);
+        let listed = stack.json(&["dlq", "list", "--json"]);
         let recent = listed["recent"].as_array().unwrap();
         assert_eq!(recent.len(), 1, "{listed}");
         assert_eq!(recent[0]["attributes"]["reason"], "entity_id is missing");
         assert_eq!(recent[0]["body_preview"], "{\"entity_type\": \"author\"}");
     }
-    let (code, out, err) = cli(&stack, &["dlq", "list"]);
+    let (code, out, err) = stack.cli(&["dlq", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("reason=entity_id is missing"), "{out}");
 
-    let moved = json(&stack, &["dlq", "redrive", "--json"]);
+    let moved = stack.json(&["dlq", "redrive", "--json"]);
     assert_eq!(
         (moved["status"].as_str(), moved["moved"].as_u64()),
         (Some("COMPLETED"), Some(1)),
@@ -503,7 +470,7 @@ async fn dlq_cli_lists_without_consuming_and_redrives() {
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].body(), Some("{\"entity_type\": \"author\"}"));
     assert_eq!(
-        json(&stack, &["dlq", "list", "--json"])["recent"],
+        stack.json(&["dlq", "list", "--json"])["recent"],
         serde_json::json!([])
     );
 }

@@ -33,17 +33,14 @@ fn wait_for_log(daemon: &Daemon, needles: &[&str]) -> String {
 }
 
 fn start(stack: &Stack, fake: &FakeBedrock, extra: &[(&str, &str)]) -> Daemon {
-    let fake_url = fake.url();
     let mut env = vec![
-        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
-        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake_url.as_str()),
         // The shortest visibility a 1 s long poll allows: a renewal (every third of it) may take
         // the SQS call timeout of 1 + 10 s, and both must end before it lapses.
         ("PROFILE_WORKER_CONSUMER__VISIBILITY_TIMEOUT", "17"),
         ("RUST_LOG", "info,profile_worker=debug"),
     ];
     env.extend_from_slice(extra);
-    stack.start(&env)
+    stack.start_bedrock(fake, &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,66 +7,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use profile_worker::consumer::{Consumer, Outcome};
-use profile_worker::health::Health;
-use profile_worker::metrics::Metrics;
-use profile_worker::queue::{
-    BatchFailure, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
-};
+use profile_worker::consumer::Outcome;
+use profile_worker::queue::{OutgoingMessage, Queue, QueueError, ReceivedMessage};
+use support::consumer::start;
+use support::queue::{Hooks, Intercepted};
 use support::sqs::{TestQueue, eventually, fauxqs_url, handler, settings};
-use tokio_util::sync::CancellationToken;
 
 const MESSAGES: usize = 200;
 const LIMIT: usize = 5;
 
-/// Delegates to the real queue and records how long each receive round-trip took.
-struct TimedReceives {
-    inner: Arc<dyn Queue>,
-    receives: Mutex<Vec<Duration>>,
-}
+/// Records how long each receive round-trip that brought messages took.
+#[derive(Default)]
+struct TimedReceives(Mutex<Vec<Duration>>);
 
-#[async_trait]
-impl Queue for TimedReceives {
-    async fn receive(
-        &self,
-        max: usize,
-        wait: Duration,
-        visibility: Duration,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        let started = Instant::now();
-        let got = self.inner.receive(max, wait, visibility).await;
-        if got.as_ref().is_ok_and(|m| !m.is_empty()) {
-            self.receives.lock().unwrap().push(started.elapsed());
+impl Hooks for TimedReceives {
+    fn received(&self, took: Duration, answer: &Result<Vec<ReceivedMessage>, QueueError>) {
+        if answer.as_ref().is_ok_and(|m| !m.is_empty()) {
+            self.0.lock().unwrap().push(took);
         }
-        got
-    }
-    async fn delete_batch(&self, r: &[String]) -> Result<Vec<BatchFailure>, QueueError> {
-        self.inner.delete_batch(r).await
-    }
-    async fn change_visibility(&self, r: &str, t: Duration) -> Result<(), QueueError> {
-        self.inner.change_visibility(r, t).await
-    }
-    async fn change_visibility_batch(
-        &self,
-        e: &[(String, Duration)],
-    ) -> Result<Vec<BatchFailure>, QueueError> {
-        self.inner.change_visibility_batch(e).await
-    }
-    async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
-        self.inner.send(m).await
-    }
-    async fn send_batch(&self, m: &[OutgoingMessage]) -> Result<Vec<BatchFailure>, QueueError> {
-        self.inner.send_batch(m).await
-    }
-    async fn approximate_depth(&self) -> Result<QueueDepth, QueueError> {
-        self.inner.approximate_depth().await
-    }
-    fn max_receive_count(&self) -> Option<u32> {
-        self.inner.max_receive_count()
-    }
-    fn dead_letter_queue(&self) -> Option<Arc<dyn Queue>> {
-        self.inner.dead_letter_queue()
     }
 }
 
@@ -81,10 +39,7 @@ async fn two_hundred_messages_keep_every_permit_busy_and_never_exceed_the_limit(
             .collect();
         assert_eq!(sqs.send_batch(&batch).await.expect("send_batch"), vec![]);
     }
-    let queue = Arc::new(TimedReceives {
-        inner: sqs,
-        receives: Mutex::default(),
-    });
+    let queue = Intercepted::new(sqs, TimedReceives::default());
 
     // (time, in-flight after the event, handlers started so far)
     let events: Arc<Mutex<Vec<(Instant, usize, usize)>>> = Arc::default();
@@ -124,25 +79,11 @@ async fn two_hundred_messages_keep_every_permit_busy_and_never_exceed_the_limit(
         })
     };
 
-    let consumer = Consumer::new(
-        queue.clone(),
-        h,
-        settings(LIMIT),
-        Arc::new(Metrics::new()),
-        Health::new(),
-    );
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consumer.run(stop.clone()));
-    eventually("all messages handled", Duration::from_secs(120), || {
-        let finished = finished.clone();
-        async move { finished.load(Ordering::SeqCst) >= MESSAGES }
-    })
-    .await;
-    stop.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("consumer stops")
-        .expect("consumer task");
+    let summary = start(queue.clone(), h, settings(LIMIT))
+        .stop_when("all messages handled", Duration::from_secs(120), || {
+            std::future::ready(finished.load(Ordering::SeqCst) >= MESSAGES)
+        })
+        .await;
     assert_eq!(summary.done, MESSAGES as u64);
     assert_eq!(
         summary.received, MESSAGES as u64,
@@ -160,7 +101,7 @@ async fn two_hundred_messages_keep_every_permit_busy_and_never_exceed_the_limit(
     // limit; while messages were still waiting (fewer than 200 started) that must take no more
     // than two receive round-trips (one may be in progress when the permit frees) plus slack
     // for scheduling on a busy machine.
-    let rtt = *queue.receives.lock().unwrap().iter().max().unwrap();
+    let rtt = *queue.hooks.0.lock().unwrap().iter().max().unwrap();
     let mut longest = Duration::ZERO;
     let mut below_since: Option<Instant> = None;
     for (at, now, started) in &events {

@@ -4,14 +4,10 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use profile_worker::consumer::{Consumer, Outcome};
-use profile_worker::health::Health;
-use profile_worker::metrics::Metrics;
-use support::sqs::{OwnMoto, TestQueue, eventually, handler, settings};
-use tokio_util::sync::CancellationToken;
+use support::consumer::{at_once, done, probe, start};
+use support::sqs::{OwnMoto, TestQueue, eventually, settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_recovers_when_the_endpoint_comes_back_and_readiness_follows() {
@@ -20,46 +16,19 @@ async fn consumer_recovers_when_the_endpoint_comes_back_and_readiness_follows() 
     let name = format!("pw-recovery-{}", uuid::Uuid::new_v4().simple());
     let test = TestQueue::create_named(&moto.url(), &name, 5).await;
     let queue = Arc::new(test.connect(Duration::from_secs(1)).await);
-
-    let handled = Arc::new(AtomicU32::new(0));
-    let h = {
-        let handled = handled.clone();
-        handler(move |_d| {
-            let handled = handled.clone();
-            async move {
-                handled.fetch_add(1, Ordering::SeqCst);
-                Outcome::Done
-            }
-        })
-    };
-    let health = Health::new();
-    let metrics = Arc::new(Metrics::new());
-    let consumer = Consumer::new(queue, h, settings(2), metrics.clone(), health.clone());
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consumer.run(stop.clone()));
+    let (seen, h) = probe(at_once, done);
+    let mut consumer = start(queue, h, settings(2));
+    let health = consumer.health.clone();
     let ready = |want: bool| {
         let health = health.clone();
-        move || {
-            let health = health.clone();
-            async move { health.readiness().ready == want }
-        }
+        move || std::future::ready(health.readiness().ready == want)
     };
-    let handled_n = |n: u32| {
-        let handled = handled.clone();
-        move || {
-            let handled = handled.clone();
-            async move { handled.load(Ordering::SeqCst) == n }
-        }
-    };
+    let finished = &seen.finished;
+    let handled = |n: u32| move || std::future::ready(finished.get() == n);
 
     eventually("ready", Duration::from_secs(30), ready(true)).await;
     test.send("before").await;
-    eventually(
-        "first message handled",
-        Duration::from_secs(30),
-        handled_n(1),
-    )
-    .await;
+    eventually("first message handled", Duration::from_secs(30), handled(1)).await;
 
     moto.stop();
     eventually(
@@ -83,16 +52,12 @@ async fn consumer_recovers_when_the_endpoint_comes_back_and_readiness_follows() 
     eventually(
         "message handled after recovery",
         Duration::from_secs(60),
-        handled_n(2),
+        handled(2),
     )
     .await;
     eventually("ready again", Duration::from_secs(30), ready(true)).await;
 
-    stop.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("consumer stops")
-        .expect("consumer task");
+    let summary = consumer.stop().await;
     assert_eq!(summary.done, 2);
-    assert!(metrics.receive_requests.with_label_values(&["error"]).get() >= 2);
+    assert!(consumer.receives("error") >= 2);
 }

@@ -7,10 +7,10 @@ mod support;
 
 use std::time::Duration;
 
-use profile_worker::model::{EntityRef, EntityType};
+use profile_worker::model::EntityRef;
 use profile_worker::pipeline::message::Message;
 use profile_worker::store::{PgStore, ProfileStore};
-use support::daemon::{Daemon, command, http};
+use support::daemon::{Daemon, command};
 use support::postgres::OwnPostgres;
 use support::sqs::{TestQueue, eventually, moto_url};
 
@@ -83,16 +83,7 @@ async fn migrate_and_run_follow_the_secret_through_a_rotation() {
     let fixture = std::fs::read_to_string(support::db::FIXTURE_PATH).unwrap();
     pg.exec("books", &fixture).await;
     let observer = PgStore::connect(&support::db::config_for(&pg.url("books"))).unwrap();
-    let authors: Vec<EntityRef> = observer
-        .collection_entities()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.entity)
-        .filter(|e| e.entity_type == EntityType::Author)
-        .take(2)
-        .collect();
-    assert_eq!(authors.len(), 2, "the fixture has authors");
+    let authors = support::db::collection_authors(&observer, 2).await;
 
     let queue = TestQueue::create(&moto_url(), 3).await;
     let mut daemon_env = env(&arn);
@@ -104,10 +95,7 @@ async fn migrate_and_run_follow_the_secret_through_a_rotation() {
     ]);
     let pairs: Vec<(&str, &str)> = daemon_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let daemon = Daemon::start(&pairs);
-    eventually("the daemon is ready", HANG_GUARD, || async {
-        http("GET", &daemon.url("/ready")).await.0 == 200
-    })
-    .await;
+    daemon.wait_ready(HANG_GUARD).await;
     queue.send(&request(authors[0])).await;
     eventually("a profile with the first password", HANG_GUARD, || {
         profile_exists(&observer, authors[0])

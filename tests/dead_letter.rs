@@ -5,17 +5,14 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use profile_worker::config::QueueConfig;
-use profile_worker::consumer::{Consumer, Outcome};
-use profile_worker::health::Health;
-use profile_worker::metrics::Metrics;
+use profile_worker::consumer::Outcome;
 use profile_worker::queue::{QueueError, SqsQueue};
+use support::consumer::{at_once, probe, start};
 use support::daemon::Stack;
-use support::sqs::{TestQueue, aws, eventually, handler, moto_url, settings};
-use tokio_util::sync::CancellationToken;
+use support::sqs::{TestQueue, aws, eventually, moto_url, settings};
 
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
@@ -29,56 +26,26 @@ async fn a_copy_the_dead_letter_queue_refuses_is_never_deleted() {
     let body = format!("not json {}", "x".repeat(2048));
     test.send(&body).await;
 
-    let deliveries = Arc::new(AtomicU32::new(0));
-    let h = {
-        let deliveries = deliveries.clone();
-        handler(move |_d| {
-            let deliveries = deliveries.clone();
-            async move {
-                deliveries.fetch_add(1, Ordering::SeqCst);
-                Outcome::Poison {
-                    reason: "body is not JSON".into(),
-                }
-            }
-        })
-    };
-    let consumer = Consumer::new(
-        queue,
-        h,
-        settings(1),
-        Arc::new(Metrics::new()),
-        Health::new(),
-    );
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consumer.run(stop.clone()));
+    let (seen, h) = probe(at_once, |_| Outcome::Poison {
+        reason: "body is not JSON".into(),
+    });
+    let mut consumer = start(queue, h, settings(1));
 
     // SQS's redrive (maxReceiveCount 2) moves the message itself once it was received twice.
     let dead = std::sync::Mutex::new(Vec::new());
-    eventually("the queue redrives the message", HANG_GUARD, || {
-        let dead = &dead;
-        let test = &test;
-        async move {
-            let got = test.drain_dead_letters().await;
-            let mut dead = dead.lock().unwrap();
-            dead.extend(got);
-            !dead.is_empty()
-        }
+    eventually("the queue redrives the message", HANG_GUARD, || async {
+        let got = test.drain_dead_letters().await;
+        let mut dead = dead.lock().unwrap();
+        dead.extend(got);
+        !dead.is_empty()
     })
     .await;
     let dead = dead.into_inner().unwrap();
-    stop.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("consumer stops")
-        .expect("consumer task");
+    let summary = consumer.stop().await;
 
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body(), Some(body.as_str()), "moved intact");
-    assert_eq!(
-        deliveries.load(Ordering::SeqCst),
-        2,
-        "handled on each delivery"
-    );
+    assert_eq!(seen.started.get(), 2, "handled on each delivery");
     assert_eq!(summary.poison, 0, "never settled as poison: {summary:?}");
     assert_eq!(summary.retried, 2, "{summary:?}");
     assert_eq!(test.counts().await, (0, 0));
@@ -93,6 +60,16 @@ async fn connect(config: QueueConfig) -> Result<SqsQueue, QueueError> {
     .await
 }
 
+/// Connecting with `config` fails: its dead-letter queue is not found.
+async fn missing_dead_letter_queue(config: QueueConfig) -> QueueError {
+    let err = connect(config)
+        .await
+        .err()
+        .expect("a missing dead-letter queue");
+    assert!(matches!(err, QueueError::NotFound(_)), "{err}");
+    err
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_queue_that_does_not_exist_is_a_start_up_error_naming_the_setting() {
     let test = TestQueue::create(&moto_url(), 3).await;
@@ -104,22 +81,14 @@ async fn a_dead_letter_queue_that_does_not_exist_is_a_start_up_error_naming_the_
         .send()
         .await
         .expect("DeleteQueue");
-    let err = connect(test.queue_config())
-        .await
-        .err()
-        .expect("a missing dead-letter queue");
-    assert!(matches!(err, QueueError::NotFound(_)), "{err}");
+    let err = missing_dead_letter_queue(test.queue_config()).await;
     assert!(err.to_string().contains("RedrivePolicy"), "{err}");
     assert!(err.to_string().contains("queue.dead_letter_url"), "{err}");
 
     // queue.dead_letter_url names a queue that does not exist.
     let mut config = test.queue_config();
     config.dead_letter_url = test.dlq_url.replace("-dlq", "-missing-dlq");
-    let err = connect(config.clone())
-        .await
-        .err()
-        .expect("a missing dead-letter queue");
-    assert!(matches!(err, QueueError::NotFound(_)), "{err}");
+    let err = missing_dead_letter_queue(config.clone()).await;
     assert!(err.to_string().contains("queue.dead_letter_url"), "{err}");
 
     // Not a queue URL at all.

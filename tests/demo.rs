@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::daemon::{command, http};
+use support::daemon::{command, http, run_to_end};
 use support::db::TestDb;
 
 /// What the summary must say, worked out from the data file independently of the daemon:
@@ -53,18 +53,12 @@ fn expected_counts() -> (usize, usize) {
 }
 
 fn demo(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = command();
-    cmd.arg("demo")
-        .args(args)
-        .env("PROFILE_WORKER_SERVER__LISTEN", "127.0.0.1:0");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run demo");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_to_end(
+        command()
+            .arg("demo")
+            .args(args)
+            .env("PROFILE_WORKER_SERVER__LISTEN", "127.0.0.1:0")
+            .envs(envs.iter().copied()),
     )
 }
 

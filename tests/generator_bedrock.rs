@@ -15,6 +15,7 @@ use profile_worker::metrics::Metrics;
 use profile_worker::model::{Book, CollectionEntity, Entity};
 use serde_json::json;
 use support::bedrock::{FakeBedrock, FakeReply, sdk_config};
+use support::entities::{ce, dickens, entity};
 
 const HAIKU: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
 
@@ -39,32 +40,6 @@ async fn harness_with(configure: impl FnOnce(&mut GeneratorConfig)) -> Harness {
 
 async fn harness() -> Harness {
     harness_with(|_| {}).await
-}
-
-fn entity(r: &str, name: &str) -> Entity {
-    Entity {
-        entity: r.parse().unwrap(),
-        name: name.into(),
-        birth_year: None,
-        death_year: None,
-        founded_year: None,
-        closed_year: None,
-    }
-}
-
-fn ce(r: &str, name: &str) -> CollectionEntity {
-    CollectionEntity {
-        entity: r.parse().unwrap(),
-        name: name.into(),
-    }
-}
-
-fn dickens() -> Entity {
-    Entity {
-        birth_year: Some(1812),
-        death_year: Some(1870),
-        ..entity("author:5", "Charles Dickens")
-    }
 }
 
 fn bio_request(e: Entity, titles: &[&str], connections: Vec<CollectionEntity>) -> BiographyRequest {

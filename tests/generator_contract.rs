@@ -21,6 +21,7 @@ use profile_worker::model::{Book, CollectionEntity, Entity, EntityRef};
 use regex::Regex;
 use serde_json::json;
 use support::bedrock::{FakeBedrock, FakeReply, sdk_config};
+use support::entities::{ce, dickens};
 
 const MODEL: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
 
@@ -136,24 +137,6 @@ contract!(
 );
 
 // ---- requests ---------------------------------------------------------------------------
-
-fn ce(r: &str, name: &str) -> CollectionEntity {
-    CollectionEntity {
-        entity: r.parse().unwrap(),
-        name: name.into(),
-    }
-}
-
-fn dickens() -> Entity {
-    Entity {
-        entity: "author:5".parse().unwrap(),
-        name: "Charles Dickens".into(),
-        birth_year: Some(1812),
-        death_year: Some(1870),
-        founded_year: None,
-        closed_year: None,
-    }
-}
 
 fn chapman() -> Entity {
     Entity {

@@ -175,17 +175,22 @@ fn book_derived_edges() {
     );
 }
 
-#[test]
-fn strength_saturates_at_five_shared_books() {
-    let rows = GraphRows {
-        books: (1..=7)
+/// Books 1..=`books`, all by author 1, published by publisher 1 and bound by binder 1.
+fn one_of_each(books: i32) -> GraphRows {
+    GraphRows {
+        books: (1..=books)
             .map(|i| book(i, Some(1), Some(1), Some(1)))
             .collect(),
         authors: vec![author(1, None, None)],
         publishers: vec![org(1)],
         binders: vec![org(1)],
         ai_connections: vec![],
-    };
+    }
+}
+
+#[test]
+fn strength_saturates_at_five_shared_books() {
+    let rows = one_of_each(7);
     let mut five = rows.clone();
     five.books.truncate(5);
     for (r, n) in [(&five, 5), (&rows, 7)] {
@@ -303,15 +308,7 @@ fn era_filter_applies_to_authors_only() {
 
 #[test]
 fn book_ids_are_capped_at_ten() {
-    let rows = GraphRows {
-        books: (1..=50)
-            .map(|i| book(i, Some(1), Some(1), Some(1)))
-            .collect(),
-        authors: vec![author(1, None, None)],
-        publishers: vec![org(1)],
-        binders: vec![org(1)],
-        ai_connections: vec![],
-    };
+    let rows = one_of_each(50);
     let g = built(&rows);
     for n in &g.nodes {
         assert_eq!(n.book_count, 50);

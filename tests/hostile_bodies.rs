@@ -9,13 +9,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::Message as SqsMessage;
-use profile_worker::model::{EntityRef, EntityType};
+use profile_worker::model::EntityRef;
 use profile_worker::pipeline::message::Message;
 use profile_worker::queue::MAX_MESSAGE_BYTES;
 use profile_worker::store::ProfileStore;
 use support::bedrock::FakeBedrock;
 use support::daemon::{Daemon, Stack};
-use support::db::load_fixture;
 use support::sqs::eventually;
 
 const HANG_GUARD: Duration = Duration::from_secs(240);
@@ -274,18 +273,10 @@ fn rss_kib(daemon: &Daemon) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_are_dead_lettered_before_any_model_call_and_the_worker_keeps_serving() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let store = stack.db.store();
     let fake = FakeBedrock::start().await;
-    let target = store
-        .collection_entities()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.entity.entity_type == EntityType::Author)
-        .expect("an author with books")
-        .entity;
+    let target = support::db::collection_authors(&store, 1).await[0];
     stack
         .db
         .exec(&format!(
@@ -294,12 +285,7 @@ async fn hostile_bodies_are_dead_lettered_before_any_model_call_and_the_worker_k
         ))
         .await;
 
-    let fake_url = fake.url();
-    let daemon = stack.start(&[
-        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
-        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake_url),
-        ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
-    ]);
+    let daemon = stack.start_bedrock(&fake, &[("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1")]);
     // Idle first: the baseline is the daemon serving, not one still starting.
     eventually("the daemon polls", HANG_GUARD, || async {
         daemon.logs().contains("consumer started")

@@ -127,7 +127,7 @@ async fn every_call_of_the_daemon_and_the_cli_is_allowed_by_the_shipped_policies
         ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
         ("ENTITY_PROFILE_MODEL", "sonnet"),
     ]);
-    let mut daemon = Daemon::start(&daemon_env);
+    let daemon = Daemon::start(&daemon_env);
     let store = db.store();
     eventually("the job completes", HANG_GUARD, || {
         let (store, id) = (&store, job_id.clone());
@@ -139,11 +139,7 @@ async fn every_call_of_the_daemon_and_the_cli_is_allowed_by_the_shipped_policies
         async move { counts(client, &url).await.0 == 1 }
     })
     .await;
-    daemon.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || daemon.wait(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    daemon.terminate_off_runtime(Duration::from_secs(60)).await;
 
     let deployment = Deployment::from_task_definition(&queue.name);
     let daemon_calls = [
@@ -334,28 +330,24 @@ fn the_evaluator_follows_iam_rules() {
         ds(auth("bedrock:InvokeModel", model, &[])),
         Decision::ImplicitDeny
     );
-    assert_eq!(
-        ds(auth(
-            "bedrock:InvokeModel",
-            model,
-            &[(
-                "bedrock:InferenceProfileArn",
-                "arn:aws:bedrock:us-west-2:123:inference-profile/us.m"
-            )]
-        )),
-        Decision::Allowed("ViaProfile".into())
-    );
-    assert_eq!(
-        ds(auth(
-            "bedrock:InvokeModel",
-            model,
-            &[(
-                "bedrock:InferenceProfileArn",
-                "arn:aws:bedrock:us-west-2:999:inference-profile/us.m"
-            )]
-        )),
-        Decision::ImplicitDeny
-    );
+    // Through an inference profile of the account only.
+    for (profile, want) in [
+        (
+            "arn:aws:bedrock:us-west-2:123:inference-profile/us.m",
+            Decision::Allowed("ViaProfile".into()),
+        ),
+        (
+            "arn:aws:bedrock:us-west-2:999:inference-profile/us.m",
+            Decision::ImplicitDeny,
+        ),
+    ] {
+        let via = [("bedrock:InferenceProfileArn", profile)];
+        assert_eq!(
+            ds(auth("bedrock:InvokeModel", model, &via)),
+            want,
+            "{profile}"
+        );
+    }
 }
 
 fn policy_statement_via_profile() -> Value {

@@ -6,22 +6,23 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use profile_worker::jobs::{
-    Batch, EnqueueReport, JobsError, RescueRound, RescueSettings, SendRetry, enqueue_all,
-    enqueue_batch, enqueue_one, rescue_loop, rescue_once, resolve_owner,
+    Batch, EnqueueReport, JobsError, RescueRound, RescueSettings, SendFailure, SendRetry,
+    enqueue_all, enqueue_batch, enqueue_one, rescue_loop, rescue_once, resolve_owner,
 };
 use profile_worker::model::{EntityRef, EntityType, Job, JobStatus};
 use profile_worker::pipeline::message::{Message, parse};
 use profile_worker::queue::{Queue, QueueError};
 use profile_worker::store::{JobStore, Outcome, OutcomeRecord, Store};
-use support::daemon::command;
-use support::db::TestDb;
-use support::jobs::{ENTITIES, FailingQueue, add_usage, seed_collection};
+use support::daemon::{command, run_to_end};
+use support::db::{TestDb, add_user};
+use support::jobs::{ENTITIES, SendFaults, add_usage, seed_collection};
+use support::queue::Intercepted;
 use support::sqs::{TestQueue, eventually, moto_url};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,7 @@ fn quick_retry() -> SendRetry {
     }
 }
 
+/// A migrated database seeded with [`seed_collection`], and its store.
 async fn seeded() -> (TestDb, Arc<dyn Store>) {
     let db = TestDb::migrated().await;
     seed_collection(&db).await;
@@ -75,6 +77,50 @@ async fn collection(store: &dyn Store) -> BTreeSet<EntityRef> {
         .collect()
 }
 
+/// What a report that started a job says; any other report fails the test.
+struct Started {
+    job: Job,
+    entities: usize,
+    sent: usize,
+    failures: Vec<SendFailure>,
+}
+
+fn started(report: EnqueueReport) -> Started {
+    match report {
+        EnqueueReport::Started {
+            job,
+            entities,
+            sent,
+            failures,
+        } => Started {
+            job,
+            entities,
+            sent,
+            failures,
+        },
+        other => panic!("expected a new job, got {other:?}"),
+    }
+}
+
+/// `enqueue_batch` of the whole collection for owner 1 with [`quick_retry`]; it must start a job.
+async fn enqueue_collection(store: &dyn Store, queue: &dyn Queue, force: bool) -> Started {
+    let batch = Batch {
+        owner_id: 1,
+        force,
+        limit: None,
+    };
+    started(
+        enqueue_batch(store, queue, batch, quick_retry())
+            .await
+            .expect("enqueue_batch"),
+    )
+}
+
+/// The stored job `id`, which must exist.
+async fn fetch_job(store: &dyn Store, id: &str) -> Job {
+    store.job(id).await.unwrap().expect("job exists")
+}
+
 /// Records a success for every entity of a job, as workers would.
 async fn finish(store: &dyn Store, job_id: &str, entities: impl IntoIterator<Item = EntityRef>) {
     for entity in entities {
@@ -100,19 +146,15 @@ async fn enqueue_all_sends_one_message_per_entity_and_reports_the_active_job_aft
     let owner = resolve_owner(&*store, None).await.unwrap();
     assert_eq!(owner, 1);
 
-    let report = enqueue_all(&*store, &queue, owner, false).await.unwrap();
-    let EnqueueReport::Started {
+    let Started {
         job,
         entities,
         sent,
         failures,
-    } = report
-    else {
-        panic!("expected a new job, got {report:?}");
-    };
+    } = started(enqueue_all(&*store, &queue, owner, false).await.unwrap());
     assert_eq!((entities, sent), (ENTITIES, ENTITIES));
     assert!(failures.is_empty(), "{failures:?}");
-    let stored = store.job(&job.id).await.unwrap().unwrap();
+    let stored = fetch_job(&*store, &job.id).await;
     assert_eq!(stored.status, JobStatus::InProgress);
     assert_eq!(stored.total_entities, ENTITIES as i32);
     assert_eq!(stored.owner_id, 1);
@@ -139,7 +181,7 @@ async fn enqueue_all_sends_one_message_per_entity_and_reports_the_active_job_aft
 
     // Once every entity is done the job completes with exact counters.
     finish(&*store, &job.id, sent_to).await;
-    let done = store.job(&job.id).await.unwrap().unwrap();
+    let done = fetch_job(&*store, &job.id).await;
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!((done.succeeded, done.failed), (ENTITIES as i32, 0));
 }
@@ -147,8 +189,7 @@ async fn enqueue_all_sends_one_message_per_entity_and_reports_the_active_job_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_collection_creates_no_job_and_sends_nothing() {
     let db = TestDb::migrated().await;
-    db.exec("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'sub-1', 'admin');")
-        .await;
+    add_user(&db, 1, "admin").await;
     let store = db.store();
     let q = moto_queue().await;
     let queue = q.connect(Duration::from_secs(1)).await;
@@ -169,29 +210,19 @@ async fn unsent_entries_lower_the_total_so_the_job_still_completes() {
         EntityRef::new(EntityType::Binder, 8),
     ];
     let flaky = [author(7), EntityRef::new(EntityType::Binder, 2)];
-    let queue = FailingQueue::new(sqs)
+    let faults = SendFaults::default()
         .always(&lost)
         .once(&flaky)
         // The first call fails as a whole but transiently: it is retried.
         .fail_call(1, QueueError::Transient("injected timeout".into()));
+    let queue = Intercepted::new(sqs, faults);
 
-    let batch = Batch {
-        owner_id: 1,
-        force: true,
-        limit: None,
-    };
-    let report = enqueue_batch(&*store, &queue, batch, quick_retry())
-        .await
-        .unwrap();
-    let EnqueueReport::Started {
+    let Started {
         job,
         entities,
         sent,
         failures,
-    } = report
-    else {
-        panic!("expected a new job, got {report:?}");
-    };
+    } = enqueue_collection(&*store, &*queue, true).await;
     assert_eq!(entities, ENTITIES);
     assert_eq!(sent, ENTITIES - lost.len());
     let failed: Vec<EntityRef> = failures.iter().map(|f| f.entity).collect();
@@ -202,9 +233,12 @@ async fn unsent_entries_lower_the_total_so_the_job_still_completes() {
             .all(|f| f.reason.starts_with("InternalError: injected failure")),
         "{failures:?}"
     );
-    assert!(queue.calls() > ENTITIES / 10, "failed entries were retried");
+    assert!(
+        queue.hooks.calls() > ENTITIES / 10,
+        "failed entries were retried"
+    );
 
-    let stored = store.job(&job.id).await.unwrap().unwrap();
+    let stored = fetch_job(&*store, &job.id).await;
     assert_eq!(stored, job);
     assert_eq!(stored.status, JobStatus::InProgress);
     assert_eq!(stored.total_entities, (ENTITIES - lost.len()) as i32);
@@ -230,7 +264,7 @@ async fn unsent_entries_lower_the_total_so_the_job_still_completes() {
     );
 
     finish(&*store, &job.id, sent_to).await;
-    let done = store.job(&job.id).await.unwrap().unwrap();
+    let done = fetch_job(&*store, &job.id).await;
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!(done.succeeded, (ENTITIES - lost.len()) as i32);
 }
@@ -240,28 +274,18 @@ async fn a_batch_call_that_keeps_failing_stops_the_rest_and_lowers_the_total() {
     let (_db, store) = seeded().await;
     let q = moto_queue().await;
     let sqs: Arc<dyn Queue> = Arc::new(q.connect(Duration::from_secs(1)).await);
-    let queue =
-        FailingQueue::new(sqs).fail_call(2, QueueError::Rejected("AccessDenied: injected".into()));
-    let batch = Batch {
-        owner_id: 1,
-        force: false,
-        limit: None,
-    };
-    let report = enqueue_batch(&*store, &queue, batch, quick_retry())
-        .await
-        .unwrap();
-    let EnqueueReport::Started {
+    let faults =
+        SendFaults::default().fail_call(2, QueueError::Rejected("AccessDenied: injected".into()));
+    let queue = Intercepted::new(sqs, faults);
+    let Started {
         job,
         sent,
         failures,
         ..
-    } = report
-    else {
-        panic!("expected a new job, got {report:?}");
-    };
+    } = enqueue_collection(&*store, &*queue, false).await;
     assert_eq!(sent, 10, "only the first batch went out");
     assert_eq!(failures.len(), ENTITIES - 10);
-    assert_eq!(queue.calls(), 2, "a permanent failure is not retried");
+    assert_eq!(queue.hooks.calls(), 2, "a permanent failure is not retried");
     assert!(failures[0].reason.contains("AccessDenied: injected"));
     assert!(
         failures[10]
@@ -293,8 +317,7 @@ async fn enqueue_one_sends_a_message_without_a_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_admin_the_owner_must_be_given() {
     let db = TestDb::migrated().await;
-    db.exec("INSERT INTO users (id, cognito_sub, role) VALUES (3, 'sub-3', 'editor');")
-        .await;
+    add_user(&db, 3, "editor").await;
     let store = db.store();
     assert!(matches!(
         resolve_owner(&store, None).await,
@@ -319,17 +342,15 @@ fn cli(db: &TestDb, queue: Option<&TestQueue>) -> Command {
     cmd
 }
 
+/// Runs a command that must succeed and print one JSON document.
+fn run_json(cmd: Command, args: &[&str]) -> serde_json::Value {
+    let (code, out, err) = run(cmd, args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    serde_json::from_str(&out).expect(&out)
+}
+
 fn run(mut cmd: Command, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.args(args).output().expect("run profile-worker");
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    run_to_end(cmd.args(args))
 }
 
 async fn new_job(store: &dyn Store, total: i32) -> Job {
@@ -344,19 +365,14 @@ async fn enqueue_commands_print_the_job_and_the_message() {
     let (db, store) = seeded().await;
     let q = moto_queue().await;
 
-    let (code, out, err) = run(cli(&db, Some(&q)), &["enqueue", "--all", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let v = run_json(cli(&db, Some(&q)), &["enqueue", "--all", "--json"]);
     let job_id = v["job_id"].as_str().unwrap().to_string();
     assert_eq!(v["status"], "in_progress");
     assert_eq!(
         (v["sent"].as_u64(), v["existing"].as_bool()),
         (Some(40), Some(false))
     );
-    assert_eq!(
-        store.job(&job_id).await.unwrap().unwrap().total_entities,
-        40
-    );
+    assert_eq!(fetch_job(&*store, &job_id).await.total_entities, 40);
 
     let (code, out, err) = run(cli(&db, Some(&q)), &["enqueue", "--all"]);
     assert_eq!(code, 0, "{err}");
@@ -367,12 +383,10 @@ async fn enqueue_commands_print_the_job_and_the_message() {
         "{out}"
     );
 
-    let (code, out, err) = run(
+    let v = run_json(
         cli(&db, Some(&q)),
         &["enqueue", "--entity", "publisher:4", "--force", "--json"],
     );
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
     assert_eq!(v["sent"][0]["entity"], "publisher:4");
     assert!(
         v["sent"][0]["message_id"]
@@ -444,18 +458,16 @@ async fn enqueue_entity_takes_several_entities_repeated_or_comma_separated() {
 async fn enqueue_all_limit_sends_the_first_n_entities_in_collection_order() {
     let (db, store) = seeded().await;
     let q = moto_queue().await;
-    let (code, out, err) = run(
+    let v = run_json(
         cli(&db, Some(&q)),
         &["enqueue", "--all", "--limit", "6", "--json"],
     );
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
     let job_id = v["job_id"].as_str().unwrap().to_string();
     assert_eq!(
         (v["sent"].as_u64(), v["entities"].as_u64()),
         (Some(6), Some(6))
     );
-    let job = store.job(&job_id).await.unwrap().unwrap();
+    let job = fetch_job(&*store, &job_id).await;
     assert_eq!(job.total_entities, 6);
 
     let first: Vec<EntityRef> = store
@@ -488,15 +500,13 @@ async fn enqueue_all_limit_sends_the_first_n_entities_in_collection_order() {
     // The job completes with its six; a larger limit is then a new job.
     finish(&*store, &job_id, first).await;
     assert_eq!(
-        store.job(&job_id).await.unwrap().unwrap().status,
+        fetch_job(&*store, &job_id).await.status,
         JobStatus::Completed
     );
-    let (code, out, err) = run(
+    let v = run_json(
         cli(&db, Some(&q)),
         &["enqueue", "--all", "--limit", "1000", "--json"],
     );
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
     assert_eq!(
         v["sent"].as_u64(),
         Some(ENTITIES as u64),
@@ -542,10 +552,8 @@ async fn commands_demand_only_the_settings_they_need() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_exit_codes_tell_missing_from_already_ended() {
-    let db = TestDb::migrated().await;
-    seed_collection(&db).await;
-    let store = db.store();
-    let job = new_job(&store, 5).await;
+    let (db, store) = seeded().await;
+    let job = new_job(&*store, 5).await;
 
     let (code, out, err) = run(cli(&db, None), &["cancel", &job.id]);
     assert_eq!(code, 0, "{err}");
@@ -554,7 +562,7 @@ async fn cancel_exit_codes_tell_missing_from_already_ended() {
         "{out}"
     );
     assert_eq!(
-        store.job(&job.id).await.unwrap().unwrap().status,
+        fetch_job(&*store, &job.id).await.status,
         JobStatus::Cancelled
     );
 
@@ -575,11 +583,9 @@ async fn cancel_exit_codes_tell_missing_from_already_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_shows_counters_usage_and_errors() {
-    let db = TestDb::migrated().await;
-    seed_collection(&db).await;
-    let store = db.store();
-    let job = new_job(&store, 4).await;
-    finish(&store, &job.id, [author(1), author(2)]).await;
+    let (db, store) = seeded().await;
+    let job = new_job(&*store, 4).await;
+    finish(&*store, &job.id, [author(1), author(2)]).await;
     store
         .record_outcome(OutcomeRecord {
             job_id: job.id.clone(),
@@ -594,9 +600,7 @@ async fn status_json_shows_counters_usage_and_errors() {
     add_usage(&db, &job.id, 1, 1_000_000, 100_000).await;
     add_usage(&db, &job.id, 2, 500_000, 50_000).await;
 
-    let (code, out, err) = run(cli(&db, None), &["status", &job.id, "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let v = run_json(cli(&db, None), &["status", &job.id, "--json"]);
     assert_eq!(v["job_id"], job.id.as_str());
     assert_eq!(v["status"], "in_progress");
     assert_eq!(
@@ -684,10 +688,8 @@ fn wait_exit(child: &mut Child) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_without_a_terminal_prints_a_line_per_change_until_completed() {
-    let db = TestDb::migrated().await;
-    seed_collection(&db).await;
-    let store = db.store();
-    let job = new_job(&store, 3).await;
+    let (db, store) = seeded().await;
+    let job = new_job(&*store, 3).await;
     let (mut child, lines) = watch(&db, &job.id, &[]);
 
     let first = next_line(&lines);
@@ -696,7 +698,7 @@ async fn status_watch_without_a_terminal_prints_a_line_per_change_until_complete
         "{first}"
     );
     for (n, id) in (1..=3).enumerate() {
-        finish(&store, &job.id, [author(id)]).await;
+        finish(&*store, &job.id, [author(id)]).await;
         if n < 2 {
             // Each change shows up as its own line before the next one happens.
             let line = next_line(&lines);
@@ -725,14 +727,12 @@ async fn status_watch_without_a_terminal_prints_a_line_per_change_until_complete
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_json_ends_with_exit_6_when_the_job_is_cancelled() {
-    let db = TestDb::migrated().await;
-    seed_collection(&db).await;
-    let store = db.store();
-    let job = new_job(&store, 3).await;
+    let (db, store) = seeded().await;
+    let job = new_job(&*store, 3).await;
     let (mut child, lines) = watch(&db, &job.id, &["--json"]);
     let first: serde_json::Value = serde_json::from_str(&next_line(&lines)).unwrap();
     assert_eq!(first["status"], "in_progress");
-    finish(&store, &job.id, [author(1)]).await;
+    finish(&*store, &job.id, [author(1)]).await;
     let second: serde_json::Value = serde_json::from_str(&next_line(&lines)).unwrap();
     assert_eq!(second["succeeded"], 1);
     store.cancel_job(&job.id).await.unwrap();
@@ -747,15 +747,13 @@ async fn status_watch_json_ends_with_exit_6_when_the_job_is_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_lists_recent_jobs_newest_first() {
-    let db = TestDb::migrated().await;
-    seed_collection(&db).await;
-    let store = db.store();
+    let (db, store) = seeded().await;
     let (code, out, _) = run(cli(&db, None), &["jobs"]);
     assert_eq!((code, out.as_str()), (0, "no jobs\n"));
 
     let mut ids = Vec::new();
     for total in [3, 4, 5] {
-        ids.push(new_job(&store, total).await.id);
+        ids.push(new_job(&*store, total).await.id);
     }
     store.cancel_job(&ids[0]).await.unwrap();
     let (code, out, err) = run(cli(&db, None), &["jobs", "--limit", "2"]);
@@ -784,9 +782,7 @@ async fn jobs_lists_recent_jobs_newest_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescue_fails_a_job_with_a_lost_message_but_not_one_with_a_recent_retry() {
-    let db = TestDb::migrated().await;
-    seed_collection(&db).await;
-    let store: Arc<dyn Store> = Arc::new(db.store());
+    let (db, store) = seeded().await;
     // Both jobs finished one of two entities; the other message of `lost` never arrives, the
     // other entity of `retrying` failed transiently and is on its way back.
     let lost = new_job(&*store, 2).await;
@@ -821,7 +817,7 @@ async fn rescue_fails_a_job_with_a_lost_message_but_not_one_with_a_recent_retry(
         "{round:?}"
     );
     assert_eq!(
-        store.job(&lost.id).await.unwrap().unwrap().status,
+        fetch_job(&*store, &lost.id).await.status,
         JobStatus::InProgress
     );
 
@@ -841,7 +837,7 @@ async fn rescue_fails_a_job_with_a_lost_message_but_not_one_with_a_recent_retry(
     eventually("the lost job is failed", HANG_GUARD, || {
         let store = store.clone();
         let id = lost.id.clone();
-        async move { store.job(&id).await.unwrap().unwrap().status == JobStatus::Failed }
+        async move { fetch_job(&*store, &id).await.status == JobStatus::Failed }
     })
     .await;
     shutdown.cancel();
@@ -850,7 +846,7 @@ async fn rescue_fails_a_job_with_a_lost_message_but_not_one_with_a_recent_retry(
         .unwrap()
         .unwrap();
 
-    let failed = store.job(&lost.id).await.unwrap().unwrap();
+    let failed = fetch_job(&*store, &lost.id).await;
     assert_eq!((failed.succeeded, failed.total_entities), (1, 2));
     assert!(
         failed
@@ -860,7 +856,7 @@ async fn rescue_fails_a_job_with_a_lost_message_but_not_one_with_a_recent_retry(
     );
     for job in [&retrying, &live] {
         assert_eq!(
-            store.job(&job.id).await.unwrap().unwrap().status,
+            fetch_job(&*store, &job.id).await.status,
             JobStatus::InProgress,
             "job {} must be left alone",
             job.id

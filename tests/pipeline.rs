@@ -7,7 +7,7 @@ mod support;
 
 use profile_worker::consumer::Outcome;
 use profile_worker::generate::CallKind;
-use profile_worker::model::JobStatus;
+use profile_worker::model::{Job, JobStatus};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::bedrock::FakeReply;
@@ -82,7 +82,7 @@ async fn w2_permanent_generation_error_is_a_counted_failure_with_the_error_line(
     let job = h.create_job(1, "in_progress").await;
     h.fake.push(CallKind::Biography, [FakeReply::validation()]);
 
-    let outcome = h.deliver(&message(Some(&job), "author:1", false)).await;
+    let outcome = h.deliver_for(&job, "author:1").await;
     let reason = reason_of(&outcome).to_string();
     assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
     assert!(reason.contains("ValidationException"), "{reason}");
@@ -112,26 +112,28 @@ async fn w2_permanent_generation_error_is_a_counted_failure_with_the_error_line(
     );
 }
 
+/// `entity`, given a profile `age` old, is in a one-entity job: its message is skipped without a
+/// Bedrock call and the profile is kept. Returns the job afterwards.
+async fn skipped_keeping_the_profile(h: &Harness, entity: &str, age: &str) -> Job {
+    seed_profile(h, entity, age, "").await;
+    let job = h.create_job(1, "in_progress").await;
+    assert_eq!(h.deliver_for(&job, entity).await, Outcome::Skipped);
+    assert!(h.fake.requests().is_empty());
+    assert_eq!(
+        h.profile(entity).await.unwrap().bio_summary.as_deref(),
+        Some("old bio")
+    );
+    h.job(&job).await
+}
+
 #[tokio::test]
 async fn w3_current_profile_is_skipped_without_calling_bedrock() {
     let h = Harness::new().await;
     // Books were last updated 10 days ago; the profile is 1 day old.
-    seed_profile(&h, "author:1", "1 day", "").await;
-    let job = h.create_job(1, "in_progress").await;
-
-    assert_eq!(
-        h.deliver(&message(Some(&job), "author:1", false)).await,
-        Outcome::Skipped
-    );
-    assert!(h.fake.requests().is_empty());
-    let j = h.job(&job).await;
+    let j = skipped_keeping_the_profile(&h, "author:1", "1 day").await;
     assert_eq!(
         (j.succeeded, j.failed, j.status),
         (1, 0, JobStatus::Completed)
-    );
-    assert_eq!(
-        h.profile("author:1").await.unwrap().bio_summary.as_deref(),
-        Some("old bio")
     );
 }
 
@@ -139,20 +141,8 @@ async fn w3_current_profile_is_skipped_without_calling_bedrock() {
 async fn w4_no_qualifying_books_is_skipped_and_counted_a_success() {
     let h = Harness::new().await;
     // Author 30 has only EVALUATING and REMOVED books; its old profile is left alone.
-    seed_profile(&h, "author:30", "400 days", "").await;
-    let job = h.create_job(1, "in_progress").await;
-
-    assert_eq!(
-        h.deliver(&message(Some(&job), "author:30", false)).await,
-        Outcome::Skipped
-    );
-    assert!(h.fake.requests().is_empty());
-    let j = h.job(&job).await;
+    let j = skipped_keeping_the_profile(&h, "author:30", "400 days").await;
     assert_eq!((j.succeeded, j.failed), (1, 0));
-    assert_eq!(
-        h.profile("author:30").await.unwrap().bio_summary.as_deref(),
-        Some("old bio")
-    );
 }
 
 #[tokio::test]
@@ -160,10 +150,7 @@ async fn w5_cancelled_job_is_skipped_without_bedrock_and_stays_cancelled() {
     let h = Harness::new().await;
     let job = h.create_job(1, "cancelled").await;
 
-    assert_eq!(
-        h.deliver(&message(Some(&job), "author:1", false)).await,
-        Outcome::Skipped
-    );
+    assert_eq!(h.deliver_for(&job, "author:1").await, Outcome::Skipped);
     assert!(
         h.fake.requests().is_empty(),
         "no Bedrock call for a cancelled job"
@@ -180,15 +167,9 @@ async fn w6_in_progress_job_reaching_its_total_completes() {
     let h = Harness::new().await;
     let job = h.create_job(2, "in_progress").await;
 
-    assert_eq!(
-        h.deliver(&message(Some(&job), "author:1", false)).await,
-        Outcome::Done
-    );
+    assert_eq!(h.deliver_for(&job, "author:1").await, Outcome::Done);
     assert!(h.job(&job).await.completed_at.is_none());
-    assert_eq!(
-        h.deliver(&message(Some(&job), "author:30", false)).await,
-        Outcome::Skipped
-    );
+    assert_eq!(h.deliver_for(&job, "author:30").await, Outcome::Skipped);
     let j = h.job(&job).await;
     assert_eq!(j.status, JobStatus::Completed);
     assert!(j.completed_at.is_some());
@@ -853,10 +834,7 @@ async fn token_usage_and_cost_are_recorded_per_profile_and_in_metrics() {
         reply(CallKind::RelationshipStory, 1500, 250),
     );
     let job = h.create_job(1, "in_progress").await;
-    assert_eq!(
-        h.deliver(&message(Some(&job), "author:1", false)).await,
-        Outcome::Done
-    );
+    assert_eq!(h.deliver_for(&job, "author:1").await, Outcome::Done);
 
     let expected_cost = (4500.0 * HAIKU_PRICE.0 + 750.0 * HAIKU_PRICE.1) / 1_000_000.0;
     let rows = h
@@ -1209,10 +1187,7 @@ async fn the_daily_cost_cap_holds_messages_until_it_is_raised() {
     // is reached.
     h.db.exec("INSERT INTO app_config (key, value) VALUES ('budget.daily_cost_usd', '0.0001')")
         .await;
-    assert_eq!(
-        h.deliver(&message(Some(&job), "author:20", false)).await,
-        Outcome::Done
-    );
+    assert_eq!(h.deliver_for(&job, "author:20").await, Outcome::Done);
     let spent = h.store.spend_today().await.unwrap().cost_usd;
     assert!((spent - default_cost(2.0)).abs() < 1e-12, "{spent}");
     let sent = h.fake.requests().len();

@@ -16,7 +16,6 @@ use profile_worker::store::{JobStore, ProfileStore};
 use serde_json::json;
 use support::bedrock::{FakeBedrock, FakeReply};
 use support::daemon::{Stack, http};
-use support::db::load_fixture;
 use support::pipeline::{HAIKU, HAIKU_PRICE, rows, with_owner_id};
 use support::sqs::eventually;
 
@@ -49,8 +48,7 @@ fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_entities_through_moto_and_the_real_binary_complete_the_job() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let store = stack.db.store();
     let fake = FakeBedrock::start().await;
 
@@ -120,12 +118,7 @@ async fn thirty_entities_through_moto_and_the_real_binary_complete_the_job() {
     let poison = r#"{"job_id": null, "entity_type": "author", "entity_id": "seven"}"#;
     stack.queue.send(poison).await;
 
-    let fake_url = fake.url();
-    let mut daemon = stack.start(&[
-        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
-        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake_url),
-        ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
-    ]);
+    let daemon = stack.start_bedrock(&fake, &[("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1")]);
 
     eventually("the job completes", HANG_GUARD, || {
         let store = &store;
@@ -275,11 +268,7 @@ async fn thirty_entities_through_moto_and_the_real_binary_complete_the_job() {
     let reason = attribute(dead[0].message_attributes(), "reason");
     assert!(reason.contains("entity_id"), "{reason}");
 
-    daemon.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || daemon.wait(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    daemon.terminate_off_runtime(Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,13 +278,13 @@ async fn transient_failure_comes_back_through_sqs_and_permanent_one_is_counted_a
     let store = stack.db.store();
     let fake = FakeBedrock::start().await;
     let job = store.create_job(1, 2, JobStatus::InProgress).await.unwrap();
-    let fake_url = fake.url();
-    let mut daemon = stack.start(&[
-        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
-        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake_url),
-        ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
-        ("PROFILE_WORKER_CONSUMER__RETRY_BASE_SECONDS", "1"),
-    ]);
+    let daemon = stack.start_bedrock(
+        &fake,
+        &[
+            ("PROFILE_WORKER_GENERATOR__RETRY_BASE_MS", "1"),
+            ("PROFILE_WORKER_CONSUMER__RETRY_BASE_SECONDS", "1"),
+        ],
+    );
     let job_state = |id: String| {
         let store = &store;
         async move { store.job(&id).await.unwrap().unwrap() }
@@ -375,9 +364,5 @@ async fn transient_failure_comes_back_through_sqs_and_permanent_one_is_counted_a
         );
     }
 
-    daemon.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || daemon.wait(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    daemon.terminate_off_runtime(Duration::from_secs(60)).await;
 }

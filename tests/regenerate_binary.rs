@@ -11,11 +11,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel_async::SimpleAsyncConnection;
 use profile_worker::generate::CallKind;
-use profile_worker::model::{EntityRef, EntityType, JobStatus};
+use profile_worker::model::{EntityRef, JobStatus};
 use profile_worker::store::{JobStore, ProfileStore};
 use support::bedrock::FakeBedrock;
-use support::daemon::{Daemon, Stack, http};
-use support::db::load_fixture;
+use support::daemon::Stack;
+use support::db::collection_authors;
 use support::pipeline::{message, rows};
 use support::sqs::eventually;
 
@@ -24,17 +24,7 @@ const HANG_GUARD: Duration = Duration::from_secs(180);
 /// `count` authors of the fixture that have qualifying books, each given a profile generated a
 /// day after its newest book change (fresh by the staleness rule).
 async fn authors_with_fresh_profiles(stack: &Stack, count: usize) -> Vec<EntityRef> {
-    let store = stack.db.store();
-    let authors: Vec<EntityRef> = store
-        .collection_entities()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.entity)
-        .filter(|e| e.entity_type == EntityType::Author)
-        .take(count)
-        .collect();
-    assert_eq!(authors.len(), count, "the fixture has enough authors");
+    let authors = collection_authors(&stack.db.store(), count).await;
     let ids: Vec<String> = authors.iter().map(|e| e.id.to_string()).collect();
     stack
         .db
@@ -48,13 +38,6 @@ async fn authors_with_fresh_profiles(stack: &Stack, count: usize) -> Vec<EntityR
     authors
 }
 
-async fn ready(daemon: &Daemon) {
-    eventually("the daemon is ready", HANG_GUARD, || async {
-        http("GET", &daemon.url("/ready")).await.0 == 200
-    })
-    .await;
-}
-
 /// The database's clock, which `generated_at` is written with.
 async fn db_now(stack: &Stack) -> DateTime<Utc> {
     let now = rows(&stack.db, "SELECT clock_timestamp() AS now").await;
@@ -66,19 +49,14 @@ async fn db_now(stack: &Stack) -> DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apis_send_then_delete_sequence_leaves_every_entity_with_a_new_profile() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let authors = authors_with_fresh_profiles(&stack, 20).await;
     let fake = FakeBedrock::start().await;
     // Real Bedrock answers in seconds; a little latency keeps the fake from finishing a profile
     // before the API's delete, which would be a different race (the API's own).
     fake.set_latency(Duration::from_millis(100));
-    let fake_url = fake.url();
-    let daemon = stack.start(&[
-        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
-        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake_url),
-    ]);
-    ready(&daemon).await;
+    let daemon = stack.start_bedrock(&fake, &[]);
+    daemon.wait_ready(HANG_GUARD).await;
 
     // The API's endpoint, once per entity: send, then delete the row 30 ms later.
     let mut api = stack.db.conn().await;
@@ -130,8 +108,7 @@ async fn the_apis_send_then_delete_sequence_leaves_every_entity_with_a_new_profi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_message_for_a_fresh_profile_is_still_skipped() {
-    let stack = Stack::new().await;
-    load_fixture(&stack.db).await;
+    let stack = Stack::with_fixture().await;
     let authors = authors_with_fresh_profiles(&stack, 1).await;
     stack
         .db
@@ -140,11 +117,7 @@ async fn a_batch_message_for_a_fresh_profile_is_still_skipped() {
     let store = stack.db.store();
     let job = store.create_job(1, 1, JobStatus::InProgress).await.unwrap();
     let fake = FakeBedrock::start().await;
-    let fake_url = fake.url();
-    let _daemon = stack.start(&[
-        ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
-        ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &fake_url),
-    ]);
+    let _daemon = stack.start_bedrock(&fake, &[]);
     stack
         .queue
         .send(&message(Some(&job.id), &authors[0].to_string(), false))

@@ -62,8 +62,7 @@ async fn endpoints_behave() {
     assert_eq!(http("POST", &d.url("/metrics")).await.0, 405);
     assert_eq!(http("DELETE", &d.url("/health")).await.0, 405);
 
-    d.signal("TERM");
-    assert!(d.wait(Duration::from_secs(30)).success());
+    d.terminate(Duration::from_secs(30));
     assert!(!d.logs().contains("pl4nted"), "password leaked into logs");
 }
 

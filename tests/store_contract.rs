@@ -111,35 +111,19 @@ const BOOKS: &[SampleBook] = &[
         T3,
     ),
 ];
-/// (source type, id, target type, id, relationship, sub_type, confidence, evidence)
-type SampleAi = (
-    &'static str,
-    i32,
-    &'static str,
-    i32,
-    &'static str,
-    Option<&'static str>,
-    f64,
-    &'static str,
-);
-const AI: &[SampleAi] = &[
+/// (source, target, relationship[/sub_type], confidence, evidence), as [`ai`] reads them.
+const AI: &[(&str, &str, &str, f64, &str)] = &[
     (
-        "author",
-        1,
-        "author",
-        2,
-        "friendship",
-        Some("MENTOR"),
+        "author:1",
+        "author:2",
+        "friendship/MENTOR",
         0.6,
         "old evidence",
     ),
     (
-        "author",
-        1,
-        "publisher",
-        1,
+        "author:1",
+        "publisher:1",
         "collaboration",
-        None,
         0.9,
         "published him",
     ),
@@ -207,12 +191,18 @@ fn sample_sql() -> String {
             sql_int(*year)
         );
     }
-    for (st, si, tt, ti, rel, sub, conf, ev) in AI {
+    for (source, target, rel, conf, ev) in AI {
+        let row = ai(source, target, rel, *conf, ev);
         sql += &format!(
             "INSERT INTO ai_connections (source_type, source_id, target_type, target_id, \
              relationship, sub_type, confidence, evidence) \
-             VALUES ('{st}', {si}, '{tt}', {ti}, '{rel}', {}, {conf}, {});\n",
-            sql_str(*sub),
+             VALUES ('{}', {}, '{}', {}, '{}', {}, {conf}, {});\n",
+            row.source_type,
+            row.source_id,
+            row.target_type,
+            row.target_id,
+            row.relationship,
+            sql_str(row.sub_type.as_deref()),
             sql_str(Some(ev))
         );
     }
@@ -281,8 +271,8 @@ fn memory_sample() -> Arc<dyn Store> {
             updated_at: ts(updated),
         });
     }
-    for (st, si, tt, ti, rel, sub, conf, ev) in AI {
-        store.add_ai_connection(ai(st, *si, tt, *ti, rel, *sub, *conf, ev));
+    for (source, target, rel, conf, ev) in AI {
+        store.add_ai_connection(ai(source, target, rel, *conf, ev));
     }
     let now = Utc::now();
     for (id, status, total, created, updated) in JOBS {
@@ -354,24 +344,25 @@ fn author(id: i32) -> EntityRef {
     EntityRef::new(EntityType::Author, id)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ai(
-    st: &str,
-    si: i32,
-    tt: &str,
-    ti: i32,
-    rel: &str,
-    sub: Option<&str>,
-    conf: f64,
-    ev: &str,
-) -> AiConnectionRow {
+/// An AI connection row from `"type:id"` ends and `"relationship"` or `"relationship/SUB_TYPE"`
+/// (compact, so that a case's rows read one a line).
+fn ai(source: &str, target: &str, rel: &str, conf: f64, ev: &str) -> AiConnectionRow {
+    let end = |e: &str| {
+        let (kind, id) = e.split_once(':').expect("type:id");
+        (kind.to_string(), id.parse::<i32>().expect("numeric id"))
+    };
+    let ((source_type, source_id), (target_type, target_id)) = (end(source), end(target));
+    let (relationship, sub_type) = match rel.split_once('/') {
+        Some((rel, sub)) => (rel.to_string(), Some(sub.to_string())),
+        None => (rel.to_string(), None),
+    };
     AiConnectionRow {
-        source_type: st.into(),
-        source_id: si,
-        target_type: tt.into(),
-        target_id: ti,
-        relationship: rel.into(),
-        sub_type: sub.map(Into::into),
+        source_type,
+        source_id,
+        target_type,
+        target_id,
+        relationship,
+        sub_type,
         confidence: conf,
         evidence: Some(ev.into()),
     }
@@ -414,6 +405,19 @@ fn outcome(job_id: &str, entity: EntityRef, failure: Option<&str>) -> OutcomeRec
             Some(m) => Outcome::Failed { message: m.into() },
         },
     }
+}
+
+/// Records an outcome ([`outcome`]) and returns what it counted.
+async fn record(
+    store: &dyn Store,
+    job_id: &str,
+    entity: EntityRef,
+    failure: Option<&str>,
+) -> Recorded {
+    store
+        .record_outcome(outcome(job_id, entity, failure))
+        .await
+        .expect("outcome recorded")
 }
 
 async fn new_job(store: &dyn Store, total: i32) -> Job {
@@ -623,42 +627,15 @@ async fn same_outcome_twice_counts_once(store: Arc<dyn Store>) {
     let j = new_job(&*store, 3).await;
     let e2 = author(2);
     let p1 = EntityRef::new(EntityType::Publisher, 1);
+    assert_eq!(record(&*store, &j.id, author(1), None).await, COUNTED);
+    assert_eq!(record(&*store, &j.id, author(1), None).await, NOTHING);
     assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, author(1), None))
-            .await
-            .unwrap(),
+        record(&*store, &j.id, e2, Some("Bedrock error")).await,
         COUNTED
     );
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, author(1), None))
-            .await
-            .unwrap(),
-        NOTHING
-    );
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, e2, Some("Bedrock error")))
-            .await
-            .unwrap(),
-        COUNTED
-    );
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, e2, Some("again")))
-            .await
-            .unwrap(),
-        NOTHING
-    );
+    assert_eq!(record(&*store, &j.id, e2, Some("again")).await, NOTHING);
     // A success after a counted failure of the same entity does not count either.
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, e2, None))
-            .await
-            .unwrap(),
-        NOTHING
-    );
+    assert_eq!(record(&*store, &j.id, e2, None).await, NOTHING);
     let mid = job(&*store, &j.id).await;
     assert_eq!(
         (mid.succeeded, mid.failed, mid.status),
@@ -666,13 +643,7 @@ async fn same_outcome_twice_counts_once(store: Arc<dyn Store>) {
     );
     assert_eq!(mid.error_log.as_deref(), Some("author:2: Bedrock error"));
 
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, p1, Some("boom")))
-            .await
-            .unwrap(),
-        COMPLETED
-    );
+    assert_eq!(record(&*store, &j.id, p1, Some("boom")).await, COMPLETED);
     let done = job(&*store, &j.id).await;
     assert_eq!((done.succeeded, done.failed), (1, 2));
     assert_eq!(done.status, JobStatus::Completed);
@@ -717,13 +688,7 @@ async fn cancelled_job_stays_cancelled(store: Arc<dyn Store>) {
         store.cancel_job(&j.id).await.unwrap(),
         CancelOutcome::Cancelled(_)
     ));
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, author(1), None))
-            .await
-            .unwrap(),
-        COUNTED
-    );
+    assert_eq!(record(&*store, &j.id, author(1), None).await, COUNTED);
     let after = job(&*store, &j.id).await;
     assert_eq!((after.status, after.succeeded), (JobStatus::Cancelled, 1));
 }
@@ -731,13 +696,7 @@ async fn cancelled_job_stays_cancelled(store: Arc<dyn Store>) {
 async fn completed_job_is_never_reopened(store: Arc<dyn Store>) {
     // docs/compatibility.md, "Handling one message", and completion happens once.
     let j = new_job(&*store, 1).await;
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, author(1), None))
-            .await
-            .unwrap(),
-        COMPLETED
-    );
+    assert_eq!(record(&*store, &j.id, author(1), None).await, COMPLETED);
     let completed_at = job(&*store, &j.id).await.completed_at;
     assert!(completed_at.is_some());
     assert_eq!(
@@ -771,24 +730,12 @@ async fn retries_do_not_count_and_never_undo_a_terminal_outcome(store: Arc<dyn S
         .unwrap();
     let after_retries = job(&*store, &j.id).await;
     assert_eq!((after_retries.succeeded, after_retries.failed), (0, 0));
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, author(1), None))
-            .await
-            .unwrap(),
-        COUNTED
-    );
+    assert_eq!(record(&*store, &j.id, author(1), None).await, COUNTED);
     store
         .record_retry(&j.id, author(1), 3, "redelivered")
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .record_outcome(outcome(&j.id, author(1), None))
-            .await
-            .unwrap(),
-        NOTHING
-    );
+    assert_eq!(record(&*store, &j.id, author(1), None).await, NOTHING);
     assert_eq!(job(&*store, &j.id).await.succeeded, 1);
 }
 
@@ -935,31 +882,13 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
     // New row.
     store_ai(
         store,
-        vec![ai(
-            "author",
-            50,
-            "author",
-            51,
-            "family",
-            Some("MARRIAGE"),
-            0.7,
-            "e1",
-        )],
+        vec![ai("author:50", "author:51", "family/MARRIAGE", 0.7, "e1")],
     )
     .await;
     let rows = new_ai_rows(store).await;
     assert_eq!(
         rows,
-        [ai(
-            "author",
-            50,
-            "author",
-            51,
-            "family",
-            Some("MARRIAGE"),
-            0.7,
-            "e1"
-        )]
+        [ai("author:50", "author:51", "family/MARRIAGE", 0.7, "e1")]
     );
 
     // Canonical swap: publisher:100 / author:5 is stored as author 5 -> publisher 100; and
@@ -967,154 +896,70 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
     store_ai(
         store,
         vec![
-            ai("publisher", 100, "author", 55, "influence", None, 0.5, "e"),
-            ai("author", 55, "author", 100, "friendship", None, 0.5, "e"),
+            ai("publisher:100", "author:55", "influence", 0.5, "e"),
+            ai("author:55", "author:100", "friendship", 0.5, "e"),
         ],
     )
     .await;
     let rows = new_ai_rows(store).await;
     assert!(
-        rows.contains(&ai(
-            "author",
-            55,
-            "publisher",
-            100,
-            "influence",
-            None,
-            0.5,
-            "e"
-        )),
+        rows.contains(&ai("author:55", "publisher:100", "influence", 0.5, "e")),
         "{rows:?}"
     );
     assert!(
-        rows.contains(&ai(
-            "author",
-            100,
-            "author",
-            55,
-            "friendship",
-            None,
-            0.5,
-            "e"
-        )),
+        rows.contains(&ai("author:100", "author:55", "friendship", 0.5, "e")),
         "{rows:?}"
     );
 
     // Higher confidence (given in reverse order) replaces confidence, evidence and sub_type.
     store_ai(
         store,
-        vec![ai(
-            "author",
-            51,
-            "author",
-            50,
-            "family",
-            Some("SIBLING"),
-            0.9,
-            "e2",
-        )],
+        vec![ai("author:51", "author:50", "family/SIBLING", 0.9, "e2")],
     )
     .await;
     // Lower, and equal, confidence change nothing.
     store_ai(
         store,
-        vec![ai(
-            "author",
-            50,
-            "author",
-            51,
-            "family",
-            Some("RIVALS"),
-            0.3,
-            "e3",
-        )],
+        vec![ai("author:50", "author:51", "family/RIVALS", 0.3, "e3")],
     )
     .await;
     store_ai(
         store,
-        vec![ai(
-            "author",
-            50,
-            "author",
-            51,
-            "family",
-            Some("RIVALS"),
-            0.9,
-            "e4",
-        )],
+        vec![ai("author:50", "author:51", "family/RIVALS", 0.9, "e4")],
     )
     .await;
     let rows = new_ai_rows(store).await;
     assert_eq!(
         rows[0],
-        ai(
-            "author",
-            50,
-            "author",
-            51,
-            "family",
-            Some("SIBLING"),
-            0.9,
-            "e2"
-        )
+        ai("author:50", "author:51", "family/SIBLING", 0.9, "e2")
     );
 
     // Another relationship for the same pair coexists; incomplete rows are skipped; several
     // rows at once; duplicates within one batch collapse to the highest confidence; confidence
     // is clamped to [0, 1].
-    let mut incomplete = ai("author", 70, "author", 71, "family", None, 0.5, "x");
+    let mut incomplete = ai("author:70", "author:71", "family", 0.5, "x");
     incomplete.relationship.clear();
     store_ai(
         store,
         vec![
-            ai("author", 50, "author", 51, "scandal", None, 0.4, "s"),
+            ai("author:50", "author:51", "scandal", 0.4, "s"),
             incomplete,
-            ai("author", 80, "author", 81, "friendship", None, 0.6, "low"),
-            ai("author", 81, "author", 80, "friendship", None, 0.8, "high"),
-            ai("author", 80, "author", 81, "friendship", None, 0.7, "mid"),
-            ai(
-                "binder",
-                90,
-                "author",
-                91,
-                "collaboration",
-                None,
-                2.5,
-                "clamped",
-            ),
+            ai("author:80", "author:81", "friendship", 0.6, "low"),
+            ai("author:81", "author:80", "friendship", 0.8, "high"),
+            ai("author:80", "author:81", "friendship", 0.7, "mid"),
+            ai("binder:90", "author:91", "collaboration", 2.5, "clamped"),
         ],
     )
     .await;
     let rows = new_ai_rows(store).await;
     assert_eq!(rows.len(), 6, "{rows:?}");
-    assert!(rows.contains(&ai("author", 50, "author", 51, "scandal", None, 0.4, "s")));
+    assert!(rows.contains(&ai("author:50", "author:51", "scandal", 0.4, "s")));
+    assert!(rows.contains(&ai("author:50", "author:51", "family/SIBLING", 0.9, "e2")));
+    assert!(rows.contains(&ai("author:80", "author:81", "friendship", 0.8, "high")));
     assert!(rows.contains(&ai(
-        "author",
-        50,
-        "author",
-        51,
-        "family",
-        Some("SIBLING"),
-        0.9,
-        "e2"
-    )));
-    assert!(rows.contains(&ai(
-        "author",
-        80,
-        "author",
-        81,
-        "friendship",
-        None,
-        0.8,
-        "high"
-    )));
-    assert!(rows.contains(&ai(
-        "author",
-        91,
-        "binder",
-        90,
+        "author:91",
+        "binder:90",
         "collaboration",
-        None,
         1.0,
         "clamped"
     )));
@@ -1123,25 +968,13 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
     // Re-storing a batch with higher confidence updates.
     store_ai(
         store,
-        vec![ai(
-            "author",
-            80,
-            "author",
-            81,
-            "friendship",
-            None,
-            0.95,
-            "higher",
-        )],
+        vec![ai("author:80", "author:81", "friendship", 0.95, "higher")],
     )
     .await;
     assert!(new_ai_rows(store).await.contains(&ai(
-        "author",
-        80,
-        "author",
-        81,
+        "author:80",
+        "author:81",
         "friendship",
-        None,
         0.95,
         "higher"
     )));
@@ -1151,12 +984,9 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
     assert_eq!(
         all[0],
         ai(
-            "author",
-            1,
-            "author",
-            2,
-            "friendship",
-            Some("MENTOR"),
+            "author:1",
+            "author:2",
+            "friendship/MENTOR",
             0.6,
             "old evidence"
         )
@@ -1167,14 +997,8 @@ async fn ai_connection_upserts_follow_the_original(store: Arc<dyn Store>) {
 
 async fn reduce_job_total_can_complete_a_job(store: Arc<dyn Store>) {
     let j = new_job(&*store, 3).await;
-    store
-        .record_outcome(outcome(&j.id, author(1), None))
-        .await
-        .unwrap();
-    store
-        .record_outcome(outcome(&j.id, author(2), None))
-        .await
-        .unwrap();
+    record(&*store, &j.id, author(1), None).await;
+    record(&*store, &j.id, author(2), None).await;
     let after = store
         .reduce_job_total(&j.id, 1, "1 message could not be sent")
         .await

@@ -24,6 +24,16 @@ pub fn command() -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end: (exit code, -1 when a signal ended it; stdout; stderr).
+pub fn run_to_end(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run profile-worker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running daemon; killed on drop if still alive.
 pub struct Daemon {
     child: Child,
@@ -104,8 +114,31 @@ impl Daemon {
         }
     }
 
+    /// Sends SIGTERM and asserts a clean exit within `limit` (blocking this thread meanwhile).
+    pub fn terminate(&mut self, limit: Duration) {
+        self.signal("TERM");
+        let status = self.wait(limit);
+        assert!(status.success(), "exit status {status:?}");
+    }
+
+    /// [`Daemon::terminate`] waiting on the blocking pool, so that servers on the test's own
+    /// runtime (the fake Bedrock, the AWS proxy) keep answering while the daemon drains.
+    pub async fn terminate_off_runtime(mut self, limit: Duration) {
+        tokio::task::spawn_blocking(move || self.terminate(limit))
+            .await
+            .expect("the daemon exits cleanly");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits until `/ready` answers 200 (hang guard `limit`).
+    pub async fn wait_ready(&self, limit: Duration) {
+        super::sqs::eventually("the daemon is ready", limit, || async {
+            http("GET", &self.url("/ready")).await.0 == 200
+        })
+        .await;
     }
 }
 
@@ -169,6 +202,52 @@ impl Stack {
         let db = super::db::TestDb::migrated().await;
         let queue = super::sqs::TestQueue::create(&super::sqs::moto_url(), 3).await;
         Stack { db, queue }
+    }
+
+    /// A stack whose database holds the bundled demo sample (70 entities).
+    pub async fn with_sample() -> Stack {
+        let stack = Stack::new().await;
+        stack
+            .db
+            .exec(&profile_worker::demo::sample::Sample::bundled().sql())
+            .await;
+        stack
+    }
+
+    /// A stack whose database holds the reference collection ([`super::db::load_fixture`]).
+    pub async fn with_fixture() -> Stack {
+        let stack = Stack::new().await;
+        super::db::load_fixture(&stack.db).await;
+        stack
+    }
+
+    /// Runs a CLI command against this stack: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        run_to_end(command().args(args).envs(self.env()))
+    }
+
+    /// Runs a CLI command that must succeed and print one JSON document.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+    }
+
+    /// Starts the daemon with the Bedrock generator pointed at `fake` (through the SDK's
+    /// `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`) and `extra` settings.
+    pub fn start_bedrock(
+        &self,
+        fake: &super::bedrock::FakeBedrock,
+        extra: &[(&str, &str)],
+    ) -> Daemon {
+        let url = fake.url();
+        let mut env = vec![
+            ("PROFILE_WORKER_GENERATOR__BACKEND", "bedrock"),
+            ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        self.start(&env)
     }
 
     /// The daemon's environment for this stack (fast polling; offline generator).

@@ -18,6 +18,33 @@ pub const FIXTURE_PATH: &str = concat!(
     "/tests/data/fixtures/collection-small.sql"
 );
 
+/// Adds user `id` with `role` (`sub-<id>` as its Cognito subject).
+pub async fn add_user(db: &TestDb, id: i32, role: &str) {
+    db.exec(&format!(
+        "INSERT INTO users (id, cognito_sub, role) VALUES ({id}, 'sub-{id}', '{role}');"
+    ))
+    .await;
+}
+
+/// The first `count` authors of the collection (they have qualifying books); fails the test when
+/// the loaded data has fewer.
+pub async fn collection_authors(
+    store: &impl profile_worker::store::ProfileStore,
+    count: usize,
+) -> Vec<profile_worker::model::EntityRef> {
+    let authors: Vec<_> = store
+        .collection_entities()
+        .await
+        .expect("collection entities")
+        .into_iter()
+        .map(|e| e.entity)
+        .filter(|e| e.entity_type == profile_worker::model::EntityType::Author)
+        .take(count)
+        .collect();
+    assert_eq!(authors.len(), count, "the data has {count} authors");
+    authors
+}
+
 /// One throw-away database.
 pub struct TestDb {
     /// URL of the test database itself.

@@ -1,19 +1,17 @@
-//! Batch-job test helpers: a seeded collection of known size and a `Queue` that refuses chosen
-//! entries of `SendMessageBatch` while passing the rest to a real queue.
+//! Batch-job test helpers: a seeded collection of known size and `SendMessageBatch` faults that
+//! refuse chosen entries while passing the rest to a real queue.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use profile_worker::model::EntityRef;
 use profile_worker::pipeline::message::parse;
-use profile_worker::queue::{
-    BatchFailure, OutgoingMessage, Queue, QueueDepth, QueueError, ReceivedMessage,
-};
+use profile_worker::queue::{BatchFailure, OutgoingMessage, Queue, QueueError};
 
 use super::db::TestDb;
+use super::queue::Hooks;
 
 /// Collection sizes of [`seed_collection`]: every one of them has a qualifying book.
 pub const AUTHORS: i32 = 20;
@@ -25,8 +23,8 @@ pub const ENTITIES: usize = (AUTHORS + PUBLISHERS + BINDERS) as usize;
 /// Inserts an admin user (id 1), 20 authors, 12 publishers and 8 binders each with at least one
 /// qualifying book, plus an author (id 21) whose only book is sold (not in the collection).
 pub async fn seed_collection(db: &TestDb) {
-    let mut sql =
-        String::from("INSERT INTO users (id, cognito_sub, role) VALUES (1, 'sub-1', 'admin');\n");
+    super::db::add_user(db, 1, "admin").await;
+    let mut sql = String::new();
     for id in 1..=AUTHORS + 1 {
         sql += &format!("INSERT INTO authors (id, name) VALUES ({id}, 'Author {id}');\n");
     }
@@ -63,27 +61,17 @@ pub async fn add_usage(db: &TestDb, job_id: &str, entity_id: i32, input: i64, ou
     .await;
 }
 
-/// A [`Queue`] over a real one whose `send_batch` refuses chosen entities: `always` on every
-/// try, `once` on the first try only; and whose numbered calls (1-based) can fail as a whole.
-pub struct FailingQueue {
-    inner: Arc<dyn Queue>,
+/// `send_batch` faults for [`super::queue::Intercepted`]: chosen entities refused `always` (on
+/// every try) or `once` (on the first try only), and numbered calls (1-based) failing as a whole.
+#[derive(Default)]
+pub struct SendFaults {
     always: BTreeSet<EntityRef>,
     once: Mutex<BTreeSet<EntityRef>>,
     call_errors: Mutex<BTreeMap<usize, QueueError>>,
     calls: AtomicUsize,
 }
 
-impl FailingQueue {
-    pub fn new(inner: Arc<dyn Queue>) -> Self {
-        Self {
-            inner,
-            always: BTreeSet::new(),
-            once: Mutex::new(BTreeSet::new()),
-            call_errors: Mutex::new(BTreeMap::new()),
-            calls: AtomicUsize::new(0),
-        }
-    }
-
+impl SendFaults {
     /// Refuses these entities on every try (a server-side fault, so they are retried).
     pub fn always(mut self, entities: &[EntityRef]) -> Self {
         self.always.extend(entities.iter().copied());
@@ -109,37 +97,10 @@ impl FailingQueue {
 }
 
 #[async_trait]
-impl Queue for FailingQueue {
-    async fn receive(
-        &self,
-        max: usize,
-        wait: Duration,
-        visibility: Duration,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        self.inner.receive(max, wait, visibility).await
-    }
-
-    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<BatchFailure>, QueueError> {
-        self.inner.delete_batch(receipts).await
-    }
-
-    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
-        self.inner.change_visibility(receipt, timeout).await
-    }
-
-    async fn change_visibility_batch(
-        &self,
-        entries: &[(String, Duration)],
-    ) -> Result<Vec<BatchFailure>, QueueError> {
-        self.inner.change_visibility_batch(entries).await
-    }
-
-    async fn send(&self, message: &OutgoingMessage) -> Result<String, QueueError> {
-        self.inner.send(message).await
-    }
-
+impl Hooks for SendFaults {
     async fn send_batch(
         &self,
+        inner: &dyn Queue,
         messages: &[OutgoingMessage],
     ) -> Result<Vec<BatchFailure>, QueueError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -167,24 +128,12 @@ impl Queue for FailingQueue {
         if !passed.is_empty() {
             let subset: Vec<OutgoingMessage> =
                 passed.iter().map(|&i| messages[i].clone()).collect();
-            for mut f in self.inner.send_batch(&subset).await? {
+            for mut f in inner.send_batch(&subset).await? {
                 f.index = passed[f.index];
                 refused.push(f);
             }
         }
         refused.sort_by_key(|f| f.index);
         Ok(refused)
-    }
-
-    async fn approximate_depth(&self) -> Result<QueueDepth, QueueError> {
-        self.inner.approximate_depth().await
-    }
-
-    fn max_receive_count(&self) -> Option<u32> {
-        self.inner.max_receive_count()
-    }
-
-    fn dead_letter_queue(&self) -> Option<Arc<dyn Queue>> {
-        self.inner.dead_letter_queue()
     }
 }

@@ -156,6 +156,11 @@ impl Harness {
         self.deliver_attempt(body, 1, false).await
     }
 
+    /// Hands `job`'s message for `entity` (not forced) to the pipeline as a first delivery.
+    pub async fn deliver_for(&self, job: &str, entity: &str) -> Outcome {
+        self.deliver(&message(Some(job), entity, false)).await
+    }
+
     /// Hands one body to the pipeline as delivery `attempt`.
     pub async fn deliver_attempt(
         &self,

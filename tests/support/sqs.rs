@@ -153,6 +153,16 @@ impl TestQueue {
             .to_string()
     }
 
+    /// Purges the main queue (PurgeQueue), in-flight messages included.
+    pub async fn purge(&self) {
+        self.client
+            .purge_queue()
+            .queue_url(&self.url)
+            .send()
+            .await
+            .expect("PurgeQueue");
+    }
+
     /// (visible, not visible) as the server reports them.
     pub async fn counts(&self) -> (u64, u64) {
         counts(&self.client, &self.url).await
@@ -277,7 +287,16 @@ where
 
 /// Polls `cond` every 50 ms until it holds; panics after `limit` (a hang guard, not a timing
 /// assertion).
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    poll_every(Duration::from_millis(50), what, limit, cond).await;
+}
+
+/// [`eventually`] polling every `period`, for conditions that are costly to check (a CLI run).
+pub async fn poll_every<F, Fut>(period: Duration, what: &str, limit: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -288,7 +307,7 @@ where
             tokio::time::Instant::now() < deadline,
             "gave up waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(period).await;
     }
 }
 
