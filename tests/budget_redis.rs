@@ -417,7 +417,10 @@ async fn a_throttled_attempt_goes_back_through_the_budget_instead_of_the_adapter
     let fake = FakeBedrock::start().await;
     fake.push(
         CallKind::Narrative,
-        [FakeReply::throttling(), FakeReply::text("They met at a dinner.")],
+        [
+            FakeReply::throttling(),
+            FakeReply::text("They met at a dinner."),
+        ],
     );
     let mut config = fake.generator_config();
     // The adapter's own backoff would wait up to a minute.
@@ -515,8 +518,9 @@ async fn the_daily_cap_counts_the_cluster_s_calls_in_flight_beside_the_settled_s
     let here = Replica::new("replica-a", &config, &cache);
     let elsewhere = Replica::new("replica-b", &config, &cache);
     let generator_config = fake.generator_config();
-    let bedrock = BedrockGenerator::new(&sdk_config().await, &generator_config, here.metrics.clone())
-        .returning_throttles();
+    let bedrock =
+        BedrockGenerator::new(&sdk_config().await, &generator_config, here.metrics.clone())
+            .returning_throttles();
     let generator =
         BudgetedGenerator::new(Arc::new(bedrock), here.budget.clone(), &generator_config);
     let mut defaults = profile_worker::config::defaults();

@@ -381,7 +381,10 @@ mod tests {
         };
         let (now, rate) = held_for_a_minute(0.0);
         let start = adaptive::START_RPM;
-        assert!(rate > start * 1.6 && rate < start * 1.9, "{rate} from {start}");
+        assert!(
+            rate > start * 1.6 && rate < start * 1.9,
+            "{rate} from {start}"
+        );
 
         // After a throttle (of the last call sent): about 1 % a minute.
         local.settle_at(now, &l, 1, 0, THROTTLED);
