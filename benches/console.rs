@@ -108,6 +108,8 @@ fn overview(jobs: usize) -> Overview {
             .collect(),
         redrive: None,
         spend_today: None,
+        daily_cap_usd: Some(50.0),
+        paused: Vec::new(),
         chart: (0..61)
             .map(|m| Point {
                 at: now - Duration::minutes(60 - m),

@@ -10,10 +10,10 @@ use deadpool_redis::redis::AsyncCommands;
 use profile_worker::budget::{Budget, BudgetedGenerator, Source, Spent};
 use profile_worker::config::{BudgetConfig, CacheConfig};
 use profile_worker::generate::bedrock::BedrockGenerator;
-use profile_worker::generate::{Allowance, Generator, PairRequest};
+use profile_worker::generate::{Allowance, CallKind, Generator, PairRequest};
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use support::bedrock::{FakeBedrock, Quota, sdk_config};
+use support::bedrock::{FakeBedrock, FakeReply, Quota, sdk_config};
 use support::entities::entity;
 use support::redis::{RedisServer, cache_config, guard, raw, shared_url};
 
@@ -81,6 +81,7 @@ async fn three_replicas_call(fake: &FakeBedrock, budget: Option<&BudgetConfig>, 
             Some(b) => Arc::new(BudgetedGenerator::new(
                 bedrock,
                 Replica::new(&format!("replica-{r}"), b, &cache).budget,
+                &config,
             )),
             None => bedrock,
         };
@@ -176,7 +177,7 @@ async fn settling_replaces_the_reserved_estimate_with_the_tokens_spent() {
     // 6,000 tokens per minute: every token reserves 10 ms.
     let config = budget_config(|b| b.tokens_per_minute = 6_000);
     let replica = Replica::new("replica-a", &config, &cache);
-    let grant = guard(replica.budget.acquire(1_000)).await;
+    let grant = guard(replica.budget.acquire(1_000, 0.0)).await;
     assert_eq!(grant.source, Source::Redis);
     let reserved = tokens_ahead_ms(&url, &config).await;
     assert!(
@@ -193,7 +194,7 @@ async fn settling_replaces_the_reserved_estimate_with_the_tokens_spent() {
 
     // Another replica is held back by what the first one spent, then admitted.
     let other = Replica::new("replica-b", &config, &cache);
-    let grant = guard(other.budget.acquire(10)).await;
+    let grant = guard(other.budget.acquire(10, 0.0)).await;
     assert_eq!(grant.source, Source::Redis);
 }
 
@@ -214,7 +215,7 @@ fn single_lease() -> (String, CacheConfig, BudgetConfig, String) {
 async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
     let (url, cache, config, leases_key) = single_lease();
     let holder = Replica::new("replica-a", &config, &cache);
-    let grant = guard(holder.budget.acquire(10)).await;
+    let grant = guard(holder.budget.acquire(10, 0.0)).await;
     assert_eq!(holder.metrics.budget_leases.get(), 1);
     let mut conn = raw(&url).await;
     let held: Vec<String> = conn.zrange(&leases_key, 0, -1).await.unwrap();
@@ -225,7 +226,7 @@ async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
     drop(holder);
 
     let other = Replica::new("replica-b", &config, &cache);
-    let grant = guard(other.budget.acquire(10)).await;
+    let grant = guard(other.budget.acquire(10, 0.0)).await;
     assert_eq!(grant.source, Source::Redis);
     let now_held: Vec<String> = conn.zrange(&leases_key, 0, -1).await.unwrap();
     assert_eq!(now_held.len(), 1);
@@ -243,7 +244,7 @@ async fn a_vanished_replica_s_lease_expires_and_its_capacity_returns() {
 async fn a_renewed_lease_outlives_its_ttl() {
     let (url, cache, config, leases_key) = single_lease();
     let holder = Replica::new("replica-a", &config, &cache);
-    let grant = guard(holder.budget.acquire(10)).await;
+    let grant = guard(holder.budget.acquire(10, 0.0)).await;
     let mut conn = raw(&url).await;
     let expiry = |conn: &mut deadpool_redis::redis::aio::MultiplexedConnection| {
         let key = leases_key.clone();
@@ -272,7 +273,7 @@ async fn without_redis_each_replica_takes_its_share_and_carries_on() {
     let b = Replica::new("replica-b", &config, &cache);
     // Twice, so that each has seen both replicas live.
     for r in [&a, &b, &a, &b] {
-        let grant = guard(r.budget.acquire(10)).await;
+        let grant = guard(r.budget.acquire(10, 0.0)).await;
         assert_eq!(grant.source, Source::Redis);
         r.budget.settle(grant, Spent::default()).await;
     }
@@ -283,8 +284,8 @@ async fn without_redis_each_replica_takes_its_share_and_carries_on() {
     server.stop();
     // Both replicas carry on, each on half of the budget: two leases each.
     for r in [&a, &b] {
-        let first = guard(r.budget.acquire(10)).await;
-        let second = guard(r.budget.acquire(10)).await;
+        let first = guard(r.budget.acquire(10, 0.0)).await;
+        let second = guard(r.budget.acquire(10, 0.0)).await;
         assert_eq!(
             (first.source, second.source),
             (Source::Local, Source::Local)
@@ -304,7 +305,7 @@ async fn without_redis_each_replica_takes_its_share_and_carries_on() {
     // The next probe (at most a second later) goes back to Redis.
     let back = guard(async {
         loop {
-            let grant = a.budget.acquire(10).await;
+            let grant = a.budget.acquire(10, 0.0).await;
             let source = grant.source;
             a.budget.settle(grant, Spent::default()).await;
             if source == Source::Redis {
@@ -318,8 +319,28 @@ async fn without_redis_each_replica_takes_its_share_and_carries_on() {
     assert!(a.check().0);
 }
 
+/// Redis's clock, milliseconds.
+async fn redis_now_ms(conn: &mut deadpool_redis::redis::aio::MultiplexedConnection) -> f64 {
+    let (secs, micros): (u64, u64) = deadpool_redis::redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .unwrap();
+    secs as f64 * 1000.0 + micros as f64 / 1000.0
+}
+
+/// Records `n` attempts as sent just now in the adaptive window (as `n` admitted calls would).
+async fn seed_sent(url: &str, budget: &BudgetConfig, n: usize) {
+    let mut conn = raw(url).await;
+    let now = redis_now_ms(&mut conn).await;
+    let members: Vec<(f64, String)> = (0..n).map(|i| (now, format!("seeded:{i}"))).collect();
+    let _: i64 = conn
+        .zadd_multiple(format!("{}sent", budget.key_prefix), &members)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn throttling_cuts_the_adaptive_rate_for_every_replica() {
+async fn a_throttle_cuts_every_replica_s_rate_to_what_bedrock_accepted_in_the_last_minute() {
     let url = shared_url();
     let cache = cache_config(&url);
     let config = budget_config(|b| {
@@ -328,20 +349,233 @@ async fn throttling_cuts_the_adaptive_rate_for_every_replica() {
     });
     let a = Replica::new("replica-a", &config, &cache);
     let b = Replica::new("replica-b", &config, &cache);
-    let grant = guard(a.budget.acquire(10)).await;
+    // 4,000 attempts accepted in the last minute, then one call throttled.
+    seed_sent(&url, &config, 4_000).await;
+    let grant = guard(a.budget.acquire(10, 0.0)).await;
     let start = a.metrics.budget_rate.get();
     assert!(
         start > 5_800.0 && start <= 6_000.0,
         "the configured rate less 2 %: {start}"
     );
-    let throttled = spent(2, 120, 1);
+    let throttled = spent(1, 0, 1);
     a.budget.settle(grant, throttled).await;
     let cut = a.metrics.budget_rate.get();
-    assert!(cut < start * 0.75, "one throttle cuts the rate: {cut}");
+    let expected = 4_000.0 * 0.98;
+    assert!(
+        (cut - expected).abs() < 1.0,
+        "cut to the accepted calls less 2 %, the throttled one not counted: {cut}"
+    );
 
-    // The other replica admits at the cut rate, learnt through Redis.
-    let grant = guard(b.budget.acquire(10)).await;
+    // The other replica sees the cut rate, learnt through Redis, and waits: the window already
+    // holds more calls than the new rate.
+    let held = tokio::time::timeout(Duration::from_millis(500), b.budget.acquire(10, 0.0)).await;
+    assert!(held.is_err(), "the window is full at the cut rate");
     let seen = b.metrics.budget_rate.get();
-    assert!(seen < start * 0.75, "{seen}");
-    b.budget.settle(grant, Spent::default()).await;
+    assert!((seen - expected).abs() < 1.0, "{seen}");
+
+    // With few calls accepted, one throttle at most halves the rate.
+    let config = budget_config(|b| {
+        b.adaptive = true;
+        b.requests_per_minute = 6_000;
+    });
+    let c = Replica::new("replica-c", &config, &cache);
+    let grant = guard(c.budget.acquire(10, 0.0)).await;
+    c.budget.settle(grant, throttled).await;
+    let halved = c.metrics.budget_rate.get();
+    assert!((halved - start / 2.0).abs() < 1.0, "{halved} from {start}");
+}
+
+#[tokio::test]
+async fn the_adaptive_rate_admits_no_more_calls_in_a_window_than_its_rate() {
+    let url = shared_url();
+    let cache = cache_config(&url);
+    // 117.6 calls a minute: the pace alone would admit the next call at once.
+    let config = budget_config(|b| {
+        b.adaptive = true;
+        b.requests_per_minute = 120;
+    });
+    let a = Replica::new("replica-a", &config, &cache);
+    seed_sent(&url, &config, 117).await;
+    let grant = guard(a.budget.acquire(10, 0.0)).await;
+    let answered = spent(1, 10, 0);
+    a.budget.settle(grant, answered).await;
+    let held = tokio::time::timeout(Duration::from_secs(2), a.budget.acquire(10, 0.0)).await;
+    assert!(
+        held.is_err(),
+        "118 calls in the window: the next waits for the oldest to leave it"
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_attempt_goes_back_through_the_budget_instead_of_the_adapter_s_backoff() {
+    let fake = FakeBedrock::start().await;
+    fake.push(
+        CallKind::Narrative,
+        [
+            FakeReply::throttling(),
+            FakeReply::text("They met at a dinner."),
+        ],
+    );
+    let mut config = fake.generator_config();
+    // The adapter's own backoff would wait up to a minute.
+    config.retry_base_ms = 60_000;
+    config.max_attempts = 4;
+    let budget = budget_config(|b| {
+        b.adaptive = true;
+        b.requests_per_minute = 6_000;
+    });
+    let replica = Replica::new("replica-a", &budget, &cache_config(&shared_url()));
+    let bedrock = BedrockGenerator::new(&sdk_config().await, &config, replica.metrics.clone())
+        .returning_throttles();
+    let generator = BudgetedGenerator::new(Arc::new(bedrock), replica.budget.clone(), &config);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        generator.connection_narrative(&pair(&config.models["haiku"])),
+    )
+    .await
+    .expect("no backoff of the adapter")
+    .expect("the second attempt answers");
+    assert_eq!((reply.usage.calls, reply.usage.throttled), (2, 1));
+    let admitted = replica
+        .metrics
+        .budget_wait_seconds
+        .with_label_values(&["redis"])
+        .get_sample_count();
+    assert_eq!(admitted, 2, "each attempt was admitted by the budget");
+    assert!(
+        replica.metrics.budget_rate.get() < 6_000.0 * 0.98 * 0.75,
+        "the throttle cut the rate before the attempt was sent again"
+    );
+}
+
+#[tokio::test]
+async fn calls_in_flight_reserve_their_cost_for_every_replica_until_settled_or_expired() {
+    let url = shared_url();
+    let cache = cache_config(&url);
+    let config = budget_config(|b| {
+        b.daily_cost_usd = 10.0;
+        b.lease_ttl_seconds = 2;
+    });
+    let a = Replica::new("replica-a", &config, &cache);
+    let b = Replica::new("replica-b", &config, &cache);
+    let first = guard(a.budget.acquire(10, 0.25)).await;
+    let second = guard(a.budget.acquire(10, 0.5)).await;
+    assert_eq!(first.source, Source::Redis);
+    assert!((b.budget.reserved_usd().await - 0.75).abs() < 1e-9);
+    a.budget.settle(first, Spent::default()).await;
+    assert!((b.budget.reserved_usd().await - 0.5).abs() < 1e-9);
+
+    // A renewed reservation outlives the TTL; one never settled (its replica killed) expires.
+    let kept = guard(b.budget.acquire(10, 0.125)).await;
+    drop(second);
+    drop(a);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.budget.renew(&kept).await;
+    }
+    assert!((b.budget.reserved_usd().await - 0.125).abs() < 1e-9);
+    b.budget.settle(kept, Spent::default()).await;
+    assert_eq!(b.budget.reserved_usd().await, 0.0);
+}
+
+#[tokio::test]
+async fn without_redis_a_replica_counts_its_own_calls_in_flight() {
+    let mut server = RedisServer::start();
+    let cache = cache_config(&server.url());
+    let config = budget_config(|b| b.daily_cost_usd = 10.0);
+    let a = Replica::new("replica-a", &config, &cache);
+    let on_redis = guard(a.budget.acquire(10, 0.25)).await;
+    assert_eq!(on_redis.source, Source::Redis);
+    server.stop();
+    let local = guard(a.budget.acquire(10, 0.5)).await;
+    assert_eq!(local.source, Source::Local);
+    assert!((a.budget.reserved_usd().await - 0.75).abs() < 1e-9);
+    drop(local);
+    a.budget.settle(on_redis, Spent::default()).await;
+    assert_eq!(a.budget.reserved_usd().await, 0.0);
+}
+
+#[tokio::test]
+async fn the_daily_cap_counts_the_cluster_s_calls_in_flight_beside_the_settled_spend() {
+    use profile_worker::cache::GraphCache;
+    use profile_worker::consumer::{Delivery, Handler, Outcome};
+    use profile_worker::outcome::Dependency;
+    use profile_worker::pipeline::{Pipeline, Settings};
+    use profile_worker::store::JobStore;
+
+    let db = support::db::TestDb::migrated().await;
+    db.exec(support::pipeline::COLLECTION).await;
+    let fake = FakeBedrock::start().await;
+    let url = shared_url();
+    let cache = cache_config(&url);
+    let config = budget_config(|b| b.daily_cost_usd = 1.0);
+    let here = Replica::new("replica-a", &config, &cache);
+    let elsewhere = Replica::new("replica-b", &config, &cache);
+    let generator_config = fake.generator_config();
+    let bedrock =
+        BedrockGenerator::new(&sdk_config().await, &generator_config, here.metrics.clone())
+            .returning_throttles();
+    let generator =
+        BudgetedGenerator::new(Arc::new(bedrock), here.budget.clone(), &generator_config);
+    let mut defaults = profile_worker::config::defaults();
+    defaults.generator = generator_config;
+    let graph_cache = GraphCache::with_key_prefix(
+        &cache,
+        here.metrics.clone(),
+        &Health::new(),
+        &support::redis::unique_prefix(),
+    )
+    .expect("cache builds");
+    let store = Arc::new(db.store());
+    let pipeline = Pipeline::new(
+        store.clone(),
+        graph_cache,
+        Arc::new(generator),
+        here.metrics.clone(),
+        Settings::from_config(&defaults),
+    );
+    let deliver = |entity: &str| Delivery {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        body: support::pipeline::message(None, entity, true),
+        receive_count: 1,
+        attempt: 1,
+        is_last_attempt: false,
+    };
+
+    // One profile settles its spend; then the cap sits $0.40 above it.
+    assert_eq!(
+        guard(pipeline.handle(&deliver("author:20"))).await,
+        Outcome::Done
+    );
+    let spent = store.spend_today().await.unwrap().cost_usd;
+    assert!(spent > 0.0);
+    db.exec(&format!(
+        "INSERT INTO app_config (key, value) VALUES ('budget.daily_cost_usd', '{}')",
+        spent + 0.4
+    ))
+    .await;
+
+    // A call running on another replica reserves $0.50: spend plus reservations pass the cap.
+    let running = guard(elsewhere.budget.acquire(10, 0.5)).await;
+    let sent = fake.requests().len();
+    let held = guard(pipeline.handle(&deliver("author:1"))).await;
+    assert!(
+        matches!(
+            held,
+            Outcome::Hold {
+                dependency: Dependency::DailyCostCap,
+                ..
+            }
+        ),
+        "{held:?}"
+    );
+    assert_eq!(fake.requests().len(), sent, "no call at the cap");
+
+    // Settled without spending (it failed at once): the message goes through.
+    elsewhere.budget.settle(running, Spent::default()).await;
+    assert_eq!(
+        guard(pipeline.handle(&deliver("author:1"))).await,
+        Outcome::Done
+    );
+    assert_eq!(here.budget.reserved_usd().await, 0.0, "every call settled");
 }

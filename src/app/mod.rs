@@ -358,13 +358,13 @@ impl App {
     pub async fn generator(&self) -> Result<Arc<dyn Generator>, AppError> {
         Ok(match self.config.generator.backend {
             GeneratorBackend::Bedrock => {
-                let bedrock: Arc<dyn Generator> = Arc::new(BedrockGenerator::new(
+                let bedrock = BedrockGenerator::new(
                     self.sdk().await,
                     &self.config.generator,
                     self.metrics.clone(),
-                ));
+                );
                 if !self.config.budget.enabled() {
-                    return Ok(bedrock);
+                    return Ok(Arc::new(bedrock));
                 }
                 let replica = format!("{}:{}", console::inflight::host_name(), std::process::id());
                 let budget = Budget::new(
@@ -375,7 +375,13 @@ impl App {
                     &self.health,
                 )
                 .map_err(AppError::Budget)?;
-                Arc::new(BudgetedGenerator::new(bedrock, Arc::new(budget)))
+                // Throttled attempts go back through the budget (docs/decisions.md, "Adaptive
+                // rate"), which paces them instead of the adapter's backoff.
+                Arc::new(BudgetedGenerator::new(
+                    Arc::new(bedrock.returning_throttles()),
+                    Arc::new(budget),
+                    &self.config.generator,
+                ))
             }
             GeneratorBackend::Offline => Arc::new(OfflineGenerator::from_config(
                 &self.config.generator,

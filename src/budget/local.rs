@@ -2,6 +2,7 @@
 //! every limit; used while Redis is unreachable or not configured. Its clock is tokio's; the
 //! tests drive it with explicit times.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use tokio::time::Instant;
@@ -25,6 +26,8 @@ struct State {
     /// When the rate last grew and was last cut, milliseconds since `origin`.
     updated: f64,
     cut: Option<f64>,
+    /// Adaptive: when each attempt in the last [`adaptive::WINDOW_MS`] was sent, oldest first.
+    sent: VecDeque<f64>,
 }
 
 impl LocalLimiter {
@@ -65,10 +68,18 @@ impl LocalLimiter {
             wait = wait.max(super::LEASE_POLL.as_secs_f64() * 1000.0);
         }
         if limits.adaptive {
-            if let Some(r) = rate
-                && previous > now - 60_000.0 / r
-            {
-                s.grow(limits, now);
+            let mut capped = false;
+            if let Some(r) = rate {
+                // At most `r` attempts in any window, as in limiter.lua.
+                if let Some(oldest) = s.sent_in_window(now)
+                    && s.sent.len() as f64 >= r
+                {
+                    wait = wait.max(oldest + adaptive::WINDOW_MS - now);
+                    capped = true;
+                }
+                if capped || previous > now - 60_000.0 / r {
+                    s.grow(limits, now);
+                }
             }
             s.updated = now;
         }
@@ -84,6 +95,9 @@ impl LocalLimiter {
         if leases > 0 {
             s.leases += 1;
         }
+        if limits.adaptive {
+            s.sent.push_back(now);
+        }
         Decision::granted(rate)
     }
 
@@ -95,14 +109,26 @@ impl LocalLimiter {
     fn settle_at(&self, now: f64, limits: &Limits, share: u64, estimate: u64, spent: Spent) {
         let share = share.max(1) as f64;
         let mut s = self.state.lock().expect("budget lock");
-        if limits.adaptive
-            && spent.throttled > 0
-            && s.cut.is_none_or(|cut| now - cut >= adaptive::COOLDOWN_MS)
-        {
-            let rate = s.cluster_rate(limits, now).unwrap_or(adaptive::START_RPM);
-            s.rate = Some((rate * adaptive::CUT).max(1.0));
-            s.cut = Some(now);
-            s.updated = now;
+        if limits.adaptive {
+            // As in limiter.lua: the window keeps what Bedrock counted. Attempts are not told
+            // apart here, so a throttled one takes the newest entry out.
+            let throttled = spent.throttled.min(spent.requests);
+            let kept = u32::from(throttled == 0 && spent.requests > 0);
+            if kept == 0 {
+                s.sent.pop_back();
+            }
+            for _ in 0..spent.requests - throttled - kept {
+                s.sent.push_back(now);
+            }
+            if throttled > 0 && s.cut.is_none_or(|cut| now - cut >= adaptive::COOLDOWN_MS) {
+                let rate = s.cluster_rate(limits, now).unwrap_or(adaptive::START_RPM);
+                // This replica sent its share: the cluster's count is `share` times it.
+                let accepted = s.sent.iter().filter(|&&t| t > now - 60_000.0).count() as f64;
+                let cut = (accepted * share * adaptive::KEEP).max(rate * adaptive::MAX_CUT);
+                s.rate = Some(cut.min(rate).max(1.0));
+                s.cut = Some(now);
+                s.updated = now;
+            }
         }
         if let Some(rate) = s.cluster_rate(limits, now).map(|r| r / share)
             && spent.requests > 1
@@ -148,9 +174,28 @@ impl State {
         }
     }
 
+    /// Drops attempts older than the window; the oldest left, if any.
+    fn sent_in_window(&mut self, now: f64) -> Option<f64> {
+        while self
+            .sent
+            .front()
+            .is_some_and(|&t| t <= now - adaptive::WINDOW_MS)
+        {
+            self.sent.pop_front();
+        }
+        self.sent.front().copied()
+    }
+
+    /// Grows the learnt rate for the time since it was last updated: fast until the first
+    /// throttle, slowly after.
     fn grow(&mut self, limits: &Limits, now: f64) {
+        let per_second = if self.cut.is_some() {
+            adaptive::SETTLED_GROWTH_PER_SECOND
+        } else {
+            adaptive::GROWTH_PER_SECOND
+        };
         if let Some(rate) = self.rate.as_mut() {
-            *rate *= 1.0 + adaptive::GROWTH_PER_SECOND * (now - self.updated) / 1000.0;
+            *rate *= 1.0 + per_second * (now - self.updated) / 1000.0;
             if limits.requests_per_minute > 0 {
                 *rate = rate.min(limits.rpm());
             }
@@ -245,43 +290,107 @@ mod tests {
         assert_eq!(l.local_leases(10), 1);
     }
 
+    const SENT: Spent = Spent {
+        requests: 1,
+        tokens: 0,
+        throttled: 0,
+    };
+    const THROTTLED: Spent = Spent {
+        requests: 1,
+        tokens: 0,
+        throttled: 1,
+    };
+
     #[test]
-    fn throttling_cuts_the_adaptive_rate_once_per_cooldown_and_waiting_grows_it() {
+    fn a_throttle_sets_the_adaptive_rate_to_what_bedrock_accepted_in_the_last_minute() {
+        let l = limits(|l| {
+            l.adaptive = true;
+            l.requests_per_minute = 60;
+        });
+        let local = LocalLimiter::new();
+        // 40 calls 1.5 s apart, then one more that is throttled.
+        for i in 0..40 {
+            let now = f64::from(i) * 1500.0;
+            assert!(local.acquire_at(now, &l, 1, 0).granted, "call {i}");
+            local.settle_at(now, &l, 1, 0, SENT);
+        }
+        assert!(local.acquire_at(60_000.0, &l, 1, 0).granted);
+        local.settle_at(60_000.0, &l, 1, 0, THROTTLED);
+        // Accepted within the last minute: the 39 after t = 0; the throttled one is not counted.
+        let cut = 39.0 * adaptive::KEEP;
+        let rate = local.acquire_at(60_001.0, &l, 1, 0).rate.unwrap();
+        assert!((rate / cut - 1.0).abs() < 1e-4, "{rate} against {cut}");
+
+        // A second throttle within the cooldown (a call already on its way) does not cut again.
+        local.settle_at(61_000.0, &l, 1, 0, THROTTLED);
+        let rate = local.acquire_at(61_001.0, &l, 1, 0).rate.unwrap();
+        assert!((rate / cut - 1.0).abs() < 1e-4, "{rate} against {cut}");
+
+        // One throttle at most halves the rate, however few calls were accepted.
+        let few = LocalLimiter::new();
+        assert!(few.acquire_at(0.0, &l, 1, 0).granted);
+        few.settle_at(0.0, &l, 1, 0, THROTTLED);
+        let rate = few.acquire_at(1.0, &l, 1, 0).rate.unwrap();
+        assert_eq!(rate, 60.0 * ADMITTED * adaptive::MAX_CUT);
+    }
+
+    #[test]
+    fn at_most_the_adaptive_rate_is_sent_in_any_window() {
+        // 58.8 calls/min: paced at 1,020 ms, 60 calls would fit in 61 s; the window admits 59.
+        let l = limits(|l| {
+            l.adaptive = true;
+            l.requests_per_minute = 60;
+        });
+        let local = LocalLimiter::new();
+        let (mut now, mut granted) = (0.0, Vec::new());
+        while granted.len() < 200 {
+            let d = local.acquire_at(now, &l, 1, 0);
+            if d.granted {
+                granted.push(now);
+            }
+            now += d.wait_ms.max(1.0);
+        }
+        let per_window = (60.0 * ADMITTED).ceil() as usize;
+        for w in granted.windows(per_window + 1) {
+            // (Less a rounding error of the summed waits.)
+            assert!(
+                w[per_window] - w[0] >= adaptive::WINDOW_MS - 1e-6,
+                "{} calls within {} ms",
+                per_window + 1,
+                w[per_window] - w[0]
+            );
+        }
+    }
+
+    #[test]
+    fn waiting_grows_the_rate_fast_until_the_first_throttle_and_slowly_after() {
         let l = limits(|l| l.adaptive = true);
         let local = LocalLimiter::new();
-        let d = local.acquire_at(0.0, &l, 1, 0);
-        assert_eq!(d.rate, Some(adaptive::START_RPM));
-        let throttled = Spent {
-            requests: 1,
-            tokens: 0,
-            throttled: 1,
+        // Calls held back by the rate for a minute, accepted: about 1 % a second.
+        let held_for_a_minute = |from: f64| {
+            let (mut now, mut rate) = (from, 0.0);
+            while now < from + 60_000.0 {
+                let d = local.acquire_at(now, &l, 1, 0);
+                if d.granted {
+                    local.settle_at(now, &l, 1, 0, SENT);
+                }
+                rate = d.rate.unwrap();
+                now += d.wait_ms.max(1.0);
+            }
+            (now, rate)
         };
-        local.settle_at(0.0, &l, 1, 0, throttled);
-        local.settle_at(1.0, &l, 1, 0, throttled);
-        let cut = adaptive::START_RPM * adaptive::CUT;
-        let d = local.acquire_at(1.0, &l, 1, 0);
-        assert_eq!(
-            d.rate,
-            Some(cut),
-            "two throttles within the cooldown cut once"
-        );
-        local.settle_at(adaptive::COOLDOWN_MS, &l, 1, 0, throttled);
-        let d = local.acquire_at(adaptive::COOLDOWN_MS, &l, 1, 0);
-        assert_eq!(
-            d.rate,
-            Some(cut * adaptive::CUT),
-            "after the cooldown it cuts again"
+        let (now, rate) = held_for_a_minute(0.0);
+        let start = adaptive::START_RPM;
+        assert!(
+            rate > start * 1.6 && rate < start * 1.9,
+            "{rate} from {start}"
         );
 
-        // Calls held back by the rate for a minute: it grows about 1 % a second.
-        let cut = cut * adaptive::CUT;
-        let (mut now, mut rate) = (adaptive::COOLDOWN_MS, cut);
-        while now < adaptive::COOLDOWN_MS + 60_000.0 {
-            let d = local.acquire_at(now, &l, 1, 0);
-            rate = d.rate.unwrap();
-            now += d.wait_ms;
-        }
-        assert!(rate > cut * 1.6 && rate < cut * 1.9, "{rate} from {cut}");
+        // After a throttle (of the last call sent): about 1 % a minute.
+        local.settle_at(now, &l, 1, 0, THROTTLED);
+        let cut = local.acquire_at(now, &l, 1, 0).rate.unwrap();
+        let (now, rate) = held_for_a_minute(now);
+        assert!(rate > cut * 1.005 && rate < cut * 1.02, "{rate} from {cut}");
 
         // Without waiting callers (demand below the rate) it stays.
         let idle = local.acquire_at(now + 600_000.0, &l, 1, 0).rate.unwrap();

@@ -1,6 +1,7 @@
 //! The Bedrock call budget shared by all replicas (docs/decisions.md, "Bedrock budget: GCRA in
-//! one Lua script"): calls and tokens per minute, concurrent calls held as leases with a TTL, and
-//! a call rate learnt from throttling when the account's quota is unknown.
+//! one Lua script"): calls and tokens per minute, concurrent calls held as leases with a TTL, a
+//! call rate learnt from throttling when the account's quota is unknown, and the estimated cost
+//! of the calls running, which the daily cost cap counts beside the settled spend.
 //!
 //! [`Budget`] decides through Redis ([`redis::RedisLimiter`], one Lua script, atomic) and, while
 //! Redis is unreachable or not configured, on this replica's share ([`local::LocalLimiter`]):
@@ -26,18 +27,29 @@ use crate::metrics::Metrics;
 use local::LocalLimiter;
 use redis::RedisLimiter;
 
-/// The adaptive rate (AIMD on the call rate, docs/decisions.md): where it starts without a
-/// configured rate, how hard a throttle cuts it, how fast it grows while calls wait for it.
+/// The adaptive rate (docs/decisions.md, "Adaptive rate"): where it starts without a configured
+/// rate, how it grows while calls wait for it, and how a throttle sets it from what Bedrock
+/// accepted.
 pub mod adaptive {
     /// Calls per minute the cluster starts at when `budget.requests_per_minute` is 0.
     pub const START_RPM: f64 = 60.0;
-    /// A throttled call multiplies the rate by this.
-    pub const CUT: f64 = 0.7;
-    /// Relative growth per second while calls are held back by the rate.
+    /// Relative growth per second while calls are held back, until the first throttle: finds
+    /// the quota within a couple of minutes.
     pub const GROWTH_PER_SECOND: f64 = 0.01;
+    /// Relative growth per second after a throttle (1 % a minute): probes above the learnt
+    /// quota rarely, each probe costing about one throttled call.
+    pub const SETTLED_GROWTH_PER_SECOND: f64 = 0.01 / 60.0;
+    /// A throttle sets the rate to this share of the calls Bedrock accepted in the last minute.
+    pub const KEEP: f64 = 0.98;
+    /// One throttle at most halves the rate (when it came from others' traffic or a token quota,
+    /// our own count says little).
+    pub const MAX_CUT: f64 = 0.5;
     /// At most one cut per this many milliseconds: the calls already sent when the first
     /// throttle answered are throttled too and must not cut again.
     pub const COOLDOWN_MS: f64 = 2000.0;
+    /// At most `rate` attempts are sent in any window this long: Bedrock's minute plus a second,
+    /// so admission-to-arrival jitter below a second cannot put one call too many in its minute.
+    pub const WINDOW_MS: f64 = 61_000.0;
 }
 
 /// Share of a configured per-minute limit that is admitted: a call reaches Bedrock some
@@ -166,18 +178,47 @@ impl Source {
 }
 
 /// One admitted call: settle it with [`Budget::settle`]. Dropped unsettled (the call was
-/// cancelled), a local lease is released at once and a Redis lease expires after its TTL.
+/// cancelled), a local lease and reservation are released at once, and a Redis lease and
+/// reservation expire after the lease TTL.
 pub struct Grant {
     pub source: Source,
     lease: String,
     estimate: u64,
     held: Option<HeldLease>,
+    reservation: Reservation,
 }
 
 impl Grant {
-    /// Whether the call holds a lease that must be renewed while it runs.
-    pub fn holds_lease(&self) -> bool {
-        self.held.is_some()
+    /// Whether the call holds a lease or a cost reservation that must be renewed while it runs.
+    pub fn needs_renewal(&self) -> bool {
+        self.held.is_some() || self.reservation.usd > 0.0
+    }
+}
+
+/// A running call's estimated cost, counted in this replica's total until dropped (and, when
+/// admitted through Redis, in the cluster's until settled).
+struct Reservation {
+    usd: f64,
+    nano: u64,
+    total: Arc<AtomicU64>,
+}
+
+impl Reservation {
+    /// `usd` is finite and not negative.
+    fn new(usd: f64, total: &Arc<AtomicU64>) -> Self {
+        let nano = (usd * 1e9).round() as u64;
+        total.fetch_add(nano, Ordering::Relaxed);
+        Self {
+            usd,
+            nano,
+            total: total.clone(),
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.nano, Ordering::Relaxed);
     }
 }
 
@@ -215,6 +256,8 @@ pub struct Budget {
     local: Arc<LocalLimiter>,
     mode: Mutex<Mode>,
     leases: AtomicU64,
+    /// Nano-USD reserved by this replica's running calls (the total while Redis is down).
+    reserved: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     check: Check,
 }
@@ -251,6 +294,7 @@ impl Budget {
             redis,
             local: Arc::new(LocalLimiter::new()),
             leases: AtomicU64::new(0),
+            reserved: Arc::default(),
             metrics,
             check,
         };
@@ -258,8 +302,10 @@ impl Budget {
         Ok(this)
     }
 
-    /// Waits until the budget admits one call estimated at `tokens`. Never fails.
-    pub async fn acquire(&self, tokens: u64) -> Grant {
+    /// Waits until the budget admits one call estimated at `tokens` and `usd`, and reserves the
+    /// cost while the call runs. Never fails.
+    pub async fn acquire(&self, tokens: u64, usd: f64) -> Grant {
+        let usd = if usd.is_finite() { usd.max(0.0) } else { 0.0 };
         let started = Instant::now();
         let lease = format!(
             "{}:{}",
@@ -267,7 +313,7 @@ impl Budget {
             self.leases.fetch_add(1, Ordering::Relaxed)
         );
         loop {
-            let (source, decision) = self.decide(&lease, tokens).await;
+            let (source, decision) = self.decide(&lease, tokens, usd).await;
             if let Some(rate) = decision.rate {
                 self.metrics.budget_rate.set(rate);
             }
@@ -288,6 +334,7 @@ impl Budget {
                     lease,
                     estimate: tokens,
                     held,
+                    reservation: Reservation::new(usd, &self.reserved),
                 };
             }
             let wait = Duration::from_secs_f64(decision.wait_ms.max(1.0) / 1000.0);
@@ -301,7 +348,13 @@ impl Budget {
             && let Some(redis) = &self.redis
         {
             match redis
-                .settle(&self.limits, &grant.lease, grant.estimate, spent)
+                .settle(
+                    &self.limits,
+                    &grant.lease,
+                    grant.estimate,
+                    grant.reservation.usd,
+                    spent,
+                )
                 .await
             {
                 Ok(rate) => {
@@ -317,16 +370,32 @@ impl Budget {
             .settle(&self.limits, self.share(), grant.estimate, spent);
     }
 
-    /// Keeps a running call's Redis lease alive; a local lease needs nothing.
+    /// Keeps a running call's Redis lease and reservation alive; local ones need nothing.
     pub async fn renew(&self, grant: &Grant) {
-        if grant.source != Source::Redis || grant.held.is_none() {
+        if grant.source != Source::Redis || !grant.needs_renewal() {
             return;
         }
         if let Some(redis) = &self.redis
-            && let Err(e) = redis.renew(&self.limits, &grant.lease).await
+            && let Err(e) = redis
+                .renew(&self.limits, &grant.lease, grant.reservation.usd)
+                .await
         {
             tracing::debug!(error = %e, "cannot renew a budget lease");
         }
+    }
+
+    /// Estimated USD of the calls admitted and not yet settled: across the cluster through
+    /// Redis, this replica's own while Redis is unreachable. The daily cost cap counts it.
+    pub async fn reserved_usd(&self) -> f64 {
+        if let Some(redis) = &self.redis
+            && self.redis_due()
+        {
+            match redis.reserved().await {
+                Ok(usd) => return usd,
+                Err(e) => self.fell_back(&e),
+            }
+        }
+        self.reserved.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     /// How often a running call renews its lease: a third of the TTL.
@@ -335,12 +404,12 @@ impl Budget {
     }
 
     /// Asks Redis unless it is down and not due for a probe; otherwise the local share.
-    async fn decide(&self, lease: &str, tokens: u64) -> (Source, Decision) {
+    async fn decide(&self, lease: &str, tokens: u64, usd: f64) -> (Source, Decision) {
         if let Some(redis) = &self.redis
             && self.redis_due()
         {
             match redis
-                .acquire(&self.limits, lease, tokens, &self.replica)
+                .acquire(&self.limits, lease, tokens, usd, &self.replica)
                 .await
             {
                 Ok(answer) => {

@@ -20,7 +20,7 @@ const POOL_SIZE: usize = 4;
 pub(super) struct RedisLimiter {
     pool: Pool,
     timeout: Duration,
-    keys: [String; 5],
+    keys: [String; 7],
 }
 
 /// What `acquire` answered.
@@ -43,6 +43,8 @@ impl RedisLimiter {
                 key("leases"),
                 key("replicas"),
                 key("adaptive"),
+                key("sent"),
+                key("reserved"),
             ],
         })
     }
@@ -73,6 +75,7 @@ impl RedisLimiter {
         limits: &Limits,
         lease: &str,
         tokens: u64,
+        reserve_usd: f64,
         replica: &str,
     ) -> Result<Answer, BudgetError> {
         let args = [
@@ -87,6 +90,9 @@ impl RedisLimiter {
             replica.to_string(),
             limits.start_rpm().to_string(),
             adaptive::GROWTH_PER_SECOND.to_string(),
+            adaptive::SETTLED_GROWTH_PER_SECOND.to_string(),
+            adaptive::WINDOW_MS.to_string(),
+            reserve_usd.to_string(),
         ];
         let (granted, wait_ms, live, milli): (i64, i64, i64, i64) = self.run(&args).await?;
         let rate = (milli >= 0).then(|| milli as f64 / 1000.0);
@@ -101,41 +107,60 @@ impl RedisLimiter {
         })
     }
 
-    /// Releases the lease and corrects the reservation by what the call spent; answers the
-    /// rate now admitted.
+    /// Releases the lease and the cost reservation, corrects the token reservation by what the
+    /// call spent; answers the rate now admitted.
     pub(super) async fn settle(
         &self,
         limits: &Limits,
         lease: &str,
         estimate: u64,
+        reserve_usd: f64,
         spent: Spent,
     ) -> Result<Option<f64>, BudgetError> {
         let args = [
             "settle".to_string(),
             limits.rpm().to_string(),
             limits.tpm().to_string(),
-            spent.requests.saturating_sub(1).to_string(),
+            spent.requests.to_string(),
+            spent.throttled.min(spent.requests).to_string(),
             (spent.tokens as i64 - estimate as i64).to_string(),
             lease.to_string(),
             flag(limits.adaptive),
-            spent.throttled.to_string(),
             limits.start_rpm().to_string(),
-            adaptive::CUT.to_string(),
+            adaptive::KEEP.to_string(),
+            adaptive::MAX_CUT.to_string(),
             adaptive::COOLDOWN_MS.to_string(),
+            adaptive::WINDOW_MS.to_string(),
+            reserve_usd.to_string(),
         ];
         let reply: Vec<i64> = self.run(&args).await?;
         let milli = reply.first().copied().unwrap_or(-1);
         Ok((milli >= 0).then(|| milli as f64 / 1000.0))
     }
 
-    /// Extends a running call's lease by the TTL; false when it had already expired.
-    pub(super) async fn renew(&self, limits: &Limits, lease: &str) -> Result<bool, BudgetError> {
+    /// Extends a running call's lease and cost reservation by the TTL; false when the lease
+    /// had already expired (or none is held).
+    pub(super) async fn renew(
+        &self,
+        limits: &Limits,
+        lease: &str,
+        reserve_usd: f64,
+    ) -> Result<bool, BudgetError> {
         let args = [
             "renew".to_string(),
             lease.to_string(),
             limits.lease_ttl.as_millis().to_string(),
+            reserve_usd.to_string(),
         ];
         Ok(self.run::<i64>(&args).await? == 1)
+    }
+
+    /// USD reserved by the calls running across the cluster.
+    pub(super) async fn reserved(&self) -> Result<f64, BudgetError> {
+        let total: String = self.run(&["reserved".to_string()]).await?;
+        total
+            .parse()
+            .map_err(|e| BudgetError::Redis(format!("reserved total {total:?}: {e}")))
     }
 }
 

@@ -171,7 +171,8 @@ pub struct GeneratorConfig {
 }
 
 /// The Bedrock call budget shared by all replicas through Redis (docs/decisions.md, "Bedrock
-/// budget: GCRA in one Lua script"). Every limit at 0 and `adaptive` off: no budget.
+/// budget: GCRA in one Lua script"). Every limit and the daily cap at 0, `adaptive` off: no
+/// budget.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
@@ -199,9 +200,26 @@ pub struct BudgetConfig {
 }
 
 impl BudgetConfig {
-    /// Whether any limit or the adaptive rate is on.
+    /// The daily cost cap in force (0 = none): `app_config`'s `budget.daily_cost_usd` when it
+    /// is set and a number >= 0, else the configured one (docs/decisions.md, "Daily cost cap").
+    pub fn daily_cap(&self, app_config: Option<&str>) -> f64 {
+        let Some(value) = app_config else {
+            return self.daily_cost_usd;
+        };
+        match value.trim().parse::<f64>() {
+            Ok(cap) if cap >= 0.0 && cap.is_finite() => cap,
+            _ => {
+                tracing::warn!(%value, "app_config budget.daily_cost_usd is not a number >= 0; using configuration");
+                self.daily_cost_usd
+            }
+        }
+    }
+
+    /// Whether any limit, the adaptive rate or the daily cost cap is on (the cap counts the
+    /// cost the budget reserves for calls in flight).
     pub fn enabled(&self) -> bool {
         self.adaptive
+            || self.daily_cost_usd > 0.0
             || self.requests_per_minute > 0
             || self.tokens_per_minute > 0
             || self.max_concurrent_calls > 0

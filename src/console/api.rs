@@ -32,6 +32,10 @@ pub struct Overview {
     pub dead_letters: Vec<DeadLetter>,
     pub redrive: Option<MoveStatus>,
     pub spend_today: Option<UsageTotals>,
+    /// The daily cost cap in force (0 = none); `None` when `app_config` could not be read.
+    pub daily_cap_usd: Option<f64>,
+    /// The dependencies this replica is paused on (`profile_worker_paused`), e.g. `daily_cost_cap`.
+    pub paused: Vec<&'static str>,
     pub chart: Vec<Point>,
     pub problems: Vec<String>,
 }
@@ -52,10 +56,8 @@ impl Overview {
             },
             "spend": {
                 "today": self.spend_today.as_ref().map(usage_json),
-                // No daily cap, shared budget or pause exists in this daemon yet; the keys are
-                // kept so clients need not change when they do.
-                "daily_cap_usd": null,
-                "paused": null,
+                "daily_cap_usd": self.daily_cap_usd,
+                "paused": self.paused,
             },
             "chart": self.chart,
             "problems": self.problems,

@@ -31,9 +31,10 @@ use self::api::{DEAD_LETTERS_SHOWN, DEFAULT_JOBS, MAX_JOBS, Overview};
 use self::dlq::DeadLetters;
 use self::history::{History, Sample};
 use self::inflight::{Board, InFlight};
-use crate::config::Config;
+use crate::config::{BudgetConfig, Config};
 use crate::jobs::JobReport;
 use crate::metrics::Metrics;
+use crate::outcome::Dependency;
 use crate::queue::SqsQueue;
 use crate::store::PgStore;
 
@@ -89,6 +90,7 @@ pub struct Console {
     metrics: Arc<Metrics>,
     token: Option<Token>,
     path_prefix: String,
+    budget: BudgetConfig,
 }
 
 impl Console {
@@ -119,6 +121,7 @@ impl Console {
             metrics,
             token,
             path_prefix: config.console.path_prefix.clone(),
+            budget: config.budget.clone(),
         })
     }
 
@@ -142,9 +145,10 @@ impl Console {
     /// part empty with a line in `problems`.
     pub async fn overview(&self, job_limit: i64) -> Overview {
         let mut problems = Vec::new();
-        let (jobs, spend, queue, dead_letter, letters, redrive, boards) = tokio::join!(
+        let (jobs, spend, cap, queue, dead_letter, letters, redrive, boards) = tokio::join!(
             queries::jobs(&self.store, job_limit),
             crate::store::JobStore::spend_today(&self.store),
+            crate::store::ProfileStore::daily_cap_setting(&self.store),
             self.dead_letters.queue_depth(),
             self.dead_letters.dead_letter_depth(),
             self.dead_letters.peek(DEAD_LETTERS_SHOWN),
@@ -165,6 +169,15 @@ impl Console {
             Vec::new()
         });
         let spend_today = spend.map_err(|e| note("spend", &e)).ok();
+        let daily_cap_usd = cap
+            .map(|setting| self.budget.daily_cap(setting.as_deref()))
+            .map_err(|e| note("daily cost cap", &e))
+            .ok();
+        let paused = Dependency::ALL
+            .into_iter()
+            .filter(|d| self.metrics.paused.with_label_values(&[d.as_str()]).get() > 0)
+            .map(Dependency::as_str)
+            .collect();
         let queue = queue.map_err(|e| note("queue", &e)).ok();
         let dead_letter = dead_letter
             .map_err(|e| note("dead-letter queue", &e))
@@ -216,6 +229,8 @@ impl Console {
             dead_letters,
             redrive,
             spend_today,
+            daily_cap_usd,
+            paused,
             chart: self.history.points(Sample::read(&self.metrics, now)),
             problems,
         }

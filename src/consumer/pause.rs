@@ -33,12 +33,7 @@ struct Inner {
 impl Pauses {
     pub fn new(check: Check, metrics: Arc<Metrics>) -> Self {
         check.set(true, "not paused");
-        for dependency in [
-            Dependency::Database,
-            Dependency::Bedrock,
-            Dependency::Queue,
-            Dependency::DailyCostCap,
-        ] {
+        for dependency in Dependency::ALL {
             metrics
                 .paused
                 .with_label_values(&[dependency.as_str()])
@@ -129,12 +124,7 @@ impl Pauses {
     }
 
     fn publish(&self, down: &BTreeMap<Dependency, String>) {
-        for dependency in [
-            Dependency::Database,
-            Dependency::Bedrock,
-            Dependency::Queue,
-            Dependency::DailyCostCap,
-        ] {
+        for dependency in Dependency::ALL {
             self.inner
                 .metrics
                 .paused

@@ -52,6 +52,8 @@ pub struct BedrockGenerator {
     prices: BTreeMap<String, Price>,
     prompt_cache: BTreeMap<String, PromptCache>,
     metrics: Arc<Metrics>,
+    /// Whether a throttled attempt is retried here (after the backoff) or ends the call.
+    retry_throttled: bool,
 }
 
 /// A user prompt: the part shared by every entity of the collection (cacheable), then the rest.
@@ -152,7 +154,16 @@ impl BedrockGenerator {
             prices: config.prices.clone(),
             prompt_cache: config.prompt_cache.clone(),
             metrics,
+            retry_throttled: true,
         }
+    }
+
+    /// A throttled attempt ends the call (`Unavailable`, its usage counting one throttled
+    /// attempt) instead of being retried here: the budget decorator sends it again once the
+    /// budget admits it, so every attempt is admitted (docs/decisions.md, "Adaptive rate").
+    pub fn returning_throttles(mut self) -> Self {
+        self.retry_throttled = false;
+        self
     }
 
     /// One logical call with our retry policy; returns the reply text and all usage spent.
@@ -263,6 +274,9 @@ impl BedrockGenerator {
             match failure {
                 Failure::Permanent => return Err(GeneratorError::Permanent { reason, usage }),
                 Failure::Refused => return Err(GeneratorError::Unavailable { reason, usage }),
+                Failure::Throttled if !self.retry_throttled => {
+                    return Err(GeneratorError::Unavailable { reason, usage });
+                }
                 _ => {}
             }
             if attempt >= self.max_attempts {

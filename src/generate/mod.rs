@@ -289,6 +289,16 @@ impl GeneratorError {
         matches!(self, GeneratorError::Unavailable { .. })
     }
 
+    /// Adds what earlier attempts of the same call spent.
+    pub fn add_usage(&mut self, earlier: Usage) {
+        match self {
+            GeneratorError::Transient { usage, .. }
+            | GeneratorError::Permanent { usage, .. }
+            | GeneratorError::Unavailable { usage, .. }
+            | GeneratorError::Stopped { usage, .. } => *usage += earlier,
+        }
+    }
+
     /// Calls and tokens spent before failing (to be accounted all the same).
     pub fn usage(&self) -> Usage {
         match self {
@@ -385,6 +395,13 @@ pub trait Generator: Send + Sync {
         &self,
         request: &RelationshipStoryRequest,
     ) -> Result<Reply<Option<RelationshipStory>>, GeneratorError>;
+
+    /// Estimated USD of calls admitted and not yet answered, which the daily cost cap counts
+    /// beside the settled spend (docs/decisions.md, "Daily cost cap"). Only the budget decorator
+    /// reserves anything; an adapter alone has nothing in flight to report.
+    async fn in_flight_cost_usd(&self) -> f64 {
+        0.0
+    }
 }
 
 /// The outcome of model resolution, with the warning to log when a name was unknown.

@@ -57,6 +57,13 @@ pub enum Dependency {
 }
 
 impl Dependency {
+    pub const ALL: [Dependency; 4] = [
+        Dependency::Database,
+        Dependency::Bedrock,
+        Dependency::Queue,
+        Dependency::DailyCostCap,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Dependency::Database => "database",

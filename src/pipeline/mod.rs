@@ -21,7 +21,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::GraphCache;
-use crate::config::{Config, Price};
+use crate::config::{BudgetConfig, Config, Price};
 use crate::consumer::{Delivery, Handler, Outcome};
 use crate::generate::{Allowance, Generator, GeneratorError, resolve_model};
 use crate::graph::{self, Graph, GraphParams};
@@ -50,8 +50,8 @@ pub struct Settings {
     pub offline: bool,
     /// `generator.max_calls_per_message`.
     pub max_calls_per_message: u32,
-    /// `budget.daily_cost_usd` (0 = no cap); `app_config` wins.
-    pub daily_cost_usd: f64,
+    /// `[budget]`, for `daily_cost_usd` (0 = no cap; `app_config` wins).
+    pub budget: BudgetConfig,
 }
 
 impl Settings {
@@ -64,7 +64,7 @@ impl Settings {
             model_change: config.staleness.model_change,
             offline: config.generator.backend == crate::config::GeneratorBackend::Offline,
             max_calls_per_message: config.generator.max_calls_per_message,
-            daily_cost_usd: config.budget.daily_cost_usd,
+            budget: config.budget.clone(),
         }
     }
 }
@@ -85,9 +85,12 @@ pub enum PipelineError {
     /// The model answered, but with no usable biography: the message comes back.
     #[error("biography generation returned no usable biography")]
     EmptyBiography,
-    /// Today's spend reached the daily cost cap: the message is held, not failed.
-    #[error("daily cost cap reached: ${spent:.4} spent today of ${cap:.4}")]
-    DailyCap { spent: f64, cap: f64 },
+    /// Today's spend, with the calls in flight, reached the daily cost cap: the message is
+    /// held, not failed.
+    #[error(
+        "daily cost cap reached: ${spent:.4} spent today and ${reserved:.4} in flight, of ${cap:.4}"
+    )]
+    DailyCap { spent: f64, reserved: f64, cap: f64 },
 }
 
 impl PipelineError {
@@ -268,29 +271,26 @@ impl Pipeline {
         Ok(Processed::Generated)
     }
 
-    /// Holds the message when today's spend across all replicas has reached the daily cost cap
-    /// (docs/decisions.md, "Daily cost cap"). The cap is re-read every time, `app_config` first,
-    /// so raising it takes effect at the held messages' next probe.
+    /// Holds the message when today's spend across all replicas, with the calls they have in
+    /// flight, has reached the daily cost cap (docs/decisions.md, "Daily cost cap"). The cap is
+    /// re-read every time, `app_config` first, so raising it takes effect at the held messages'
+    /// next probe.
     async fn check_daily_cap(&self) -> Result<(), PipelineError> {
-        let cap = match self.store.daily_cap_setting().await {
-            Ok(Some(value)) => match value.trim().parse::<f64>() {
-                Ok(cap) if cap >= 0.0 && cap.is_finite() => cap,
-                _ => {
-                    tracing::warn!(%value, "app_config budget.daily_cost_usd is not a number >= 0; using configuration");
-                    self.settings.daily_cost_usd
-                }
-            },
-            Ok(None) => self.settings.daily_cost_usd,
-            Err(err) => return Err(err.into()),
-        };
+        let setting = self.store.daily_cap_setting().await?;
+        let cap = self.settings.budget.daily_cap(setting.as_deref());
         self.metrics.daily_cap_usd.set(cap);
         if cap <= 0.0 {
             return Ok(());
         }
         let spent = self.store.spend_today().await?.cost_usd;
         self.metrics.spend_today_usd.set(spent);
-        if spent >= cap {
-            return Err(PipelineError::DailyCap { spent, cap });
+        let reserved = self.generator.in_flight_cost_usd().await;
+        if spent + reserved >= cap {
+            return Err(PipelineError::DailyCap {
+                spent,
+                reserved,
+                cap,
+            });
         }
         Ok(())
     }
