@@ -15,7 +15,7 @@
 //!   `demo` and the operator commands ([`app::commands`]), owns start-up and shutdown order
 //!   ([`app::daemon`]) and the exit statuses ([`app::exit`]); [`aws`]: the one AWS SDK
 //!   configuration the SQS and Bedrock clients share; [`shutdown`]: signals to a cancellation
-//!   token. Start reading at `src/main.rs`, then [`app`].
+//!   token, and the clock of the periodic tasks. Start reading at `src/main.rs`, then [`app`].
 //! - [`pipeline`]: one message (its [`pipeline::message`] contract); [`generate`]: the
 //!   generator port, Bedrock and offline adapters, prompts, output hygiene, narrative classifier.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and

@@ -98,7 +98,7 @@ impl FromStr for EntityRef {
 pub const QUALIFYING_STATUSES: [&str; 2] = ["IN_TRANSIT", "ON_HAND"];
 
 /// A qualifying book's links, the graph builder's main input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, diesel::Queryable)]
 pub struct BookLink {
     pub id: i32,
     pub author_id: Option<i32>,
@@ -107,7 +107,7 @@ pub struct BookLink {
 }
 
 /// The `authors` columns the graph and prompts use.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, diesel::Queryable)]
 pub struct AuthorRow {
     pub id: i32,
     pub name: String,
@@ -118,7 +118,7 @@ pub struct AuthorRow {
 }
 
 /// The `publishers` / `binders` columns the graph and prompts use (publishers have no closed year).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, diesel::Queryable)]
 pub struct OrgRow {
     pub id: i32,
     pub name: String,
@@ -129,7 +129,7 @@ pub struct OrgRow {
 }
 
 /// One `ai_connections` row, in its stored (canonical) order.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, diesel::Queryable)]
 pub struct AiConnectionRow {
     pub source_type: String,
     pub source_id: i32,
@@ -141,7 +141,8 @@ pub struct AiConnectionRow {
     pub evidence: Option<String>,
 }
 
-/// Everything the graph is built from, read in one consistent snapshot.
+/// Everything the graph is built from, read in one consistent snapshot. Its row types are
+/// `diesel::Queryable` by position: the store selects their columns in field order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GraphRows {
     /// Qualifying books ordered by id, at most `max_books` of them.

@@ -136,7 +136,9 @@ mod tests {
         Loaded::from_figment(Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(toml)))
     }
 
-    fn messages(err: ConfigError) -> Vec<String> {
+    /// The problems' messages of a file the loader must reject.
+    fn rejected(toml: &str) -> Vec<String> {
+        let err = with_file(toml).err().expect("rejected");
         err.problems.into_iter().map(|p| p.message).collect()
     }
 
@@ -153,8 +155,7 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_named_once_with_its_value() {
-        let err = with_file("[consumer]\nbogus = 1").err().expect("rejected");
-        let msgs = messages(err);
+        let msgs = rejected("[consumer]\nbogus = 1");
         assert_eq!(msgs.len(), 1, "{msgs:?}");
         assert!(msgs[0].starts_with("consumer.bogus = 1 (from "), "{msgs:?}");
         assert!(
@@ -165,10 +166,7 @@ mod tests {
 
     #[test]
     fn an_unknown_section_is_named_by_the_keys_written_under_it() {
-        let err = with_file("[quota]\nrequests_per_minute = 60")
-            .err()
-            .expect("rejected");
-        let msgs = messages(err);
+        let msgs = rejected("[quota]\nrequests_per_minute = 60");
         assert_eq!(msgs.len(), 1, "{msgs:?}");
         assert!(
             msgs[0].starts_with("quota.requests_per_minute = 60 (from "),
@@ -182,10 +180,7 @@ mod tests {
 
     #[test]
     fn a_missing_price_field_is_named() {
-        let err = with_file("[generator.prices]\n\"m\" = { input = 1.0 }")
-            .err()
-            .expect("rejected");
-        let msgs = messages(err);
+        let msgs = rejected("[generator.prices]\n\"m\" = { input = 1.0 }");
         assert!(
             msgs[0].starts_with("generator.prices.m.output (from "),
             "{msgs:?}"
@@ -195,10 +190,7 @@ mod tests {
 
     #[test]
     fn a_wrong_type_is_named_with_its_value() {
-        let err = with_file("[server]\nlisten = \"localhost-8080\"")
-            .err()
-            .expect("rejected");
-        let msgs = messages(err);
+        let msgs = rejected("[server]\nlisten = \"localhost-8080\"");
         assert!(
             msgs[0].starts_with("server.listen = \"localhost-8080\" (from "),
             "{msgs:?}"
@@ -207,10 +199,7 @@ mod tests {
 
     #[test]
     fn an_array_where_text_belongs_is_shown_as_written() {
-        let err = with_file("[queue]\nname = [1, \"b\"]")
-            .err()
-            .expect("rejected");
-        let msgs = messages(err);
+        let msgs = rejected("[queue]\nname = [1, \"b\"]");
         assert!(
             msgs[0].starts_with("queue.name = [1, \"b\"] (from ")
                 && msgs[0].contains("invalid type"),
@@ -220,10 +209,8 @@ mod tests {
 
     #[test]
     fn bad_database_url_is_reported_without_its_password() {
-        let err = with_file("[database]\nurl = \"mysql://u:hunter2@db/app\"")
-            .err()
-            .expect("rejected");
-        let msg = &err.problems[0].message;
+        let msgs = rejected("[database]\nurl = \"mysql://u:hunter2@db/app\"");
+        let msg = &msgs[0];
         assert!(
             msg.starts_with("database.url = \"mysql://u:***@db/app\" (from "),
             "{msg}"

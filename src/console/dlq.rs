@@ -177,11 +177,7 @@ impl DeadLetters {
             .source_arn(&source)
             .destination_arn(&destination)
             .customize()
-            // An emulator's "not implemented" is a 500; retrying it only delays the fallback.
-            .config_override(
-                aws_sdk_sqs::config::Builder::default()
-                    .retry_config(RetryConfig::standard().with_max_attempts(1)),
-            )
+            .config_override(single_attempt())
             .send()
             .await;
         match started {
@@ -218,10 +214,7 @@ impl DeadLetters {
             .source_arn(&source)
             .max_results(1)
             .customize()
-            .config_override(
-                aws_sdk_sqs::config::Builder::default()
-                    .retry_config(RetryConfig::standard().with_max_attempts(1)),
-            )
+            .config_override(single_attempt())
             .send()
             .await;
         match listed {
@@ -352,6 +345,13 @@ async fn queue_arn(queue: &SqsQueue) -> Result<String, QueueError> {
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
         .cloned()
         .ok_or_else(|| QueueError::Rejected(format!("{} has no QueueArn", queue.url())))
+}
+
+/// The redrive calls' client settings: one attempt, because an emulator's "not implemented" is a
+/// 500 and retrying it only delays the local fallback.
+fn single_attempt() -> aws_sdk_sqs::config::Builder {
+    aws_sdk_sqs::config::Builder::default()
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
 }
 
 /// The endpoint does not implement the operation at all (an emulator), as opposed to refusing it.

@@ -15,6 +15,7 @@ use crate::health::{Check, Heartbeat};
 use crate::outcome::Dependency;
 use crate::queue::{MAX_BATCH, QueueError, ReceivedMessage};
 use crate::retry::Backoff;
+use crate::shutdown::Every;
 
 /// Poll errors back off from 250 ms, doubling up to 10 s.
 const POLL_BACKOFF: Backoff =
@@ -193,17 +194,8 @@ async fn release_all(ctx: &Ctx, messages: Vec<ReceivedMessage>) {
 
 /// Refreshes `queue_messages{state}`; each call also counts toward queue reachability.
 pub(super) async fn poll_depth(ctx: Arc<Ctx>, reach: Arc<Reachability>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(ctx.settings.depth_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = ctx.queue.approximate_depth() => r,
-        };
+    let mut every = Every::new(ctx.settings.depth_interval, stop);
+    while let Some(result) = every.round(ctx.queue.approximate_depth()).await {
         match result {
             Ok(depth) => {
                 reach.ok();

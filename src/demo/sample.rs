@@ -14,9 +14,9 @@ pub const SAMPLE_JSON: &str = include_str!("../../data/sample-collection.json");
 pub struct Sample {
     pub users: Vec<SampleUser>,
     pub authors: Vec<AuthorRow>,
-    pub publishers: Vec<SamplePublisher>,
+    pub publishers: Vec<OrgRow>,
     pub binders: Vec<SampleBinder>,
-    pub books: Vec<SampleBook>,
+    pub books: Vec<BookRecord>,
     pub ai_connections: Vec<AiConnectionRow>,
     pub profiles: Vec<SampleProfile>,
 }
@@ -29,36 +29,12 @@ pub struct SampleUser {
     pub role: String,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct SamplePublisher {
-    pub id: i32,
-    pub name: String,
-    pub founded_year: Option<i32>,
-    pub tier: Option<String>,
-    pub image_url: Option<String>,
-}
-
+/// A binder: the columns the daemon reads, and the full name only the SQL export writes.
 #[derive(Debug, Deserialize)]
 pub struct SampleBinder {
-    pub id: i32,
-    pub name: String,
+    #[serde(flatten)]
+    pub row: OrgRow,
     pub full_name: Option<String>,
-    pub founded_year: Option<i32>,
-    pub closed_year: Option<i32>,
-    pub tier: Option<String>,
-    pub image_url: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SampleBook {
-    pub id: i32,
-    pub title: String,
-    pub author_id: Option<i32>,
-    pub publisher_id: Option<i32>,
-    pub binder_id: Option<i32>,
-    pub status: String,
-    pub year_start: Option<i32>,
-    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,36 +61,13 @@ impl Sample {
             store.add_author(a.clone());
         }
         for p in &self.publishers {
-            store.add_publisher(OrgRow {
-                id: p.id,
-                name: p.name.clone(),
-                tier: p.tier.clone(),
-                image_url: p.image_url.clone(),
-                founded_year: p.founded_year,
-                closed_year: None,
-            });
+            store.add_publisher(p.clone());
         }
         for b in &self.binders {
-            store.add_binder(OrgRow {
-                id: b.id,
-                name: b.name.clone(),
-                tier: b.tier.clone(),
-                image_url: b.image_url.clone(),
-                founded_year: b.founded_year,
-                closed_year: b.closed_year,
-            });
+            store.add_binder(b.row.clone());
         }
         for b in &self.books {
-            store.add_book(BookRecord {
-                id: b.id,
-                title: b.title.clone(),
-                author_id: b.author_id,
-                publisher_id: b.publisher_id,
-                binder_id: b.binder_id,
-                status: b.status.clone(),
-                year_start: b.year_start,
-                updated_at: b.updated_at,
-            });
+            store.add_book(b.clone());
         }
         for c in &self.ai_connections {
             store.add_ai_connection(c.clone());
@@ -167,12 +120,12 @@ impl Sample {
                 opt(p.image_url.as_deref())
             );
         }
-        for b in &self.binders {
+        for SampleBinder { row: b, full_name } in &self.binders {
             sql += &format!(
                 "INSERT INTO binders (id, name, full_name, founded_year, closed_year, tier, image_url) VALUES ({}, {}, {}, {}, {}, {}, {});\n",
                 b.id,
                 lit(&b.name),
-                opt(b.full_name.as_deref()),
+                opt(full_name.as_deref()),
                 num(b.founded_year),
                 num(b.closed_year),
                 opt(b.tier.as_deref()),

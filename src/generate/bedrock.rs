@@ -293,6 +293,23 @@ impl BedrockGenerator {
         }
     }
 
+    /// [`Self::call`], its reply text made safe by `read` (a [`hygiene`] step) into the value.
+    async fn ask<T>(
+        &self,
+        allowance: &Allowance,
+        kind: CallKind,
+        model: &str,
+        user: UserPrompt,
+        read: impl FnOnce(&str) -> T,
+    ) -> Result<Reply<T>, GeneratorError> {
+        let (text, usage) = self.call(allowance, kind, model, user).await?;
+        Ok(Reply {
+            value: read(&text),
+            usage,
+            model: model.to_string(),
+        })
+    }
+
     fn count(&self, call: &str, result: &str) {
         self.metrics
             .generator_requests
@@ -415,88 +432,63 @@ impl Generator for BedrockGenerator {
         request: &DiscoveryRequest,
     ) -> Result<Reply<Discovery>, GeneratorError> {
         if request.universe.is_empty() {
-            return Ok(Reply {
-                value: Discovery::default(),
-                usage: Usage::default(),
-                model: request.model.clone(),
-            });
+            return Ok(Reply::without_call(
+                Discovery::default(),
+                request.model.clone(),
+            ));
         }
-        let (text, usage) = self
-            .call(
-                &request.allowance,
-                CallKind::Discovery,
-                &request.model,
-                UserPrompt {
-                    shared: prompts::discovery_shared(request),
-                    rest: prompts::discovery_entity(request),
-                },
-            )
-            .await?;
-        Ok(Reply {
-            value: hygiene::parse_discovery(&text, request.entity.entity, &request.universe),
-            usage,
-            model: request.model.clone(),
+        let user = UserPrompt {
+            shared: prompts::discovery_shared(request),
+            rest: prompts::discovery_entity(request),
+        };
+        let (allowance, model) = (&request.allowance, &request.model);
+        self.ask(allowance, CallKind::Discovery, model, user, |text| {
+            hygiene::parse_discovery(text, request.entity.entity, &request.universe)
         })
+        .await
     }
 
     async fn biography(
         &self,
         request: &BiographyRequest,
     ) -> Result<Reply<super::Biography>, GeneratorError> {
-        let (text, usage) = self
-            .call(
-                &request.allowance,
-                CallKind::Biography,
-                &request.model,
-                UserPrompt::unshared(prompts::biography_user(request)),
-            )
-            .await?;
+        let user = UserPrompt::unshared(prompts::biography_user(request));
         let valid = hygiene::valid_marker_ids(&request.connections);
-        Ok(Reply {
-            value: hygiene::parse_biography(&text, &valid),
-            usage,
-            model: request.model.clone(),
+        let (allowance, model) = (&request.allowance, &request.model);
+        self.ask(allowance, CallKind::Biography, model, user, |text| {
+            hygiene::parse_biography(text, &valid)
         })
+        .await
     }
 
     async fn connection_narrative(
         &self,
         request: &PairRequest,
     ) -> Result<Reply<String>, GeneratorError> {
-        let (text, usage) = self
-            .call(
-                &request.allowance,
-                CallKind::Narrative,
-                &request.model,
-                UserPrompt::unshared(prompts::narrative_user(request)),
-            )
-            .await?;
+        let user = UserPrompt::unshared(prompts::narrative_user(request));
         let valid = hygiene::valid_marker_ids(&request.connections);
-        Ok(Reply {
-            value: hygiene::clean_narrative(&text, &valid),
-            usage,
-            model: request.model.clone(),
+        let (allowance, model) = (&request.allowance, &request.model);
+        self.ask(allowance, CallKind::Narrative, model, user, |text| {
+            hygiene::clean_narrative(text, &valid)
         })
+        .await
     }
 
     async fn relationship_story(
         &self,
         request: &RelationshipStoryRequest,
     ) -> Result<Reply<Option<RelationshipStory>>, GeneratorError> {
-        let (text, usage) = self
-            .call(
-                &request.pair.allowance,
-                CallKind::RelationshipStory,
-                &request.pair.model,
-                UserPrompt::unshared(prompts::relationship_user(request)),
-            )
-            .await?;
+        let user = UserPrompt::unshared(prompts::relationship_user(request));
         let valid = hygiene::valid_marker_ids(&request.pair.connections);
-        Ok(Reply {
-            value: hygiene::parse_relationship_story(&text, &valid),
-            usage,
-            model: request.pair.model.clone(),
-        })
+        let (allowance, model) = (&request.pair.allowance, &request.pair.model);
+        self.ask(
+            allowance,
+            CallKind::RelationshipStory,
+            model,
+            user,
+            |text| hygiene::parse_relationship_story(text, &valid),
+        )
+        .await
     }
 }
 

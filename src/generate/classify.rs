@@ -114,132 +114,64 @@ fn is_cross_era(input: &ClassifyInput<'_>) -> bool {
 mod tests {
     use super::*;
 
+    const ROM: Option<&str> = Some("romantic");
+    const VIC: Option<&str> = Some("victorian");
+    const UNK: Option<&str> = Some("unknown");
+    const NO_YEARS: Years = Years {
+        start: None,
+        end: None,
+    };
+    const BRIDGE: Option<NarrativeTrigger> = Some(NarrativeTrigger::CrossEraBridge);
+    const CIRCLE: Option<NarrativeTrigger> = Some(NarrativeTrigger::SocialCircle);
+    const HUB: Option<NarrativeTrigger> = Some(NarrativeTrigger::HubFigure);
+
     fn y(start: i32, end: i32) -> Years {
         Years::new(Some(start), Some(end))
     }
 
-    #[test]
-    fn romantic_and_victorian_bridge() {
-        let input = ClassifyInput {
-            source_era: Some("romantic"),
-            target_era: Some("victorian"),
-            source_years: y(1788, 1824),
-            target_years: y(1809, 1882),
-            source_connection_count: 2,
-            has_relationship_story: false,
-        };
-        assert_eq!(classify(&input), Some(NarrativeTrigger::CrossEraBridge));
+    fn from(start: i32) -> Years {
+        Years::new(Some(start), None)
     }
 
     #[test]
-    fn same_era_with_story_is_social_circle() {
-        let input = ClassifyInput {
-            source_era: Some("victorian"),
-            target_era: Some("victorian"),
-            source_years: y(1812, 1870),
-            target_years: y(1809, 1882),
-            source_connection_count: 2,
-            has_relationship_story: true,
-        };
-        assert_eq!(classify(&input), Some(NarrativeTrigger::SocialCircle));
-    }
-
-    #[test]
-    fn eight_connections_make_a_hub() {
-        let input = ClassifyInput {
-            source_era: Some("victorian"),
-            target_era: Some("victorian"),
-            source_years: y(1812, 1870),
-            target_years: y(1809, 1882),
-            source_connection_count: 8,
-            has_relationship_story: false,
-        };
-        assert_eq!(classify(&input), Some(NarrativeTrigger::HubFigure));
-    }
-
-    #[test]
-    fn same_era_two_connections_is_nothing() {
-        let input = ClassifyInput {
-            source_era: Some("victorian"),
-            target_era: Some("victorian"),
-            source_years: y(1812, 1870),
-            target_years: y(1809, 1882),
-            source_connection_count: 2,
-            has_relationship_story: false,
-        };
-        assert_eq!(classify(&input), None);
-    }
-
-    #[test]
-    fn cross_era_beats_social_circle() {
-        let input = ClassifyInput {
-            source_era: Some("romantic"),
-            target_era: Some("victorian"),
-            source_years: y(1788, 1824),
-            target_years: y(1809, 1882),
-            source_connection_count: 9,
-            has_relationship_story: true,
-        };
-        assert_eq!(classify(&input), Some(NarrativeTrigger::CrossEraBridge));
-    }
-
-    #[test]
-    fn same_era_never_bridges_even_with_a_long_span() {
-        let input = ClassifyInput {
-            source_era: Some("victorian"),
-            target_era: Some("victorian"),
-            source_years: y(1800, 1890),
-            target_years: y(1850, 1900),
-            ..Default::default()
-        };
-        assert_eq!(classify(&input), None);
-    }
-
-    #[test]
-    fn missing_era_never_bridges() {
-        let input = ClassifyInput {
-            source_era: Some("romantic"),
-            target_era: None,
-            source_years: y(1788, 1824),
-            target_years: Years::default(),
-            source_connection_count: 1,
-            has_relationship_story: false,
-        };
-        assert_eq!(classify(&input), None);
-    }
-
-    #[test]
-    fn unknown_era_with_one_long_life_bridges() {
-        // The original's quirk: the span comes from the source alone.
-        let input = ClassifyInput {
-            source_era: Some("victorian"),
-            target_era: Some("unknown"),
-            source_years: y(1812, 1870),
-            target_years: Years::default(),
-            ..Default::default()
-        };
-        assert_eq!(classify(&input), Some(NarrativeTrigger::CrossEraBridge));
-    }
-
-    #[test]
-    fn a_single_year_or_a_short_span_does_not_bridge() {
-        let one = ClassifyInput {
-            source_era: Some("romantic"),
-            target_era: Some("victorian"),
-            source_years: Years::new(Some(1790), None),
-            ..Default::default()
-        };
-        assert_eq!(classify(&one), None);
-        let short = ClassifyInput {
-            target_years: Years::new(Some(1829), None),
-            ..one
-        };
-        assert_eq!(classify(&short), None);
-        let exact = ClassifyInput {
-            target_years: Years::new(Some(1830), None),
-            ..one
-        };
-        assert_eq!(classify(&exact), Some(NarrativeTrigger::CrossEraBridge));
+    fn classify_follows_the_rules_in_priority_order() {
+        // (source era, target era, source years, target years, connections, story, trigger)
+        let cases = [
+            // Romantic and Victorian figures bridge.
+            (ROM, VIC, y(1788, 1824), y(1809, 1882), 2, false, BRIDGE),
+            // Same era, a story: a social circle.
+            (VIC, VIC, y(1812, 1870), y(1809, 1882), 2, true, CIRCLE),
+            // Eight connections make a hub.
+            (VIC, VIC, y(1812, 1870), y(1809, 1882), 8, false, HUB),
+            // Same era, two connections, no story: nothing.
+            (VIC, VIC, y(1812, 1870), y(1809, 1882), 2, false, None),
+            // A bridge beats a social circle and a hub.
+            (ROM, VIC, y(1788, 1824), y(1809, 1882), 9, true, BRIDGE),
+            // The same era never bridges, even with a long span.
+            (VIC, VIC, y(1800, 1890), y(1850, 1900), 0, false, None),
+            // A missing era never bridges.
+            (ROM, None, y(1788, 1824), NO_YEARS, 1, false, None),
+            // The original's quirk: "unknown" is an era, and the span may come from one side.
+            (VIC, UNK, y(1812, 1870), NO_YEARS, 0, false, BRIDGE),
+            // A single year spans nothing.
+            (ROM, VIC, from(1790), NO_YEARS, 0, false, None),
+            // 39 years are too short, 40 are enough.
+            (ROM, VIC, from(1790), from(1829), 0, false, None),
+            (ROM, VIC, from(1790), from(1830), 0, false, BRIDGE),
+        ];
+        for (row, (source_era, target_era, source_years, target_years, count, story, trigger)) in
+            cases.into_iter().enumerate()
+        {
+            let input = ClassifyInput {
+                source_era,
+                target_era,
+                source_years,
+                target_years,
+                source_connection_count: count,
+                has_relationship_story: story,
+            };
+            assert_eq!(classify(&input), trigger, "row {row}: {input:?}");
+        }
     }
 
     #[test]

@@ -471,46 +471,23 @@ mod tests {
         ids.iter().map(|s| s.to_string()).collect()
     }
 
-    // --- fence stripping: the 7 cases of docs/compatibility.md, "Output hygiene" ---
-
+    /// The 7 fence cases of docs/compatibility.md, "Output hygiene": (reply, stripped).
     #[test]
-    fn fence_json_tagged() {
-        assert_eq!(strip_fences("```json\n{\"a\": 1}\n```"), "{\"a\": 1}");
-    }
-
-    #[test]
-    fn fence_untagged() {
-        assert_eq!(strip_fences("```\n{\"a\": 1}\n```"), "{\"a\": 1}");
-    }
-
-    #[test]
-    fn fence_absent_is_unchanged() {
-        assert_eq!(strip_fences("{\"a\": 1}"), "{\"a\": 1}");
-    }
-
-    #[test]
-    fn fence_with_surrounding_whitespace() {
-        assert_eq!(
-            strip_fences("  \n```json\n{\"a\": 1}\n```  \n"),
-            "{\"a\": 1}"
-        );
-    }
-
-    #[test]
-    fn fence_backticks_in_the_middle_are_kept() {
-        let text = "{\"code\": \"use ``` here\"}";
-        assert_eq!(strip_fences(text), text);
-    }
-
-    #[test]
-    fn fence_on_one_line() {
-        assert_eq!(strip_fences("```json{\"a\": 1}```"), "{\"a\": 1}");
-    }
-
-    #[test]
-    fn fence_empty_input() {
-        assert_eq!(strip_fences(""), "");
-        assert_eq!(strip_fences("   "), "");
+    fn fence_stripping() {
+        let object = "{\"a\": 1}";
+        let backticks_inside = "{\"code\": \"use ``` here\"}";
+        for (reply, stripped) in [
+            ("```json\n{\"a\": 1}\n```", object),         // tagged
+            ("```\n{\"a\": 1}\n```", object),             // untagged
+            (object, object),                             // absent: unchanged
+            ("  \n```json\n{\"a\": 1}\n```  \n", object), // surrounding white space
+            (backticks_inside, backticks_inside),         // backticks inside are kept
+            ("```json{\"a\": 1}```", object),             // on one line
+            ("", ""),                                     // empty
+            ("   ", ""),                                  // blank
+        ] {
+            assert_eq!(strip_fences(reply), stripped, "{reply:?}");
+        }
     }
 
     #[test]
@@ -524,117 +501,87 @@ mod tests {
         assert_eq!(parse_json_lenient("} oops {"), None);
     }
 
-    // --- marker sanitising: the 11 cases of docs/compatibility.md, "Output hygiene" ---
-
+    /// The 11 marker cases of docs/compatibility.md, "Output hygiene": (text, valid ids,
+    /// sanitised).
     #[test]
-    fn marker_valid_is_kept() {
-        let t = "Friend of {{entity:author:32|Robert Browning}}.";
-        assert_eq!(sanitize_markers(t, &valid(&["author:32"])), t);
-    }
-
-    #[test]
-    fn marker_invalid_becomes_its_name() {
-        assert_eq!(
-            sanitize_markers(
+    fn marker_sanitising() {
+        const BROWNING: &[&str] = &["author:32"];
+        const NONE: &[&str] = &[];
+        let cases = [
+            // A valid marker is kept.
+            (
+                "Friend of {{entity:author:32|Robert Browning}}.",
+                BROWNING,
+                "Friend of {{entity:author:32|Robert Browning}}.",
+            ),
+            // An invalid one becomes its name.
+            (
                 "Met {{entity:author:99|John Ruskin}}.",
-                &valid(&["author:32"])
+                BROWNING,
+                "Met John Ruskin.",
             ),
-            "Met John Ruskin."
-        );
-    }
-
-    #[test]
-    fn marker_mixed_valid_and_invalid() {
-        assert_eq!(
-            sanitize_markers(
+            // Valid and invalid mixed.
+            (
                 "{{entity:author:32|Robert Browning}} and {{entity:publisher:7|Smith, Elder}}",
-                &valid(&["author:32"])
+                BROWNING,
+                "{{entity:author:32|Robert Browning}} and Smith, Elder",
             ),
-            "{{entity:author:32|Robert Browning}} and Smith, Elder"
-        );
-    }
-
-    #[test]
-    fn marker_none_is_unchanged() {
-        let t = "A plain sentence about Browning.";
-        assert_eq!(sanitize_markers(t, &valid(&["author:32"])), t);
-    }
-
-    #[test]
-    fn marker_empty_text() {
-        assert_eq!(sanitize_markers("", &valid(&[])), "");
-    }
-
-    #[test]
-    fn marker_repeated_invalid() {
-        assert_eq!(
-            sanitize_markers(
+            // No marker: unchanged.
+            (
+                "A plain sentence about Browning.",
+                BROWNING,
+                "A plain sentence about Browning.",
+            ),
+            // Empty text.
+            ("", NONE, ""),
+            // A repeated invalid marker.
+            (
                 "{{entity:author:9|Ruskin}} then {{entity:author:9|Ruskin}}",
-                &valid(&[])
+                NONE,
+                "Ruskin then Ruskin",
             ),
-            "Ruskin then Ruskin"
-        );
-    }
-
-    #[test]
-    fn marker_unwrapped_reference() {
-        assert_eq!(
-            sanitize_markers(
+            // An unwrapped reference.
+            (
                 "She admired entity:author:Elizabeth Gaskell deeply.",
-                &valid(&[])
+                NONE,
+                "She admired Elizabeth Gaskell deeply.",
             ),
-            "She admired Elizabeth Gaskell deeply."
-        );
-    }
-
-    #[test]
-    fn marker_unwrapped_beside_a_valid_one() {
-        assert_eq!(
-            sanitize_markers(
+            // An unwrapped reference beside a valid marker.
+            (
                 "{{entity:author:32|Robert Browning}} met entity:author:Thomas Carlyle.",
-                &valid(&["author:32"])
+                BROWNING,
+                "{{entity:author:32|Robert Browning}} met Thomas Carlyle.",
             ),
-            "{{entity:author:32|Robert Browning}} met Thomas Carlyle."
-        );
-    }
-
-    #[test]
-    fn marker_multiple_unwrapped() {
-        assert_eq!(
-            sanitize_markers(
+            // Several unwrapped references.
+            (
                 "entity:author:Charles Dickens and entity:publisher:Chapman & Hall quarrelled",
-                &valid(&[])
+                NONE,
+                "Charles Dickens and Chapman & Hall quarrelled",
             ),
-            "Charles Dickens and Chapman & Hall quarrelled"
-        );
-    }
-
-    #[test]
-    fn marker_unwrapped_with_typographic_apostrophe() {
-        assert_eq!(
-            sanitize_markers("as entity:author:Flann O\u{2019}Brien wrote", &valid(&[])),
-            "as Flann O\u{2019}Brien wrote"
-        );
-    }
-
-    #[test]
-    fn marker_unwrapped_with_particle() {
-        assert_eq!(
-            sanitize_markers(
+            // A typographic apostrophe in the name.
+            (
+                "as entity:author:Flann O\u{2019}Brien wrote",
+                NONE,
+                "as Flann O\u{2019}Brien wrote",
+            ),
+            // A particle in the name.
+            (
                 "printed by entity:binder:Riviere du Maurier in 1860",
-                &valid(&[])
+                NONE,
+                "printed by Riviere du Maurier in 1860",
             ),
-            "printed by Riviere du Maurier in 1860"
-        );
-        assert_eq!(
-            sanitize_markers("entity:author:Émile Zola's rival", &valid(&[])),
-            "entity:author:Émile Zola's rival",
-            "a name must start with an ASCII capital"
-        );
-        assert_eq!(
-            sanitize_markers("entity:author:Anne Brontë wrote", &valid(&[])),
-            "Anne Brontë wrote"
-        );
+            // A name must start with an ASCII capital …
+            (
+                "entity:author:Émile Zola's rival",
+                NONE,
+                "entity:author:Émile Zola's rival",
+            ),
+            // … and may go on with any letter.
+            ("entity:author:Anne Brontë wrote", NONE, "Anne Brontë wrote"),
+        ];
+        for (text, ids, sanitised) in cases {
+            assert_eq!(sanitize_markers(text, &valid(ids)), sanitised, "{text:?}");
+        }
     }
 
     // --- stories (docs/decisions.md, "A failed biography is never a fresh profile") ---

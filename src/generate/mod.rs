@@ -248,6 +248,18 @@ pub struct Reply<T> {
     pub model: String,
 }
 
+impl<T> Reply<T> {
+    /// A reply answered without a model call (e.g. discovery over an empty collection): nothing
+    /// spent.
+    pub fn without_call(value: T, model: impl Into<String>) -> Self {
+        Self {
+            value,
+            usage: Usage::default(),
+            model: model.into(),
+        }
+    }
+}
+
 /// A failed call, saying what the caller must do, with the usage already spent.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GeneratorError {

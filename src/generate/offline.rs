@@ -242,11 +242,7 @@ impl Generator for OfflineGenerator {
         request: &DiscoveryRequest,
     ) -> Result<Reply<Discovery>, GeneratorError> {
         if request.universe.is_empty() {
-            return Ok(Reply {
-                value: Discovery::default(),
-                usage: Usage::default(),
-                model: OFFLINE_MODEL.to_string(),
-            });
+            return Ok(Reply::without_call(Discovery::default(), OFFLINE_MODEL));
         }
         self.reply(
             &request.allowance,

@@ -411,7 +411,8 @@ mod tests {
             assert!(p.contains(f), "{f}");
         }
     }
-    /// The discovery prompt as it was before the shared part moved first.
+
+    /// The discovery prompt as it was before the shared part moved first (same instructions).
     fn discovery_user_before_reorder(request: &DiscoveryRequest) -> String {
         let e = &request.entity;
         let mut out = format!(
@@ -421,25 +422,7 @@ mod tests {
         for c in request.universe.iter().take(MAX_DISCOVERY_ENTITIES) {
             entity_line(&mut out, c);
         }
-        out.push_str(
-            "\nList the documented PERSONAL connections between the profiled entity and the entities \
-    above. Include a connection only when you are confident it is historically attested; leave out \
-    mere business dealings such as a publisher issuing an author's books.\n\n\
-    Allowed values of relationship:\n\
-    - family: related by blood or marriage\n\
-    - friendship: a close personal friendship\n\
-    - influence: one shaped the other's work or career (mentor, model, patron)\n\
-    - collaboration: worked together on a work or an enterprise\n\
-    - scandal: a public feud, rivalry, affair or controversy\n\n\
-    For each connection give:\n\
-    - target_type and target_id: exactly as in the list above\n\
-    - relationship: one of the five values above\n\
-    - sub_type: a short upper-case label such as MARRIAGE, MENTOR, RIVALS or CO-AUTHORS\n\
-    - confidence: 0 to 1 (1 = certain, 0.5 = likely, below 0.3 = rumoured)\n\
-    - evidence: one sentence on what the record shows\n\n\
-    Reply with JSON only, in the form {\"connections\": [...]}; reply {\"connections\": []} when there \
-    are none.",
-        );
+        out.push_str(DISCOVERY_INSTRUCTIONS);
         out
     }
 

@@ -32,35 +32,41 @@ pub(crate) fn iteration_order(values: impl IntoIterator<Item = i32>) -> Vec<i32>
     table.into_iter().flatten().collect()
 }
 
-/// `set_add_entry`: false when the value was already present.
-fn insert(table: &mut [Option<i32>], v: i32) -> bool {
-    let mask = table.len() - 1;
-    let hash = py_hash(v);
+/// The slots CPython visits for `hash` in a table of `mask + 1` slots: a run of the slot and its
+/// [`LINEAR_PROBES`] neighbours (only the slot itself near the end of the table), then a
+/// perturbed jump, without end (a table always has a free slot).
+fn probes(hash: u64, mask: usize) -> impl Iterator<Item = usize> {
     let mut perturb = hash;
     let mut i = (hash as usize) & mask;
-    loop {
-        let probes = if i + LINEAR_PROBES <= mask {
-            LINEAR_PROBES
+    std::iter::from_fn(move || {
+        let run = if i + LINEAR_PROBES <= mask {
+            i..i + LINEAR_PROBES + 1
         } else {
-            0
+            i..i + 1
         };
-        for slot in table.iter_mut().skip(i).take(probes + 1) {
-            match slot {
-                None => {
-                    *slot = Some(v);
-                    return true;
-                }
-                Some(existing) if *existing == v => return false,
-                Some(_) => {}
-            }
-        }
         perturb >>= PERTURB_SHIFT;
         i = (i
             .wrapping_mul(5)
             .wrapping_add(1)
             .wrapping_add(perturb as usize))
             & mask;
-    }
+        Some(run)
+    })
+    .flatten()
+}
+
+/// `set_add_entry`: false when the value was already present.
+fn insert(table: &mut [Option<i32>], v: i32) -> bool {
+    let mask = table.len() - 1;
+    probes(py_hash(v), mask)
+        .find_map(|i| match table[i] {
+            None => {
+                table[i] = Some(v);
+                Some(true)
+            }
+            Some(existing) => (existing == v).then_some(false),
+        })
+        .expect("the probe sequence reaches a free slot")
 }
 
 /// `set_table_resize` followed by `set_insert_clean` of every live entry, in slot order.
@@ -71,29 +77,11 @@ fn resized(old: &[Option<i32>], min_used: usize) -> Vec<Option<i32>> {
     }
     let mut table = vec![None; size];
     let mask = size - 1;
-    for v in old.iter().flatten() {
-        let hash = py_hash(*v);
-        let mut perturb = hash;
-        let mut i = (hash as usize) & mask;
-        'probe: loop {
-            let run = if i + LINEAR_PROBES <= mask {
-                LINEAR_PROBES + 1
-            } else {
-                1
-            };
-            for slot in table.iter_mut().skip(i).take(run) {
-                if slot.is_none() {
-                    *slot = Some(*v);
-                    break 'probe;
-                }
-            }
-            perturb >>= PERTURB_SHIFT;
-            i = (i
-                .wrapping_mul(5)
-                .wrapping_add(1)
-                .wrapping_add(perturb as usize))
-                & mask;
-        }
+    for &v in old.iter().flatten() {
+        let free = probes(py_hash(v), mask)
+            .find(|&i| table[i].is_none())
+            .expect("the probe sequence reaches a free slot");
+        table[free] = Some(v);
     }
     table
 }

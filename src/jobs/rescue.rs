@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::JobsError;
 use crate::config::JobsConfig;
 use crate::queue::{Queue, QueueDepth};
+use crate::shutdown::Every;
 use crate::store::Store;
 
 /// When the rescue runs and what it calls stale.
@@ -76,17 +77,11 @@ pub async fn rescue_loop(
         interval_seconds = settings.interval.as_secs(),
         "stuck-job rescue on"
     );
-    let mut ticks = tokio::time::interval(settings.interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let round = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = rescue_once(&*store, queue.as_deref(), settings.stale_after) => r,
-        };
+    let mut every = Every::new(settings.interval, shutdown);
+    while let Some(round) = every
+        .round(rescue_once(&*store, queue.as_deref(), settings.stale_after))
+        .await
+    {
         match round {
             Ok(RescueRound::Checked(failed)) => {
                 for job_id in failed {

@@ -80,6 +80,17 @@ fn poison(reason: impl Into<String>) -> Poison {
     }
 }
 
+/// `field must be {expected}, got {kind}`: a value of the wrong JSON type.
+fn wrong_type(field: &str, expected: &str, value: &Value) -> Poison {
+    poison(format!("{field} must be {expected}, got {}", kind(value)))
+}
+
+/// At most the first 64 characters of a string quoted into a reason, so a hostile body cannot
+/// flood the logs.
+fn prefix(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 /// JSON type name for error messages.
 fn kind(value: &Value) -> &'static str {
     match value {
@@ -123,15 +134,10 @@ pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
         Some(Value::String(s)) => {
             return Err(poison(format!(
                 "job_id {:?} is not a job id (a lowercase hyphenated UUID)",
-                s.chars().take(64).collect::<String>()
+                prefix(s)
             )));
         }
-        Some(other) => {
-            return Err(poison(format!(
-                "job_id must be a string or null, got {}",
-                kind(other)
-            )));
-        }
+        Some(other) => return Err(wrong_type("job_id", "a string or null", other)),
     };
 
     let entity_type = match fields.get("entity_type") {
@@ -139,15 +145,10 @@ pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
         Some(Value::String(s)) => s.parse::<EntityType>().map_err(|_| {
             poison(format!(
                 "entity_type {:?} is not author, publisher or binder",
-                s.chars().take(64).collect::<String>()
+                prefix(s)
             ))
         })?,
-        Some(other) => {
-            return Err(poison(format!(
-                "entity_type must be a string, got {}",
-                kind(other)
-            )));
-        }
+        Some(other) => return Err(wrong_type("entity_type", "a string", other)),
     };
 
     let id = match fields.get("entity_id") {
@@ -164,23 +165,13 @@ pub fn parse(body: &str, max_bytes: usize) -> Result<Message, Poison> {
                 ))
             })?
         }
-        Some(other) => {
-            return Err(poison(format!(
-                "entity_id must be a positive integer, got {}",
-                kind(other)
-            )));
-        }
+        Some(other) => return Err(wrong_type("entity_id", "a positive integer", other)),
     };
 
     let force = match fields.get("force") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(poison(format!(
-                "force must be a boolean, got {}",
-                kind(other)
-            )));
-        }
+        Some(other) => return Err(wrong_type("force", "a boolean", other)),
     };
 
     Ok(Message {
@@ -215,7 +206,7 @@ impl<'de> Deserialize<'de> for UniqueKeys {
                     if !seen.insert(key.clone()) {
                         return Err(serde::de::Error::custom(format!(
                             "key {:?} appears more than once",
-                            key.chars().take(64).collect::<String>()
+                            prefix(&key)
                         )));
                     }
                     map.next_value::<IgnoredAny>()?;
@@ -319,32 +310,36 @@ mod tests {
     #[test]
     fn reasons_name_the_problem() {
         assert!(reason("nope").starts_with("body is not JSON"));
-        assert_eq!(reason("[1]"), "body must be a JSON object, got an array");
-        assert_eq!(reason(r#"{"entity_id": 1}"#), "entity_type is missing");
-        assert_eq!(
-            reason(r#"{"entity_type": "editor", "entity_id": 1}"#),
-            "entity_type \"editor\" is not author, publisher or binder"
-        );
-        assert_eq!(
-            reason(r#"{"entity_type": "author", "entity_id": 1.0}"#),
-            "entity_id must be a positive integer, got a non-integer number"
-        );
-        assert_eq!(
-            reason(r#"{"entity_type": "author", "entity_id": 0}"#),
-            "entity_id must be positive, got 0"
-        );
-        assert_eq!(
-            reason(r#"{"entity_type": "author", "entity_id": 2147483648}"#),
-            "entity_id 2147483648 is larger than the largest id (2147483647)"
-        );
-        assert_eq!(
-            reason(r#"{"entity_type": "author", "entity_id": 3, "job_id": 4}"#),
-            "job_id must be a string or null, got an integer"
-        );
-        assert_eq!(
-            reason(r#"{"entity_type": "author", "entity_id": 3, "force": "yes"}"#),
-            "force must be a boolean, got a string"
-        );
+        for (body, expected) in [
+            ("[1]", "body must be a JSON object, got an array"),
+            (r#"{"entity_id": 1}"#, "entity_type is missing"),
+            (
+                r#"{"entity_type": "editor", "entity_id": 1}"#,
+                "entity_type \"editor\" is not author, publisher or binder",
+            ),
+            (
+                r#"{"entity_type": "author", "entity_id": 1.0}"#,
+                "entity_id must be a positive integer, got a non-integer number",
+            ),
+            (
+                r#"{"entity_type": "author", "entity_id": 0}"#,
+                "entity_id must be positive, got 0",
+            ),
+            (
+                r#"{"entity_type": "author", "entity_id": 2147483648}"#,
+                "entity_id 2147483648 is larger than the largest id (2147483647)",
+            ),
+            (
+                r#"{"entity_type": "author", "entity_id": 3, "job_id": 4}"#,
+                "job_id must be a string or null, got an integer",
+            ),
+            (
+                r#"{"entity_type": "author", "entity_id": 3, "force": "yes"}"#,
+                "force must be a boolean, got a string",
+            ),
+        ] {
+            assert_eq!(reason(body), expected, "{body}");
+        }
     }
 
     #[test]

@@ -343,10 +343,29 @@ fn failures(entries: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<BatchF
     out
 }
 
-fn too_many(what: &str, n: usize) -> QueueError {
-    QueueError::Rejected(format!(
-        "{what} of {n} entries; SQS accepts at most {MAX_BATCH}"
-    ))
+/// The entries of one batch call, each with its index as id (how [`failures`] names them); more
+/// than [`MAX_BATCH`] is an error.
+fn batch_entries<I, T>(
+    call: &str,
+    items: &[I],
+    entry: impl Fn(String, &I) -> Result<T, QueueError>,
+) -> Result<Vec<T>, QueueError> {
+    if items.len() > MAX_BATCH {
+        return Err(QueueError::Rejected(format!(
+            "{call} of {} entries; SQS accepts at most {MAX_BATCH}",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| entry(i.to_string(), item))
+        .collect()
+}
+
+/// A batch entry the SDK could not build (a required field missing).
+fn unbuilt(e: aws_sdk_sqs::error::BuildError) -> QueueError {
+    QueueError::Rejected(e.to_string())
 }
 
 fn attribute_values(
@@ -416,20 +435,13 @@ impl Queue for SqsQueue {
         if receipts.is_empty() {
             return Ok(Vec::new());
         }
-        if receipts.len() > MAX_BATCH {
-            return Err(too_many("DeleteMessageBatch", receipts.len()));
-        }
-        let entries = receipts
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .build()
-                    .map_err(|e| QueueError::Rejected(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let entries = batch_entries("DeleteMessageBatch", receipts, |id, receipt| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(id)
+                .receipt_handle(receipt)
+                .build()
+                .map_err(unbuilt)
+        })?;
         let out = self
             .client
             .delete_message_batch()
@@ -460,21 +472,18 @@ impl Queue for SqsQueue {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        if entries.len() > MAX_BATCH {
-            return Err(too_many("ChangeMessageVisibilityBatch", entries.len()));
-        }
-        let request = entries
-            .iter()
-            .enumerate()
-            .map(|(i, (receipt, timeout))| {
+        let request = batch_entries(
+            "ChangeMessageVisibilityBatch",
+            entries,
+            |id, (receipt, timeout)| {
                 ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
+                    .id(id)
                     .receipt_handle(receipt)
                     .visibility_timeout(secs(*timeout))
                     .build()
-                    .map_err(|e| QueueError::Rejected(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                    .map_err(unbuilt)
+            },
+        )?;
         let out = self
             .client
             .change_message_visibility_batch()
@@ -506,21 +515,14 @@ impl Queue for SqsQueue {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        if messages.len() > MAX_BATCH {
-            return Err(too_many("SendMessageBatch", messages.len()));
-        }
-        let entries = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(&m.body)
-                    .set_message_attributes(attribute_values(&m.attributes)?)
-                    .build()
-                    .map_err(|e| QueueError::Rejected(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let entries = batch_entries("SendMessageBatch", messages, |id, m| {
+            SendMessageBatchRequestEntry::builder()
+                .id(id)
+                .message_body(&m.body)
+                .set_message_attributes(attribute_values(&m.attributes)?)
+                .build()
+                .map_err(unbuilt)
+        })?;
         let out = self
             .client
             .send_message_batch()

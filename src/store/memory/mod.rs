@@ -18,8 +18,9 @@ use crate::model::{
     StoredProfile,
 };
 
-/// A `books` row as the memory store keeps it (the columns the daemon reads).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A `books` row as the memory store keeps it (the columns the daemon reads; also the bundled
+/// sample's book records).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct BookRecord {
     pub id: i32,
     pub title: String,

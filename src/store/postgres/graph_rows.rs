@@ -2,48 +2,20 @@
 //! they reference and every AI connection.
 
 use diesel::prelude::*;
+use diesel::sql_types::{Integer, Nullable};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::model::{AiConnectionRow, AuthorRow, BookLink, GraphRows, OrgRow, QUALIFYING_STATUSES};
 use crate::store::schema::{ai_connections, authors, binders, books, publishers};
 
-type LinkTuple = (i32, Option<i32>, Option<i32>, Option<i32>);
-type AuthorTuple = (
-    i32,
-    String,
-    Option<i32>,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-);
-type PublisherTuple = (i32, String, Option<String>, Option<String>, Option<i32>);
-type BinderTuple = (
-    i32,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i32>,
-    Option<i32>,
-);
-
-type AiTuple = (
-    String,
-    i32,
-    String,
-    i32,
-    String,
-    Option<String>,
-    f64,
-    Option<String>,
-);
-
 /// See [`crate::store::ProfileStore::graph_rows`]; runs inside the caller's read-only transaction.
+/// Every select lists the row type's fields in order (they are `Queryable` by position).
 pub(super) async fn load_graph_rows(
     conn: &mut AsyncPgConnection,
     include_binders: bool,
     max_books: i64,
 ) -> QueryResult<GraphRows> {
-    let links: Vec<LinkTuple> = books::table
+    let books: Vec<BookLink> = books::table
         .filter(books::status.eq_any(QUALIFYING_STATUSES))
         .order(books::id.asc())
         .limit(max_books.max(0))
@@ -55,21 +27,21 @@ pub(super) async fn load_graph_rows(
         ))
         .load(conn)
         .await?;
-    let ids = |pick: fn(&LinkTuple) -> Option<i32>| {
-        let mut v: Vec<i32> = links.iter().filter_map(pick).collect();
+    let ids = |pick: fn(&BookLink) -> Option<i32>| {
+        let mut v: Vec<i32> = books.iter().filter_map(pick).collect();
         v.sort_unstable();
         v.dedup();
         v
     };
-    let author_ids = ids(|b| b.1);
-    let publisher_ids = ids(|b| b.2);
+    let author_ids = ids(|b| b.author_id);
+    let publisher_ids = ids(|b| b.publisher_id);
     let binder_ids = if include_binders {
-        ids(|b| b.3)
+        ids(|b| b.binder_id)
     } else {
         Vec::new()
     };
 
-    let authors: Vec<AuthorTuple> = authors::table
+    let authors: Vec<AuthorRow> = authors::table
         .filter(authors::id.eq_any(&author_ids))
         .order(authors::id.asc())
         .select((
@@ -82,7 +54,9 @@ pub(super) async fn load_graph_rows(
         ))
         .load(conn)
         .await?;
-    let publishers: Vec<PublisherTuple> = publishers::table
+    // Publishers have no closed year.
+    let no_closed_year = None::<i32>.into_sql::<Nullable<Integer>>();
+    let publishers: Vec<OrgRow> = publishers::table
         .filter(publishers::id.eq_any(&publisher_ids))
         .order(publishers::id.asc())
         .select((
@@ -91,10 +65,11 @@ pub(super) async fn load_graph_rows(
             publishers::tier,
             publishers::image_url,
             publishers::founded_year,
+            no_closed_year,
         ))
         .load(conn)
         .await?;
-    let binders: Vec<BinderTuple> = if binder_ids.is_empty() {
+    let binders: Vec<OrgRow> = if binder_ids.is_empty() {
         Vec::new()
     } else {
         binders::table
@@ -111,7 +86,7 @@ pub(super) async fn load_graph_rows(
             .load(conn)
             .await?
     };
-    let ai: Vec<AiTuple> = ai_connections::table
+    let ai_connections: Vec<AiConnectionRow> = ai_connections::table
         .order(ai_connections::id.asc())
         .select((
             ai_connections::source_type,
@@ -127,75 +102,10 @@ pub(super) async fn load_graph_rows(
         .await?;
 
     Ok(GraphRows {
-        books: links
-            .into_iter()
-            .map(|(id, author_id, publisher_id, binder_id)| BookLink {
-                id,
-                author_id,
-                publisher_id,
-                binder_id,
-            })
-            .collect(),
-        authors: authors
-            .into_iter()
-            .map(
-                |(id, name, birth_year, death_year, tier, image_url)| AuthorRow {
-                    id,
-                    name,
-                    birth_year,
-                    death_year,
-                    tier,
-                    image_url,
-                },
-            )
-            .collect(),
-        publishers: publishers
-            .into_iter()
-            .map(|(id, name, tier, image_url, founded_year)| OrgRow {
-                id,
-                name,
-                tier,
-                image_url,
-                founded_year,
-                closed_year: None,
-            })
-            .collect(),
-        binders: binders
-            .into_iter()
-            .map(
-                |(id, name, tier, image_url, founded_year, closed_year)| OrgRow {
-                    id,
-                    name,
-                    tier,
-                    image_url,
-                    founded_year,
-                    closed_year,
-                },
-            )
-            .collect(),
-        ai_connections: ai.into_iter().map(ai_row).collect(),
+        books,
+        authors,
+        publishers,
+        binders,
+        ai_connections,
     })
-}
-
-fn ai_row(t: AiTuple) -> AiConnectionRow {
-    let (
-        source_type,
-        source_id,
-        target_type,
-        target_id,
-        relationship,
-        sub_type,
-        confidence,
-        evidence,
-    ) = t;
-    AiConnectionRow {
-        source_type,
-        source_id,
-        target_type,
-        target_id,
-        relationship,
-        sub_type,
-        confidence,
-        evidence,
-    }
 }

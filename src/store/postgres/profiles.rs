@@ -22,15 +22,36 @@ use crate::store::{
     canonical_ai_connections,
 };
 
-type ProfileTuple = (
-    Option<String>,
-    Option<serde_json::Value>,
-    Option<serde_json::Value>,
-    Option<serde_json::Value>,
-    Option<serde_json::Value>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-);
+/// The `entity_profiles` columns of a [`StoredProfile`].
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = entity_profiles)]
+struct ProfileColumns {
+    bio_summary: Option<String>,
+    personal_stories: Option<serde_json::Value>,
+    connection_narratives: Option<serde_json::Value>,
+    relationship_stories: Option<serde_json::Value>,
+    ai_connections: Option<serde_json::Value>,
+    generated_at: Option<DateTime<Utc>>,
+    model_version: Option<String>,
+}
+
+impl ProfileColumns {
+    fn of(self, entity: EntityRef) -> StoredProfile {
+        StoredProfile {
+            entity,
+            bio_summary: self.bio_summary,
+            personal_stories: self.personal_stories,
+            connection_narratives: self.connection_narratives,
+            relationship_stories: self.relationship_stories,
+            ai_connections: self.ai_connections,
+            generated_at: self.generated_at,
+            model_version: self.model_version,
+        }
+    }
+}
+
+/// An entity's name and years: birth, death, founded, closed.
+type EntityTuple = (String, (Option<i32>, Option<i32>, Option<i32>, Option<i32>));
 
 /// The qualifying books of one entity, as a boxed query so the FK column can vary by type.
 fn entity_books(entity: EntityRef) -> books::BoxedQuery<'static, diesel::pg::Pg> {
@@ -171,59 +192,78 @@ async fn write_profile_unit(
     }
 }
 
+/// Loads `(id, name)` of the rows of `$table` that a qualifying book references through `$fk`, by
+/// id (a macro: the three tables' queries differ in type).
+macro_rules! with_qualifying_books {
+    ($table:ident, $fk:expr, $conn:expr) => {
+        $table::table
+            .filter(diesel::dsl::exists(
+                books::table
+                    .filter(books::status.eq_any(QUALIFYING_STATUSES))
+                    .filter($fk.eq($table::id.nullable())),
+            ))
+            .order($table::id.asc())
+            .select(($table::id, $table::name))
+            .load::<(i32, String)>($conn)
+    };
+}
+
+impl PgStore {
+    /// One `app_config` value; `None` when the key is not set.
+    async fn app_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        app_config::table
+            .find(key)
+            .select(app_config::value)
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(classify)
+    }
+}
+
 #[async_trait]
 impl ProfileStore for PgStore {
     async fn entity(&self, entity: EntityRef) -> Result<Option<Entity>, StoreError> {
         let mut conn = self.conn().await?;
-        let empty = |name: String| Entity {
-            entity,
-            name,
-            birth_year: None,
-            death_year: None,
-            founded_year: None,
-            closed_year: None,
-        };
-        let found = match entity.entity_type {
-            EntityType::Author => authors::table
-                .find(entity.id)
-                .select((authors::name, authors::birth_year, authors::death_year))
-                .first::<(String, Option<i32>, Option<i32>)>(&mut conn)
-                .await
-                .optional()
-                .map(|r| {
-                    r.map(|(name, birth, death)| Entity {
-                        birth_year: birth,
-                        death_year: death,
-                        ..empty(name)
-                    })
-                }),
-            EntityType::Publisher => publishers::table
-                .find(entity.id)
-                .select((publishers::name, publishers::founded_year))
-                .first::<(String, Option<i32>)>(&mut conn)
-                .await
-                .optional()
-                .map(|r| {
-                    r.map(|(name, founded)| Entity {
-                        founded_year: founded,
-                        ..empty(name)
-                    })
-                }),
-            EntityType::Binder => binders::table
-                .find(entity.id)
-                .select((binders::name, binders::founded_year, binders::closed_year))
-                .first::<(String, Option<i32>, Option<i32>)>(&mut conn)
-                .await
-                .optional()
-                .map(|r| {
-                    r.map(|(name, founded, closed)| Entity {
-                        founded_year: founded,
-                        closed_year: closed,
-                        ..empty(name)
-                    })
-                }),
-        };
-        found.map_err(classify)
+        let conn = &mut conn;
+        // Birth, death, founded and closed year; NULL where the table has no such column.
+        let null = || None::<i32>.into_sql::<Nullable<Integer>>();
+        let row = match entity.entity_type {
+            EntityType::Author => {
+                let years = (authors::birth_year, authors::death_year, null(), null());
+                let query = authors::table
+                    .find(entity.id)
+                    .select((authors::name, years));
+                query.first::<EntityTuple>(conn).await
+            }
+            EntityType::Publisher => {
+                let years = (null(), null(), publishers::founded_year, null());
+                let query = publishers::table
+                    .find(entity.id)
+                    .select((publishers::name, years));
+                query.first::<EntityTuple>(conn).await
+            }
+            EntityType::Binder => {
+                let years = (null(), null(), binders::founded_year, binders::closed_year);
+                let query = binders::table
+                    .find(entity.id)
+                    .select((binders::name, years));
+                query.first::<EntityTuple>(conn).await
+            }
+        }
+        .optional()
+        .map_err(classify)?;
+        Ok(row.map(
+            |(name, (birth_year, death_year, founded_year, closed_year))| Entity {
+                entity,
+                name,
+                birth_year,
+                death_year,
+                founded_year,
+                closed_year,
+            },
+        ))
     }
 
     async fn qualifying_books(&self, entity: EntityRef) -> Result<Vec<Book>, StoreError> {
@@ -258,42 +298,15 @@ impl ProfileStore for PgStore {
 
     async fn profile(&self, entity: EntityRef) -> Result<Option<StoredProfile>, StoreError> {
         let mut conn = self.conn().await?;
-        let row: Option<ProfileTuple> = entity_profiles::table
+        let row = entity_profiles::table
             .filter(entity_profiles::entity_type.eq(entity.entity_type.as_str()))
             .filter(entity_profiles::entity_id.eq(entity.id))
-            .select((
-                entity_profiles::bio_summary,
-                entity_profiles::personal_stories,
-                entity_profiles::connection_narratives,
-                entity_profiles::relationship_stories,
-                entity_profiles::ai_connections,
-                entity_profiles::generated_at,
-                entity_profiles::model_version,
-            ))
+            .select(ProfileColumns::as_select())
             .first(&mut conn)
             .await
             .optional()
             .map_err(classify)?;
-        Ok(row.map(
-            |(
-                bio_summary,
-                personal_stories,
-                connection_narratives,
-                relationship_stories,
-                ai_connections,
-                generated_at,
-                model_version,
-            )| StoredProfile {
-                entity,
-                bio_summary,
-                personal_stories,
-                connection_narratives,
-                relationship_stories,
-                ai_connections,
-                generated_at,
-                model_version,
-            },
-        ))
+        Ok(row.map(|columns| columns.of(entity)))
     }
 
     async fn graph_rows(
@@ -312,66 +325,31 @@ impl ProfileStore for PgStore {
 
     async fn collection_entities(&self) -> Result<Vec<CollectionEntity>, StoreError> {
         let mut conn = self.conn().await?;
-        let qualifying = || books::table.filter(books::status.eq_any(QUALIFYING_STATUSES));
-        let authors: Vec<(i32, String)> = authors::table
-            .filter(diesel::dsl::exists(
-                qualifying().filter(books::author_id.eq(authors::id.nullable())),
-            ))
-            .order(authors::id.asc())
-            .select((authors::id, authors::name))
-            .load(&mut conn)
-            .await
+        let mut entities = Vec::new();
+        for entity_type in EntityType::ALL {
+            let conn = &mut conn;
+            let rows = match entity_type {
+                EntityType::Author => with_qualifying_books!(authors, books::author_id, conn).await,
+                EntityType::Publisher => {
+                    with_qualifying_books!(publishers, books::publisher_id, conn).await
+                }
+                EntityType::Binder => with_qualifying_books!(binders, books::binder_id, conn).await,
+            }
             .map_err(classify)?;
-        let publishers: Vec<(i32, String)> = publishers::table
-            .filter(diesel::dsl::exists(
-                qualifying().filter(books::publisher_id.eq(publishers::id.nullable())),
-            ))
-            .order(publishers::id.asc())
-            .select((publishers::id, publishers::name))
-            .load(&mut conn)
-            .await
-            .map_err(classify)?;
-        let binders: Vec<(i32, String)> = binders::table
-            .filter(diesel::dsl::exists(
-                qualifying().filter(books::binder_id.eq(binders::id.nullable())),
-            ))
-            .order(binders::id.asc())
-            .select((binders::id, binders::name))
-            .load(&mut conn)
-            .await
-            .map_err(classify)?;
-        let tag = |t: EntityType, rows: Vec<(i32, String)>| {
-            rows.into_iter().map(move |(id, name)| CollectionEntity {
-                entity: EntityRef::new(t, id),
+            entities.extend(rows.into_iter().map(|(id, name)| CollectionEntity {
+                entity: EntityRef::new(entity_type, id),
                 name,
-            })
-        };
-        Ok(tag(EntityType::Author, authors)
-            .chain(tag(EntityType::Publisher, publishers))
-            .chain(tag(EntityType::Binder, binders))
-            .collect())
+            }));
+        }
+        Ok(entities)
     }
 
     async fn model_setting(&self) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        app_config::table
-            .find("model.entity_profiles")
-            .select(app_config::value)
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(classify)
+        self.app_setting("model.entity_profiles").await
     }
 
     async fn daily_cap_setting(&self) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        app_config::table
-            .find("budget.daily_cost_usd")
-            .select(app_config::value)
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(classify)
+        self.app_setting("budget.daily_cost_usd").await
     }
 
     async fn commit_profile(&self, unit: ProfileUnit) -> Result<Recorded, StoreError> {
