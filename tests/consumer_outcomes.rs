@@ -8,6 +8,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use profile_worker::consumer::{Consumer, Delivery, Outcome, Summary};
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
@@ -38,8 +39,9 @@ impl Renewals {
     }
 }
 
+#[async_trait]
 impl Hooks for Renewals {
-    fn changing_visibility(&self, timeout: Duration) -> Result<(), QueueError> {
+    async fn changing_visibility(&self, timeout: Duration) -> Result<(), QueueError> {
         self.asked.lock().unwrap().push(timeout);
         self.fail.map_or(Ok(()), |fail| Err(fail()))
     }
@@ -213,6 +215,38 @@ async fn a_handler_past_the_message_deadline_is_abandoned_and_retried() {
     let summary = stop_at_first(&mut consumer, processed, "done").await;
     assert_eq!((summary.retried, summary.done, summary.received), (1, 1, 2));
     assert_eq!(consumer.health.liveness(), Ok(()));
+}
+
+/// Every visibility change hangs, as on a half-open connection the SDK's timeouts missed.
+struct VisibilityHangs;
+
+#[async_trait]
+impl Hooks for VisibilityHangs {
+    async fn changing_visibility(&self, _timeout: Duration) -> Result<(), QueueError> {
+        std::future::pending().await
+    }
+}
+
+/// A run hung past the deadline gives its slot back before its message is settled, so a settle
+/// call that hangs too pins nothing: one slot serves every message in turn and `/health` stays
+/// true. (`message_slots` fails only when the consumer's own tasks cannot run.)
+#[tokio::test(start_paused = true)]
+async fn a_hung_run_and_a_hung_settle_do_not_pin_the_slot() {
+    let memory = Arc::new(MemoryQueue::new());
+    for _ in 0..3 {
+        memory.send(&OutgoingMessage::new("{}")).await.unwrap();
+    }
+    let queue = Intercepted::new(memory, VisibilityHangs);
+    let (seen, h) = probe(|_| Duration::from_secs(3600), done);
+    let mut s = settings(1);
+    s.visibility = Duration::from_secs(600);
+    s.deadline = Duration::from_secs(5);
+    let mut consumer = start(queue, h, s);
+    // Past three deadlines and the slots beat's limit (deadline + 60 s) after the first.
+    tokio::time::sleep(Duration::from_secs(3 * 5 + 65 + 5)).await;
+    assert_eq!(consumer.health.liveness(), Ok(()));
+    assert_eq!(seen.started.get(), 3, "each message got the slot in turn");
+    consumer.cancel();
 }
 
 /// Runs a handler that never finishes on a one-message memory queue whose renewals `renewals`

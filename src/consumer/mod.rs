@@ -325,6 +325,3 @@ impl Consumer {
         summary
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -16,8 +16,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn received(&self, _took: Duration, _answer: &Result<Vec<ReceivedMessage>, QueueError>) {}
 
     /// Sees each single visibility change before it is made; an error returned is the answer
-    /// instead of the real queue's.
-    fn changing_visibility(&self, _timeout: Duration) -> Result<(), QueueError> {
+    /// instead of the real queue's (and a hook that never returns hangs the call).
+    async fn changing_visibility(&self, _timeout: Duration) -> Result<(), QueueError> {
         Ok(())
     }
 
@@ -62,7 +62,7 @@ impl<H: Hooks> Queue for Intercepted<H> {
     }
 
     async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
-        self.hooks.changing_visibility(timeout)?;
+        self.hooks.changing_visibility(timeout).await?;
         self.inner.change_visibility(receipt, timeout).await
     }
 
