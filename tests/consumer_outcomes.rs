@@ -241,7 +241,7 @@ async fn a_hung_run_and_a_hung_settle_do_not_pin_the_slot() {
     let mut s = settings(1);
     s.visibility = Duration::from_secs(600);
     s.deadline = Duration::from_secs(5);
-    let mut consumer = start(queue, h, s);
+    let consumer = start(queue, h, s);
     // Past three deadlines and the slots beat's limit (deadline + 60 s) after the first.
     tokio::time::sleep(Duration::from_secs(3 * 5 + 65 + 5)).await;
     assert_eq!(consumer.health.liveness(), Ok(()));
