@@ -17,20 +17,25 @@ fuzz_target!(|data: &[u8]| {
     let once = clean_text(reply, &valid);
     assert_eq!(clean_text(&once, &valid), once);
     assert!(once.chars().count() <= MAX_STORED_CHARS);
-    assert!(once.chars().all(|c| !c.is_control() || c == '\n' || c == '\t'));
+    assert!(
+        once.chars()
+            .all(|c| !c.is_control() || c == '\n' || c == '\t')
+    );
     let mut rest = once.as_str();
     while let Some(at) = rest.find("{{entity:") {
         rest = &rest[at + 2..];
         if let Some(end) = rest.find("}}") {
             let marker = &rest[..end];
-            // A marker is `{{entity:TYPE:ID|Name}}` with a non-empty name, as the sanitiser and
-            // the API's front end read it; `{{entity:a:1|}}` is plain text to both.
+            // A marker is `{{entity:TYPE:ID|Name}}` with a non-empty type and name, as the
+            // sanitiser and the API's front end read it; `{{entity:a:1|}}` and
+            // `{{entity::1|Name}}` are plain text to both.
             if let Some((id, _)) = marker
                 .strip_prefix("entity:")
                 .and_then(|m| m.split_once('|'))
                 .filter(|(_, name)| !name.is_empty())
                 && id.split_once(':').is_some_and(|(t, n)| {
-                    t.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    !t.is_empty()
+                        && t.chars().all(|c| c.is_alphanumeric() || c == '_')
                         && !n.is_empty()
                         && n.chars().all(|c| c.is_ascii_digit())
                 })
