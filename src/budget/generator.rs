@@ -1,7 +1,7 @@
 //! [`BudgetedGenerator`]: the budget as a decorator of the [`Generator`] port, so the pipeline
 //! and the adapters know nothing of it and every adapter call passes through it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +40,7 @@ pub struct BudgetedGenerator {
     budget: Arc<Budget>,
     /// `generator.max_attempts`: attempts of one call, those sent back throttled included.
     max_attempts: u32,
-    prices: std::collections::BTreeMap<String, Price>,
+    prices: BTreeMap<String, Price>,
     estimates: Mutex<HashMap<CallKind, Estimate>>,
 }
 
