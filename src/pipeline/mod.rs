@@ -338,7 +338,7 @@ impl Pipeline {
     }
 
     /// Whose fault a failure is. A database error is the database's when no connection could be
-    /// had or it broke; any other transient database error is confirmed with a ping, so a
+    /// had or it broke; any other error that may be the server's is confirmed with a ping, so a
     /// server going down mid-statement pauses too, whatever language its messages are in.
     async fn blame(&self, err: &PipelineError) -> Blame {
         let store_error = match err {
@@ -347,7 +347,7 @@ impl Pipeline {
             _ => None,
         };
         if let Some(e) = store_error {
-            if e.is_unavailable() || (e.is_transient() && self.store.ping().await.is_err()) {
+            if e.is_unavailable() || (e.may_be_the_server() && self.store.ping().await.is_err()) {
                 return Blame::Dependency(Dependency::Database);
             }
             return Blame::Message {

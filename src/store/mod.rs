@@ -78,6 +78,19 @@ impl StoreError {
                 )
         )
     }
+
+    /// True when a ping should decide whether the server, not the statement, failed: every
+    /// transient error, and a server error diesel cannot name. The latter is what a server
+    /// shutting down sends when its messages are not in English (docs/decisions.md, "Holding
+    /// messages during an outage").
+    pub fn may_be_the_server(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        self.is_transient()
+            || matches!(
+                self,
+                StoreError::Rejected(Error::DatabaseError(DatabaseErrorKind::Unknown, _))
+            )
+    }
 }
 
 /// A terminal outcome of one (job, entity): `succeeded` covers generated and skipped profiles.
@@ -499,5 +512,23 @@ mod tests {
         assert!(StoreError::Unavailable("pool timed out".into()).is_transient());
         assert!(!StoreError::InvalidData("status".into()).is_transient());
         assert!(!StoreError::Rejected(diesel::result::Error::NotFound).is_transient());
+    }
+
+    #[test]
+    fn a_server_error_diesel_cannot_name_is_checked_with_a_ping() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let server = |kind, text: &str| {
+            StoreError::Rejected(Error::DatabaseError(kind, Box::new(text.to_owned())))
+        };
+        // 57P01 from a server whose lc_messages is German: no text match, but a ping decides.
+        let shutdown = server(
+            DatabaseErrorKind::Unknown,
+            "Verbindung wird abgebrochen aufgrund von Anweisung des Administrators",
+        );
+        assert!(!shutdown.is_transient() && shutdown.may_be_the_server());
+        let duplicate = server(DatabaseErrorKind::UniqueViolation, "duplicate key");
+        assert!(!duplicate.may_be_the_server());
+        assert!(!StoreError::InvalidData("status".into()).may_be_the_server());
+        assert!(StoreError::Unavailable("pool timed out".into()).may_be_the_server());
     }
 }
