@@ -39,6 +39,9 @@ pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Copies stderr into `logs` until the process closes it; joined once the process has exited,
+    /// so the last lines (the reason it exited) are in `logs` when `wait` returns.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -58,7 +61,7 @@ impl Daemon {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = listening_addr(&line) {
                     let _ = tx.send(addr);
@@ -76,7 +79,12 @@ impl Daemon {
                 );
             }
         };
-        Daemon { child, addr, logs }
+        Daemon {
+            child,
+            addr,
+            logs,
+            reader: Some(reader),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -101,6 +109,9 @@ impl Daemon {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() > deadline {
