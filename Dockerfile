@@ -17,18 +17,19 @@ WORKDIR /src
 # Target sections other than the binary are dropped from the stub manifest because their files
 # (benches, tests, examples) are not copied yet; Cargo.lock keeps the versions exact.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY crates/contract/Cargo.toml crates/contract/
 RUN sed -i -e '/^\[\[\(bench\|test\|example\)\]\]/,/^$/d' Cargo.toml \
-    && mkdir -p src \
+    && mkdir -p src crates/contract/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/contract/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src crates/contract/src
 
 # The real sources. build.rs reads the commit from this argument: the context has no .git.
 ARG PROFILE_WORKER_GIT_COMMIT=unknown
 COPY . .
 # COPY keeps the context's mtimes, which can be older than the stub build: touch so cargo rebuilds.
-RUN touch src/main.rs src/lib.rs build.rs \
+RUN touch src/main.rs src/lib.rs build.rs crates/contract/src/lib.rs \
     && PROFILE_WORKER_GIT_COMMIT="${PROFILE_WORKER_GIT_COMMIT}" cargo build --release --locked --bin profile-worker \
     && install -D -m 0755 target/release/profile-worker /out/profile-worker \
     && /out/profile-worker version

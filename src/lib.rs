@@ -17,7 +17,9 @@
 //!   configuration the SQS and Bedrock clients share; [`shutdown`]: signals to a cancellation
 //!   token, and the clock of the periodic tasks. Start reading at `src/main.rs`, then [`app`].
 //! - [`pipeline`]: one message (its [`pipeline::message`] contract); [`generate`]: the
-//!   generator port, Bedrock and offline adapters, prompts, output hygiene, narrative classifier.
+//!   generator port, Bedrock and offline adapters, prompts, narrative classifier. The message
+//!   contract and the output hygiene live in the `profile-worker-contract` crate
+//!   (`crates/contract`), re-exported here, so they can be fuzzed on their own.
 //! - [`server`]: `/metrics`, `/health`, `/ready`, `/version`; [`health`]: liveness and
 //!   readiness state; [`metrics`]: every Prometheus metric.
 //! - [`store`]: the `Store` port (PostgreSQL and in-memory adapters), embedded migrations and

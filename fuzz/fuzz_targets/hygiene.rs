@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use profile_worker::generate::hygiene::{
+use profile_worker_contract::hygiene::{
     MAX_STORED_CHARS, clean_text, parse_biography, parse_relationship_story,
 };
 

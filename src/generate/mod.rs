@@ -14,7 +14,7 @@
 
 pub mod bedrock;
 pub mod classify;
-pub mod hygiene;
+pub use profile_worker_contract::hygiene;
 pub mod models;
 pub mod offline;
 pub mod prompts;
@@ -32,8 +32,8 @@ use crate::model::{Book, CollectionEntity, Entity};
 
 pub use classify::NarrativeTrigger;
 pub use hygiene::{
-    AiConnection, Biography, Discovery, NarrativeStyle, Relationship, RelationshipStory,
-    Significance, Story, Tone,
+    AiConnection, Biography, Discovery, MAX_AI_CONNECTIONS, MAX_DISCOVERY_ENTITIES, NarrativeStyle,
+    Relationship, RelationshipStory, Significance, Story, Tone,
 };
 pub use models::{
     DEFAULT_MODEL_ID, DEFAULT_MODEL_NAME, ResolvedModel, estimate_cost_usd, resolve_model,
@@ -41,10 +41,6 @@ pub use models::{
 
 /// Graph neighbours listed in a prompt's cross-link block (docs/compatibility.md, "Call order").
 pub const MAX_PROMPT_CONNECTIONS: usize = 15;
-/// Collection entities listed in the discovery prompt (docs/compatibility.md, "Discovery").
-pub const MAX_DISCOVERY_ENTITIES: usize = 500;
-/// AI connections accepted from one discovery reply (docs/compatibility.md, "Discovery").
-pub const MAX_AI_CONNECTIONS: usize = 10;
 /// Narratives generated per profile by the worker (docs/compatibility.md, "Call order").
 pub const MAX_NARRATIVES: usize = 3;
 

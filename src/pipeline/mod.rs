@@ -9,7 +9,7 @@
 //! [`crate::outcome`]'s decision; see docs/decisions.md ("Pipeline").
 
 mod generation;
-pub mod message;
+pub use profile_worker_contract::message;
 pub mod staleness;
 
 use std::collections::BTreeMap;

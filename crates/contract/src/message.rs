@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::model::{EntityRef, EntityType};
+use crate::entity::{EntityRef, EntityType};
 
 /// A valid profile-generation request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,9 +17,13 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::model::{CollectionEntity, EntityRef, EntityType};
+use crate::entity::{CollectionEntity, EntityRef, EntityType};
 
-use super::{MAX_AI_CONNECTIONS, MAX_DISCOVERY_ENTITIES};
+/// Collection entities listed in the discovery prompt, and the only ones a discovery reply may name
+/// (docs/compatibility.md, "Discovery").
+pub const MAX_DISCOVERY_ENTITIES: usize = 500;
+/// AI connections accepted from one discovery reply (docs/compatibility.md, "Discovery").
+pub const MAX_AI_CONNECTIONS: usize = 10;
 
 /// Longest `sub_type` the `ai_connections.sub_type varchar(50)` column takes.
 pub const MAX_SUB_TYPE_CHARS: usize = 50;
