@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use deadpool_redis::redis::AsyncCommands;
 use profile_worker::cache::{MAX_CACHED_LEN, cache_key};
+use profile_worker::config::CacheConfig;
 use profile_worker::graph::{Graph, GraphParams, from_json, to_python_json};
 use support::redis::{
     Builds, Replica, cache_config, guard, raw, sample_graph, shared_url, unique_prefix,
@@ -101,6 +102,48 @@ async fn a_value_written_by_python_is_served() {
     assert_eq!(builds.count(), 0);
     assert_eq!(*graph, from_json(&python).unwrap());
     assert_eq!(graph.nodes.len(), 264);
+}
+
+/// With the in-process layer off, every read goes to Redis: the same bytes reuse the graph parsed
+/// from them, and a value someone rewrote (the API after a rebuild) is parsed afresh.
+#[tokio::test]
+async fn unchanged_bytes_reuse_the_parsed_graph_and_a_rewritten_value_is_read_afresh() {
+    let url = shared_url();
+    let config = CacheConfig {
+        local_ttl_seconds: 0,
+        ..cache_config(&url)
+    };
+    let replica = Replica::new(&config, &unique_prefix());
+    let key = replica.cache.key(&GraphParams::default());
+    let mut conn = raw(&url).await;
+    let python = support::graph::fixture("python-graph-small.json");
+    let _: () = conn.set_ex(&key, &python, 300).await.unwrap();
+    let builds = Builds::default();
+    let first = replica.get(&builds).await;
+    let second = replica.get(&builds).await;
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "the same bytes are not parsed twice"
+    );
+    assert_eq!(replica.requests("redis", "hit"), 2);
+
+    let rewritten = sample_graph();
+    let _: () = conn
+        .set_ex(&key, to_python_json(&rewritten), 300)
+        .await
+        .unwrap();
+    let third = replica.get(&builds).await;
+    assert_eq!(*third, rewritten);
+    assert_ne!(*third, *first);
+    assert_eq!(replica.requests("redis", "hit"), 3);
+    assert_eq!(builds.count(), 0);
+
+    // This replica's own write is remembered too: a build followed by reads parses nothing.
+    replica.cache.invalidate().await;
+    let built = replica.get(&builds).await;
+    let reread = replica.get(&builds).await;
+    assert!(Arc::ptr_eq(&built, &reread));
+    assert_eq!(builds.count(), 1);
 }
 
 #[tokio::test]

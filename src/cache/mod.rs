@@ -13,15 +13,16 @@ mod memory;
 mod redis;
 mod shared;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::config::CacheConfig;
-use crate::graph::{Graph, GraphParams, from_json, to_python_json};
+use crate::graph::{Graph, GraphJsonError, GraphParams, from_json, to_python_json};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
@@ -99,11 +100,56 @@ struct Shared {
     ttl: Duration,
     lock_wait: Duration,
     lock_ttl: Duration,
+    parsed: Parsed,
+}
+
+/// The last value read or written at each key, with the graph parsed from it: a read that returns
+/// the same bytes reuses the graph instead of parsing the value again. The value changes only when
+/// a replica or the API rebuilds it, so most reads find it unchanged, and at 5,000 books parsing
+/// was most of a hit's time (docs/benchmarks.md, "Graph cache hit"). Holding the bytes costs one
+/// copy of the value per key; comparing them is one pass, exact where a digest would be probable.
+#[derive(Default)]
+struct Parsed(Mutex<HashMap<String, (Bytes, Arc<Graph>)>>);
+
+/// Keys remembered by [`Parsed`]; a process uses one per graph parameter set, so this only bounds
+/// a pathological mix.
+const PARSED_KEYS: usize = 16;
+
+impl Parsed {
+    /// The graph of `value` at `key`: the remembered one when the bytes are the same, else parsed.
+    fn graph(&self, key: &str, value: Bytes) -> Result<Arc<Graph>, GraphJsonError> {
+        let known = self.lock().get(key).cloned();
+        if let Some((bytes, graph)) = known
+            && bytes == value
+        {
+            return Ok(graph);
+        }
+        let graph = Arc::new(from_json(&value)?);
+        self.remember(key, value, graph.clone());
+        Ok(graph)
+    }
+
+    fn remember(&self, key: &str, value: Bytes, graph: Arc<Graph>) {
+        let mut map = self.lock();
+        if map.len() >= PARSED_KEYS && !map.contains_key(key) {
+            map.clear();
+        }
+        map.insert(key.to_string(), (value, graph));
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Bytes, Arc<Graph>)>> {
+        // Nothing panics while holding it; a poisoned map is still a valid map.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// How a load went at the shared layer, for the one metric sample per request.
 enum L2 {
-    Hit(Graph),
+    Hit(Arc<Graph>),
     Miss,
     Invalid,
     Error,
@@ -151,6 +197,7 @@ impl GraphCache {
             ttl: Duration::from_secs(config.redis_ttl_seconds),
             lock_wait,
             lock_ttl: (lock_wait * 2).max(Duration::from_secs(1)),
+            parsed: Parsed::default(),
         });
         let local = moka::future::Cache::builder()
             .max_capacity(16)
@@ -212,6 +259,7 @@ impl GraphCache {
         let Some(shared) = &self.inner.shared else {
             return 0;
         };
+        shared.parsed.clear();
         match shared.port.delete_prefix(&self.inner.prefix).await {
             Ok(n) => n,
             Err(e) => {
@@ -243,7 +291,7 @@ impl GraphCache {
         let outcome = match first {
             L2::Hit(graph) => {
                 self.count(layer, "hit");
-                return Ok(Arc::new(graph));
+                return Ok(graph);
             }
             L2::Error => {
                 // The layer is failing: do not add lock round trips that would fail too.
@@ -257,7 +305,7 @@ impl GraphCache {
         let locked = shared.try_lock(&lock_key, &token).await;
         if !locked && let Some(graph) = shared.wait_for(key, &lock_key).await {
             self.count(layer, "hit");
-            return Ok(Arc::new(graph));
+            return Ok(graph);
         }
         self.count(
             layer,
@@ -266,14 +314,14 @@ impl GraphCache {
                 _ => "miss",
             },
         );
-        let built = self.timed_build(build).await;
+        let built = self.timed_build(build).await.map(Arc::new);
         if let Ok(graph) = &built {
             shared.store(key, graph).await;
         }
         if locked {
             shared.unlock(&lock_key, &token).await;
         }
-        built.map(Arc::new)
+        built
     }
 
     async fn timed_build<F, Fut, E>(&self, build: F) -> Result<Graph, E>
@@ -296,7 +344,7 @@ impl GraphCache {
 impl Shared {
     async fn read(&self, key: &str) -> L2 {
         match self.port.get(key).await {
-            Ok(Some(value)) if !value.is_empty() => match from_json(&value) {
+            Ok(Some(value)) if !value.is_empty() => match self.parsed.graph(key, value) {
                 Ok(graph) => L2::Hit(graph),
                 Err(e) => {
                     tracing::warn!(key, error = %e, "cached graph is invalid; rebuilding");
@@ -323,7 +371,7 @@ impl Shared {
     }
 
     /// Polls for another replica's build until it lands, its lock goes away or `lock_wait` ends.
-    async fn wait_for(&self, key: &str, lock_key: &str) -> Option<Graph> {
+    async fn wait_for(&self, key: &str, lock_key: &str) -> Option<Arc<Graph>> {
         let deadline = Instant::now() + self.lock_wait;
         let mut pause = LOCK_POLL.steps();
         while Instant::now() < deadline {
@@ -343,8 +391,9 @@ impl Shared {
         None
     }
 
-    /// Best-effort write of the Python-compatible JSON; oversize values are skipped.
-    async fn store(&self, key: &str, graph: &Graph) {
+    /// Best-effort write of the Python-compatible JSON, remembered with its graph; oversize
+    /// values are skipped.
+    async fn store(&self, key: &str, graph: &Arc<Graph>) {
         let text = to_python_json(graph);
         if text.len() > MAX_CACHED_LEN {
             tracing::warn!(
@@ -354,8 +403,10 @@ impl Shared {
             );
             return;
         }
-        if let Err(e) = self.port.set(key, Bytes::from(text), self.ttl).await {
-            tracing::warn!(key, error = %e, "graph cache write failed");
+        let value = Bytes::from(text);
+        match self.port.set(key, value.clone(), self.ttl).await {
+            Ok(()) => self.parsed.remember(key, value, graph.clone()),
+            Err(e) => tracing::warn!(key, error = %e, "graph cache write failed"),
         }
     }
 
