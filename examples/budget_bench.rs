@@ -7,6 +7,9 @@
 #[path = "../tests/support/bedrock.rs"]
 mod bedrock;
 #[allow(dead_code)]
+#[path = "support/daemon.rs"]
+mod daemon;
+#[allow(dead_code)]
 #[path = "../tests/support/db.rs"]
 mod db;
 #[allow(dead_code)]
@@ -15,15 +18,14 @@ mod sqs;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use daemon::{Daemon, Scrape};
 use profile_worker::pipeline::message::Message;
 use profile_worker::store::ProfileStore;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REPLICAS: usize = 3;
 
@@ -204,7 +206,11 @@ async fn drain(
     let env = environment(args, stack, &queue, &prefix, extra);
     let mut daemons = Vec::new();
     for i in 0..REPLICAS {
-        daemons.push(Daemon::spawn(args, &env, &format!("{name}-{i}"))?);
+        daemons.push(Daemon::spawn(
+            &args.binary,
+            &env,
+            args.out.join(format!("daemon-budget-{name}-{i}.log")),
+        )?);
     }
     for d in &mut daemons {
         d.wait_ready(Duration::from_secs(60)).await?;
@@ -341,7 +347,11 @@ async fn kill(args: &Args, stack: &Stack) -> Result<serde_json::Value> {
     stack.fake.set_latency(Duration::from_millis(1000));
     let mut daemons = Vec::new();
     for i in 0..REPLICAS {
-        daemons.push(Daemon::spawn(args, &env, &format!("kill-{i}"))?);
+        daemons.push(Daemon::spawn(
+            &args.binary,
+            &env,
+            args.out.join(format!("daemon-budget-kill-{i}.log")),
+        )?);
     }
     for d in &mut daemons {
         d.wait_ready(Duration::from_secs(60)).await?;
@@ -400,141 +410,7 @@ async fn kill(args: &Args, stack: &Stack) -> Result<serde_json::Value> {
     }))
 }
 
-/// A `profile-worker run` process logging to a file; killed on drop.
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-    dead: bool,
-}
-
-impl Daemon {
-    fn spawn(args: &Args, env: &[(String, String)], name: &str) -> Result<Daemon> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = args.out.join(format!("daemon-budget-{name}.log"));
-        let mut cmd = Command::new(&args.binary);
-        cmd.env_clear();
-        for key in ["PATH", "HOME"] {
-            if let Ok(v) = std::env::var(key) {
-                cmd.env(key, v);
-            }
-        }
-        cmd.arg("run")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("PROFILE_WORKER_SERVER__LISTEN", &addr)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {:?}", args.binary))?;
-        Ok(Daemon {
-            child,
-            addr,
-            log,
-            dead: false,
-        })
-    }
-
-    async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            if let Ok((200, _)) = get(&self.addr, "/ready").await {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("daemon exited with {status}; log {}", self.log.display());
-            }
-            ensure!(
-                started.elapsed() < limit,
-                "daemon not ready; log {}",
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn metrics(&self) -> Result<Scrape> {
-        ensure!(!self.dead, "killed");
-        let (status, body) = get(&self.addr, "/metrics").await?;
-        ensure!(status == 200, "/metrics answered {status}");
-        Ok(Scrape::parse(&body))
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.dead = true;
-    }
-
-    async fn stop(mut self, limit: Duration) -> Result<()> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + limit;
-        while self.child.try_wait()?.is_none() {
-            ensure!(
-                Instant::now() < deadline,
-                "daemon still running after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    Ok((status, body.to_string()))
-}
-
-/// A Prometheus text scrape: series to value.
-struct Scrape(HashMap<String, f64>);
-
 impl Scrape {
-    fn parse(text: &str) -> Self {
-        Scrape(
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| {
-                    let (series, value) = l.rsplit_once(' ')?;
-                    Some((series.to_string(), value.parse().ok()?))
-                })
-                .collect(),
-        )
-    }
-
-    fn value(&self, series: &str) -> f64 {
-        self.0.get(series).copied().unwrap_or(0.0)
-    }
-
-    fn processed(&self, outcome: &str) -> f64 {
-        self.value(&format!(
-            "profile_worker_messages_processed_total{{outcome=\"{outcome}\"}}"
-        ))
-    }
-
     /// Messages that reached a final outcome here (a retry comes back, so it is not final).
     fn finished(&self) -> f64 {
         ["done", "skipped", "failed", "poison"]
