@@ -13,17 +13,17 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use profile_worker::cache::GraphCache;
-use profile_worker::config::{CacheConfig, SecretUrl};
+use profile_worker::config::{CacheConfig, GeneratorBackend, SecretUrl};
 use profile_worker::generate::hygiene::sanitize_markers;
 use profile_worker::generate::offline::OfflineGenerator;
 use profile_worker::health::Health;
 use profile_worker::metrics::Metrics;
-use profile_worker::model::{AuthorRow, EntityRef, EntityType};
+use profile_worker::model::{AuthorRow, EntityRef, EntityType, JobStatus};
 use profile_worker::pipeline::message::{Message, parse};
 use profile_worker::pipeline::{self, Pipeline, Processed, SkipReason};
 use profile_worker::store::memory::BookRecord;
 use profile_worker::store::{
-    GenerationUsage, MemoryStore, ProfileStore, ProfileUnit, ProfileWrite,
+    GenerationUsage, JobStore, MemoryStore, ProfileStore, ProfileUnit, ProfileWrite,
 };
 
 const MAX_BODY_BYTES: usize = 65_536;
@@ -96,9 +96,10 @@ fn marker_benches(c: &mut Criterion) {
     });
 }
 
-/// A memory store with one author, one qualifying book and a profile generated after it.
+/// A memory store with one user, one author, one qualifying book and a profile generated after it.
 async fn store_with_fresh_profile(author: EntityRef) -> Arc<MemoryStore> {
     let store = MemoryStore::new();
+    store.add_user(1);
     store.add_author(AuthorRow {
         id: author.id,
         name: "Charles Dickens".into(),
@@ -152,7 +153,10 @@ fn skip_path_benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let config = profile_worker::config::defaults();
+    // The offline generator writes model `offline`; under the Bedrock default such a profile
+    // would be stale (a dry run's profile is replaced by a real one).
+    let mut config = profile_worker::config::defaults();
+    config.generator.backend = GeneratorBackend::Offline;
     let metrics = Arc::new(Metrics::new());
     let cache = GraphCache::new(
         &CacheConfig {
@@ -168,6 +172,10 @@ fn skip_path_benches(c: &mut Criterion) {
         id: 1,
     };
     let store = rt.block_on(store_with_fresh_profile(author));
+    // A batch message: one without a job is a person's request and regenerates regardless.
+    let job = rt
+        .block_on(store.create_job(1, 1, JobStatus::InProgress))
+        .expect("memory store creates the job");
     let pipeline = Pipeline::new(
         store,
         cache,
@@ -176,7 +184,7 @@ fn skip_path_benches(c: &mut Criterion) {
         pipeline::Settings::from_config(&config),
     );
     let msg = Message {
-        job_id: None,
+        job_id: Some(job.id),
         entity: author,
         force: false,
     };
