@@ -13,9 +13,8 @@ mod memory;
 mod redis;
 mod shared;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,52 +99,18 @@ struct Shared {
     ttl: Duration,
     lock_wait: Duration,
     lock_ttl: Duration,
-    parsed: Parsed,
+    /// The last value read or written at each key, with the graph parsed from it: a read that
+    /// returns the same bytes reuses the graph instead of parsing the value again. The value
+    /// changes only when a replica or the API rebuilds it, so most reads find it unchanged, and at
+    /// 5,000 books parsing was most of a hit's time (docs/benchmarks.md, "Graph cache hit").
+    /// Holding the bytes costs one copy of the value per key; comparing them is one pass, exact
+    /// where a digest would be probable.
+    parsed: moka::future::Cache<String, (Bytes, Arc<Graph>)>,
 }
 
-/// The last value read or written at each key, with the graph parsed from it: a read that returns
-/// the same bytes reuses the graph instead of parsing the value again. The value changes only when
-/// a replica or the API rebuilds it, so most reads find it unchanged, and at 5,000 books parsing
-/// was most of a hit's time (docs/benchmarks.md, "Graph cache hit"). Holding the bytes costs one
-/// copy of the value per key; comparing them is one pass, exact where a digest would be probable.
-#[derive(Default)]
-struct Parsed(Mutex<HashMap<String, (Bytes, Arc<Graph>)>>);
-
-/// Keys remembered by [`Parsed`]; a process uses one per graph parameter set, so this only bounds
-/// a pathological mix.
-const PARSED_KEYS: usize = 16;
-
-impl Parsed {
-    /// The graph of `value` at `key`: the remembered one when the bytes are the same, else parsed.
-    fn graph(&self, key: &str, value: Bytes) -> Result<Arc<Graph>, GraphJsonError> {
-        let known = self.lock().get(key).cloned();
-        if let Some((bytes, graph)) = known
-            && bytes == value
-        {
-            return Ok(graph);
-        }
-        let graph = Arc::new(from_json(&value)?);
-        self.remember(key, value, graph.clone());
-        Ok(graph)
-    }
-
-    fn remember(&self, key: &str, value: Bytes, graph: Arc<Graph>) {
-        let mut map = self.lock();
-        if map.len() >= PARSED_KEYS && !map.contains_key(key) {
-            map.clear();
-        }
-        map.insert(key.to_string(), (value, graph));
-    }
-
-    fn clear(&self) {
-        self.lock().clear();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Bytes, Arc<Graph>)>> {
-        // Nothing panics while holding it; a poisoned map is still a valid map.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// Keys whose parse [`Shared`] remembers; a process uses one per graph parameter set, so this only
+/// bounds a pathological mix.
+const PARSED_KEYS: u64 = 16;
 
 /// How a load went at the shared layer, for the one metric sample per request.
 enum L2 {
@@ -197,7 +162,7 @@ impl GraphCache {
             ttl: Duration::from_secs(config.redis_ttl_seconds),
             lock_wait,
             lock_ttl: (lock_wait * 2).max(Duration::from_secs(1)),
-            parsed: Parsed::default(),
+            parsed: moka::future::Cache::new(PARSED_KEYS),
         });
         let local = moka::future::Cache::builder()
             .max_capacity(16)
@@ -259,7 +224,7 @@ impl GraphCache {
         let Some(shared) = &self.inner.shared else {
             return 0;
         };
-        shared.parsed.clear();
+        shared.parsed.invalidate_all();
         match shared.port.delete_prefix(&self.inner.prefix).await {
             Ok(n) => n,
             Err(e) => {
@@ -344,7 +309,7 @@ impl GraphCache {
 impl Shared {
     async fn read(&self, key: &str) -> L2 {
         match self.port.get(key).await {
-            Ok(Some(value)) if !value.is_empty() => match self.parsed.graph(key, value) {
+            Ok(Some(value)) if !value.is_empty() => match self.parse(key, value).await {
                 Ok(graph) => L2::Hit(graph),
                 Err(e) => {
                     tracing::warn!(key, error = %e, "cached graph is invalid; rebuilding");
@@ -357,6 +322,20 @@ impl Shared {
                 L2::Error
             }
         }
+    }
+
+    /// The graph of `value` at `key`: the remembered one when the bytes are the same, else parsed.
+    async fn parse(&self, key: &str, value: Bytes) -> Result<Arc<Graph>, GraphJsonError> {
+        if let Some((bytes, graph)) = self.parsed.get(key).await
+            && bytes == value
+        {
+            return Ok(graph);
+        }
+        let graph = Arc::new(from_json(&value)?);
+        self.parsed
+            .insert(key.to_string(), (value, graph.clone()))
+            .await;
+        Ok(graph)
     }
 
     /// True when this replica now holds the build lock (false also when the layer failed).
@@ -405,7 +384,11 @@ impl Shared {
         }
         let value = Bytes::from(text);
         match self.port.set(key, value.clone(), self.ttl).await {
-            Ok(()) => self.parsed.remember(key, value, graph.clone()),
+            Ok(()) => {
+                self.parsed
+                    .insert(key.to_string(), (value, graph.clone()))
+                    .await
+            }
             Err(e) => tracing::warn!(key, error = %e, "graph cache write failed"),
         }
     }
